@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <pybind11/stl.h>
+
+#include "bindings/bindings.h"
+#include "common/error.h"
+#include "io/direct_io.h"
+#include "io/io_engine.h"
+
+namespace yrc {
+
+namespace {
+
+// Extents from a Python list of (File, buffer, offset).
+std::vector<Extent> to_extents(const py::list& items, bool writable) {
+  std::vector<Extent> out;
+  out.reserve(items.size());
+  for (py::handle h : items) {
+    auto t = h.cast<py::tuple>();
+    if (t.size() != 3) throw py::value_error("extent must be (file, buffer, offset)");
+    auto file = t[0].cast<std::shared_ptr<FileHandle>>();
+    auto off = t[2].cast<long long>();
+    if (off < 0) throw py::value_error("offset must be >= 0, got " + std::to_string(off));
+    auto [ptr, len] = buffer_span(t[1], writable);
+    out.push_back(Extent{std::move(file), ptr, len, static_cast<std::uint64_t>(off)});
+  }
+  return out;
+}
+
+py::dict stats_dict(const EngineStats& s) {
+  py::dict d;
+  d["ops"] = s.ops;
+  d["tasks"] = s.tasks;
+  d["bytes_read"] = s.bytes_read;
+  d["bytes_written"] = s.bytes_written;
+  d["short_transfers"] = s.short_transfers;
+  d["retries"] = s.retries;
+  d["direct_fallbacks"] = s.direct_fallbacks;
+  d["bounced"] = s.bounced;
+  d["fixed_buffer_ios"] = s.fixed_buffer_ios;
+  d["errors"] = s.errors;
+  d["cancelled"] = s.cancelled;
+  return d;
+}
+
+}  // namespace
+
+void bind_io(py::module_& m) {
+  using release = py::call_guard<py::gil_scoped_release>;
+
+  py::class_<FileHandle, std::shared_ptr<FileHandle>>(m, "File")
+      .def_static("open", &FileHandle::open, py::arg("path"), py::arg("flags"), py::arg("mode"),
+                  py::arg("direct"), release())
+      .def_property_readonly("path", &FileHandle::path)
+      .def_property_readonly("direct", &FileHandle::direct)
+      .def_property_readonly("direct_reason", &FileHandle::direct_reason)
+      .def_property_readonly("closed", &FileHandle::closed)
+      .def("fileno", [](const FileHandle& f) { return f.fd(false); })
+      .def("close", &FileHandle::close);
+
+  py::class_<IoEngine, std::shared_ptr<IoEngine>>(m, "Engine")
+      .def(py::init([](const std::string& backend, unsigned queue_depth, std::size_t chunk_bytes,
+                       std::size_t max_inflight_bytes, unsigned threads, bool register_buffers) {
+             EngineOptions o;
+             o.backend = backend;
+             o.queue_depth = queue_depth;
+             o.chunk_bytes = chunk_bytes;
+             o.max_inflight_bytes = max_inflight_bytes;
+             o.threads = threads;
+             o.register_buffers = register_buffers;
+             std::string reason;
+             std::shared_ptr<IoEngine> e;
+             {
+               py::gil_scoped_release nogil;
+               e = IoEngine::create(o, &reason);
+             }
+             if (!reason.empty()) e->set_fallback_reason(reason);
+             return e;
+           }),
+           py::arg("backend"), py::arg("queue_depth"), py::arg("chunk_bytes"),
+           py::arg("max_inflight_bytes"), py::arg("threads"), py::arg("register_buffers"))
+      .def_property_readonly("backend", &IoEngine::name)
+      .def_property_readonly("fallback_reason", &IoEngine::fallback_reason)
+      .def_property_readonly("queue_depth", [](const IoEngine& e) { return e.options().queue_depth; })
+      .def_property_readonly("chunk_bytes", [](const IoEngine& e) { return e.options().chunk_bytes; })
+      .def_property_readonly("max_inflight_bytes",
+                             [](const IoEngine& e) { return e.options().max_inflight_bytes; })
+      .def_property_readonly("completions", &IoEngine::completions)
+      .def("rw",
+           [](IoEngine& e, std::uint64_t id, bool write, const py::list& items) {
+             auto ex = to_extents(items, !write);
+             py::gil_scoped_release nogil;
+             return e.submit(id, write ? OpCode::Write : OpCode::Read, std::move(ex));
+           },
+           py::arg("id"), py::arg("write"), py::arg("extents"))
+      .def("fsync",
+           [](IoEngine& e, std::uint64_t id, std::shared_ptr<FileHandle> f, bool datasync) {
+             std::vector<Extent> ex{Extent{std::move(f), nullptr, 0, 0}};
+             return e.submit(id, datasync ? OpCode::Fdatasync : OpCode::Fsync, std::move(ex));
+           },
+           py::arg("id"), py::arg("file"), py::arg("datasync"), release())
+      .def("fallocate",
+           [](IoEngine& e, std::uint64_t id, std::shared_ptr<FileHandle> f, int mode,
+              std::uint64_t offset, std::uint64_t length) {
+             std::vector<Extent> ex{Extent{std::move(f), nullptr, length, offset}};
+             return e.submit(id, OpCode::Fallocate, std::move(ex), mode);
+           },
+           py::arg("id"), py::arg("file"), py::arg("mode"), py::arg("offset"), py::arg("length"),
+           release())
+      .def("register_buffer", &IoEngine::register_buffer, py::arg("buffer"), release())
+      .def_property_readonly("registered_buffers", &IoEngine::registered_buffers)
+      .def("set_faults", [](IoEngine& e, const std::string& spec) { e.faults().set(spec); })
+      .def_property_readonly("fault_spec", [](IoEngine& e) { return e.faults().spec(); })
+      .def("stats", [](const IoEngine& e) { return stats_dict(e.stats()); })
+      .def("take_notices", &IoEngine::take_notices)
+      .def("inflight", &IoEngine::inflight)
+      .def("close", &IoEngine::close, py::arg("cancel_pending") = false, release())
+      .def_property_readonly("closed", &IoEngine::closed);
+
+  m.def("split_request",
+        [](std::uintptr_t buf, std::uint64_t offset, std::size_t len, std::size_t chunk,
+           std::size_t align, bool direct) {
+          YR_CHECK_ARG(align > 0 && (align & (align - 1)) == 0, "align must be a power of two");
+          py::list out;
+          for (const Piece& p : split_request(buf, offset, len, chunk, align, direct))
+            out.append(py::make_tuple(p.offset, p.len, p.buf_off, p.direct, p.bounce));
+          return out;
+        },
+        py::arg("buf"), py::arg("offset"), py::arg("length"), py::arg("chunk"), py::arg("align"),
+        py::arg("direct"), "The alignment splitter (exposed for tests): (offset, len, buf_off, direct, bounce).");
+  m.def("probe_uring", [] {
+    std::string reason;
+    bool ok = probe_uring(&reason);
+    return py::make_tuple(ok, reason);
+  });
+  m.def("probe_odirect", [](const std::string& dir) {
+    std::string reason;
+    bool ok;
+    {
+      py::gil_scoped_release nogil;
+      ok = probe_odirect(dir, &reason);
+    }
+    return py::make_tuple(ok, reason);
+  });
+}
+
+}  // namespace yrc

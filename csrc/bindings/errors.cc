@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+// C++ exceptions -> Python: SysError becomes the OSError subclass its errno selects
+// (FileNotFoundError, PermissionError, ...) with errno and filename set; the rest get their own types.
+#include <cstring>
+#include <string>
+
+#include "bindings/bindings.h"
+#include "common/error.h"
+
+namespace yrc {
+
+void register_errors(py::module_& m) {
+  static py::exception<ClosedError> closed(m, "ClosedError", PyExc_RuntimeError);
+  static py::exception<BackendUnavailable> unavailable(m, "BackendUnavailableError",
+                                                       PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const SysError& e) {
+      std::string msg = std::string(std::strerror(e.err())) + " (" + e.what() + ")";
+      py::object path = e.path().empty() ? py::none() : py::object(py::str(e.path()));
+      py::tuple args = py::make_tuple(e.err(), msg, path);
+      PyErr_SetObject(PyExc_OSError, args.ptr());
+    } catch (const ClosedError& e) {
+      PyErr_SetString(closed.ptr(), e.what());
+    } catch (const BackendUnavailable& e) {
+      PyErr_SetString(unavailable.ptr(), e.what());
+    }
+  });
+}
+
+std::pair<char*, std::size_t> buffer_span(py::handle obj, bool writable) {
+  Py_buffer view;
+  const int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj.ptr(), &view, flags) != 0) {
+    PyErr_Clear();
+    std::string tn = py::str(py::type::of(obj).attr("__name__"));
+    throw py::type_error(std::string("expected a C-contiguous") + (writable ? " writable" : "") +
+                         " buffer (bytearray, memoryview, numpy array, HostBuffer...), got " + tn);
+  }
+  auto span = std::make_pair(static_cast<char*>(view.buf), static_cast<std::size_t>(view.len));
+  PyBuffer_Release(&view);
+  return span;
+}
+
+}  // namespace yrc

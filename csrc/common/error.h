@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+// Exceptions thrown at API edges only. Worker threads never throw: they carry -errno results.
+#pragma once
+#include <cerrno>
+#include <stdexcept>
+#include <string>
+
+namespace yrc {
+
+// An operating-system error with its errno; the bindings turn it into the matching OSError
+// subclass (FileNotFoundError, PermissionError, ...) carrying errno and the file name.
+class SysError : public std::runtime_error {
+ public:
+  SysError(int err, const std::string& what, std::string path = {})
+      : std::runtime_error(what), err_(err), path_(std::move(path)) {}
+  int err() const noexcept { return err_; }
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  int err_;
+  std::string path_;
+};
+
+// Raised when an engine (or file) is used after close().
+class ClosedError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A backend was asked for by name but cannot run here.
+class BackendUnavailable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void throw_errno(int err, const std::string& what, const std::string& path = {}) {
+  throw SysError(err, what, path);
+}
+
+}  // namespace yrc
+
+// Argument checks at API edges: std::invalid_argument becomes ValueError in Python.
+#define YR_CHECK_ARG(cond, msg)                                   \
+  do {                                                            \
+    if (!(cond)) throw std::invalid_argument(std::string(msg));   \
+  } while (0)

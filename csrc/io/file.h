@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+// An open file as the engines see it: an O_DIRECT descriptor for aligned I/O plus a buffered one for
+// unaligned heads/tails and for file systems that refuse O_DIRECT (kvikio's two-fd pattern).
+#pragma once
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/unique_fd.h"
+
+namespace yrc {
+
+class FileHandle {
+ public:
+  // Opens path with the given open(2) flags (O_DIRECT and O_CLOEXEC are managed here). With
+  // want_direct, O_DIRECT is tried first; EINVAL at open (ramfs, some FUSE) falls back to buffered.
+  // Throws SysError with errno and path on failure.
+  static std::shared_ptr<FileHandle> open(const std::string& path, int flags, int mode,
+                                          bool want_direct);
+
+  const std::string& path() const noexcept { return path_; }
+  bool direct() const noexcept { return direct_.load(std::memory_order_acquire); }
+  int fd(bool direct) const noexcept { return direct ? direct_fd_.get() : buffered_fd_.get(); }
+  // Why O_DIRECT is not in use (empty when it is).
+  std::string direct_reason() const;
+  // Switches this file to buffered I/O for good (e.g. EINVAL at the first O_DIRECT I/O).
+  // Returns true for the call that made the switch.
+  bool disable_direct(const std::string& reason);
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+  // Marks the file closed for new requests; descriptors close when the last request holding the
+  // handle completes.
+  void close() noexcept { closed_.store(true, std::memory_order_release); }
+
+ private:
+  FileHandle() = default;
+  std::string path_;
+  UniqueFd direct_fd_;
+  UniqueFd buffered_fd_;
+  std::atomic<bool> direct_{false};
+  std::atomic<bool> closed_{false};
+  mutable std::mutex mu_;
+  std::string direct_reason_;
+};
+
+}  // namespace yrc

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "io/io_engine.h"
+
+#include <cstring>
+
+#include "common/align.h"
+#include "common/error.h"
+#include "io/direct_io.h"
+
+namespace yrc {
+
+namespace {
+IoClass io_class(OpCode c) {
+  switch (c) {
+    case OpCode::Read: return IoClass::Read;
+    case OpCode::Write: return IoClass::Write;
+    case OpCode::Fsync:
+    case OpCode::Fdatasync: return IoClass::Fsync;
+    case OpCode::Fallocate: return IoClass::Fallocate;
+  }
+  return IoClass::Read;
+}
+
+std::string uring_reason(int err, const std::string& what) {
+  std::string r = "io_uring unavailable (" + what + ": " + std::strerror(err) + ")";
+  if (err == EPERM)
+    r += ": blocked by a seccomp filter (e.g. Docker's default profile) or kernel.io_uring_disabled";
+  else if (err == ENOSYS)
+    r += ": the kernel has no io_uring";
+  else if (err == ENOMEM)
+    r += ": RLIMIT_MEMLOCK too small for the ring";
+  return r;
+}
+}  // namespace
+
+IoEngine::IoEngine(const EngineOptions& opt)
+    : opt_(opt), cq_(std::make_shared<CompletionQueue>()), gate_(std::make_shared<Gate>()) {
+  gate_->engine = this;
+}
+
+std::unique_ptr<IoEngine> IoEngine::create(const EngineOptions& in, std::string* reason) {
+  EngineOptions opt = in;
+  YR_CHECK_ARG(opt.queue_depth >= 1 && opt.queue_depth <= 4096, "queue_depth must be in 1..4096");
+  YR_CHECK_ARG(opt.chunk_bytes >= kDirectAlign && opt.chunk_bytes <= (1u << 30),
+               "chunk_bytes must be in 4 KiB..1 GiB");
+  YR_CHECK_ARG(opt.max_inflight_bytes >= opt.chunk_bytes,
+               "max_inflight_bytes must be at least chunk_bytes");
+  opt.chunk_bytes = align_up(opt.chunk_bytes, kDirectAlign);
+  if (reason) reason->clear();
+  const std::string& b = opt.backend;
+  if (b == "psync") return make_psync_engine(opt);
+  if (b == "cufile")
+    throw BackendUnavailable("backend 'cufile' is not built yet (it arrives with the GPU data path)");
+  if (b != "uring" && b != "auto")
+    throw std::invalid_argument("backend must be 'auto', 'uring' or 'psync', got '" + b + "'");
+#ifdef YRCACHE_HAVE_LIBURING
+  try {
+    return make_uring_engine(opt);
+  } catch (const SysError& e) {
+    std::string r = uring_reason(e.err(), e.what());
+    if (b == "uring") throw BackendUnavailable(r);
+    if (reason) *reason = r + "; using psync";
+  }
+#else
+  const std::string r = "io_uring backend not compiled (liburing was not found at build time)";
+  if (b == "uring") throw BackendUnavailable(r);
+  if (reason) *reason = r + "; using psync";
+#endif
+  return make_psync_engine(opt);
+}
+
+std::shared_ptr<Completion> IoEngine::submit(std::uint64_t id, OpCode code,
+                                             std::vector<Extent> extents, std::int64_t arg) {
+  const bool data_op = code == OpCode::Read || code == OpCode::Write;
+  YR_CHECK_ARG(!extents.empty(), "a request needs at least one extent");
+  for (const Extent& e : extents) {
+    YR_CHECK_ARG(e.file != nullptr, "file is None");
+    if (e.file->closed()) throw std::invalid_argument("I/O operation on closed file " + e.file->path());
+    YR_CHECK_ARG(!data_op || e.len == 0 || e.buf != nullptr, "buffer is NULL");
+    YR_CHECK_ARG(e.offset <= (std::uint64_t{1} << 62) && e.len <= (std::uint64_t{1} << 62),
+                 "offset/length out of range");
+  }
+  auto op = std::make_shared<Op>();
+  op->id = id;
+  op->code = code;
+  op->completion = std::make_shared<Completion>(id, cq_);
+  std::vector<std::unique_ptr<Task>> tasks;
+  std::uint64_t rel = 0;
+  for (const Extent& e : extents) {
+    if (data_op) {
+      for (const Piece& p : split_request(reinterpret_cast<std::uintptr_t>(e.buf), e.offset, e.len,
+                                          opt_.chunk_bytes, kDirectAlign, e.file->direct())) {
+        auto t = std::make_unique<Task>();
+        t->file = e.file.get();
+        t->code = code;
+        t->user = e.buf + p.buf_off;
+        t->len = p.len;
+        t->offset = p.offset;
+        t->rel = rel + p.buf_off;
+        t->direct = p.direct;
+        t->bounce = p.bounce;
+        tasks.push_back(std::move(t));
+      }
+    } else {
+      auto t = std::make_unique<Task>();
+      t->file = e.file.get();
+      t->code = code;
+      t->offset = e.offset;
+      t->len = e.len;
+      t->arg = arg;
+      tasks.push_back(std::move(t));
+    }
+    rel += e.len;
+  }
+  op->total = rel;
+  op->extents = std::move(extents);
+  std::weak_ptr<Op> weak = op;
+  op->completion->set_canceller([gate = gate_, weak]() {
+    std::lock_guard<std::mutex> g(gate->mu);
+    auto o = weak.lock();
+    return gate->engine && o && gate->engine->cancel_op(o);
+  });
+  auto completion = op->completion;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (closing_) throw ClosedError("I/O engine is closed");
+    stats_.ops++;
+    if (tasks.empty()) {
+      op->completion.reset();
+    } else {
+      op->outstanding = static_cast<int>(tasks.size());
+      live_ops_++;
+      for (auto& t : tasks) {
+        t->op = op;
+        pending_.push_back(std::move(t));
+      }
+      kick_locked();
+    }
+  }
+  if (!op->completion) completion->complete(0);  // zero-length request
+  return completion;
+}
+
+bool IoEngine::cancel_op(const std::shared_ptr<Op>& op) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (op->issued > 0 || op->outstanding == 0 || op->cancelled) return false;
+    op->cancelled = true;
+    std::deque<std::unique_ptr<Task>> keep;
+    for (auto& t : pending_)
+      if (t->op != op) keep.push_back(std::move(t));
+    pending_.swap(keep);
+    op->outstanding = 0;
+    stats_.cancelled++;
+    if (--live_ops_ == 0) idle_cv_.notify_all();
+  }
+  op->completion->complete(-ECANCELED);
+  return true;
+}
+
+void IoEngine::prepare_issue_locked(Task& t) {
+  t.issued = true;
+  t.op->issued++;
+  inflight_tasks_++;
+  inflight_bytes_ += t.len;
+  stats_.tasks++;
+  t.io_buf = t.user;
+  if (t.bounce) {
+    if (bounce_free_.empty()) {
+      bounce_.push_back(std::make_unique<HostBuffer>(opt_.chunk_bytes));
+      bounce_free_.push_back(static_cast<int>(bounce_.size()) - 1);
+    }
+    t.bounce_slot = bounce_free_.back();
+    bounce_free_.pop_back();
+    t.io_buf = bounce_[t.bounce_slot]->data();
+    stats_.bounced++;
+    if (t.code == OpCode::Write) std::memcpy(t.io_buf, t.user, t.len);
+  }
+}
+
+IoEngine::Next IoEngine::on_result(Task& t, std::int64_t res) {
+  res = faults_.apply(io_class(t.code), res);
+  if (res < 0) {
+    if ((res == -EINTR || res == -EAGAIN) && ++t.attempts < 100) {
+      t.retries++;
+      return Next::Reissue;
+    }
+    if (res == -EINVAL && t.direct) {
+      // The file system accepted O_DIRECT at open but refuses it for I/O (some FUSE/NFS setups).
+      if (t.file->disable_direct("the file system returned EINVAL for O_DIRECT I/O"))
+        note("O_DIRECT refused at first I/O on " + t.file->path() +
+             " (EINVAL); using buffered I/O for this file");
+      t.direct = false;
+      t.fallbacks++;
+      return Next::Reissue;
+    }
+    t.err = res;
+    return Next::Done;
+  }
+  if (t.code != OpCode::Read && t.code != OpCode::Write) return Next::Done;
+  t.done += static_cast<std::size_t>(res);
+  if (t.done >= t.len) return Next::Done;
+  if (res == 0) {
+    if (t.code == OpCode::Read) {
+      t.eof = true;  // end of file: the read returns what exists
+    } else {
+      t.err = -EIO;  // a write that makes no progress would loop forever
+    }
+    return Next::Done;
+  }
+  // Short transfer: resubmit the remainder. An unaligned remainder (e.g. a direct read that stopped
+  // at an unaligned EOF) cannot stay on the O_DIRECT descriptor.
+  t.shorts++;
+  if (t.direct && !is_aligned(t.done, kDirectAlign)) t.direct = false;
+  return Next::Reissue;
+}
+
+void IoEngine::finish_task(std::unique_ptr<Task> t) {
+  if (t->bounce_slot >= 0 && t->code == OpCode::Read && t->done > 0)
+    std::memcpy(t->user, t->io_buf, t->done);
+  std::shared_ptr<Completion> done;
+  std::int64_t result = 0;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (t->bounce_slot >= 0) bounce_free_.push_back(t->bounce_slot);
+    if (t->issued) {
+      inflight_tasks_--;
+      inflight_bytes_ -= t->len;
+    }
+    stats_.retries += t->retries;
+    stats_.short_transfers += t->shorts;
+    stats_.direct_fallbacks += t->fallbacks;
+    if (t->code == OpCode::Read) stats_.bytes_read += t->done;
+    if (t->code == OpCode::Write) stats_.bytes_written += t->done;
+    Op& op = *t->op;
+    if (t->err && !op.error) {
+      op.error = t->err;
+      stats_.errors++;
+    }
+    if (t->eof) op.eof_at = std::min<std::uint64_t>(op.eof_at, t->rel + t->done);
+    if (--op.outstanding == 0) {
+      if (op.error)
+        result = op.error;
+      else if (op.code == OpCode::Read)
+        result = static_cast<std::int64_t>(std::min<std::uint64_t>(op.total, op.eof_at));
+      else if (op.code == OpCode::Write)
+        result = static_cast<std::int64_t>(op.total);
+      done = op.completion;
+      if (--live_ops_ == 0) idle_cv_.notify_all();
+    }
+  }
+  if (done) done->complete(result);
+}
+
+void IoEngine::close(bool cancel_pending) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (shut_) return;
+  closing_ = true;
+  if (cancel_pending) {
+    // Not-yet-issued tasks fail with ECANCELED; issued ones finish normally.
+    std::deque<std::unique_ptr<Task>> drop;
+    drop.swap(pending_);
+    lk.unlock();
+    for (auto& t : drop) {
+      t->err = -ECANCELED;
+      finish_task(std::move(t));
+    }
+    lk.lock();
+  }
+  idle_cv_.wait(lk, [&] { return live_ops_ == 0; });
+  if (shut_) return;  // another closer finished meanwhile
+  shut_ = true;
+  lk.unlock();
+  {
+    std::lock_guard<std::mutex> g(gate_->mu);
+    gate_->engine = nullptr;  // cancellers and buffer-release hooks become no-ops
+  }
+  shutdown();
+}
+
+bool IoEngine::closed() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return closing_;
+}
+
+EngineStats IoEngine::stats() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return stats_;
+}
+
+std::size_t IoEngine::inflight() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return inflight_tasks_ + pending_.size();
+}
+
+void IoEngine::note(std::string msg) {
+  std::lock_guard<std::mutex> lk(mu_);
+  notices_.push_back(std::move(msg));
+}
+
+std::vector<std::string> IoEngine::take_notices() {
+  std::lock_guard<std::mutex> lk(mu_);
+  std::vector<std::string> out;
+  out.swap(notices_);
+  return out;
+}
+
+}  // namespace yrc

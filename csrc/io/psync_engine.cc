@@ -1,0 +1,85 @@
+// SPDX-License-Identifier: Apache-2.0
+// psync: a pool of threads doing pread/pwrite/fsync/fallocate. Always built; the bottom rung of the
+// ladder. Each worker runs one task at a time, so queue depth = thread count; idle workers block.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <thread>
+
+#include "io/io_engine.h"
+
+namespace yrc {
+namespace {
+
+class PsyncEngine final : public IoEngine {
+ public:
+  explicit PsyncEngine(const EngineOptions& opt) : IoEngine(opt) {
+    const unsigned n = opt.threads ? opt.threads : opt.queue_depth;
+    workers_.reserve(n);
+    for (unsigned i = 0; i < n; ++i) workers_.emplace_back([this] { run(); });
+  }
+  ~PsyncEngine() override { close(false); }
+  const char* name() const noexcept override { return "psync"; }
+
+ protected:
+  void kick_locked() override { work_cv_.notify_all(); }
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    work_cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
+ private:
+  static std::int64_t execute(const Task& t) {
+    const int fd = t.file->fd(t.direct && (t.code == OpCode::Read || t.code == OpCode::Write));
+    ssize_t r = 0;
+    switch (t.code) {
+      case OpCode::Read:
+        r = ::pread(fd, t.io_buf + t.done, t.len - t.done, static_cast<off_t>(t.offset + t.done));
+        break;
+      case OpCode::Write:
+        r = ::pwrite(fd, t.io_buf + t.done, t.len - t.done, static_cast<off_t>(t.offset + t.done));
+        break;
+      case OpCode::Fsync: r = ::fsync(fd); break;
+      case OpCode::Fdatasync: r = ::fdatasync(fd); break;
+      case OpCode::Fallocate:
+        r = ::fallocate(fd, static_cast<int>(t.arg), static_cast<off_t>(t.offset),
+                        static_cast<off_t>(t.len));
+        break;
+    }
+    return r < 0 ? -errno : r;
+  }
+
+  void run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    for (;;) {
+      work_cv_.wait(lk, [&] { return !pending_.empty() || stop_; });
+      if (pending_.empty()) return;  // stop_ and nothing left
+      std::unique_ptr<Task> t = std::move(pending_.front());
+      pending_.pop_front();
+      prepare_issue_locked(*t);
+      lk.unlock();
+      while (on_result(*t, execute(*t)) == Next::Reissue) {
+      }
+      finish_task(std::move(t));
+      lk.lock();
+    }
+  }
+
+  std::condition_variable work_cv_;
+  std::vector<std::thread> workers_;
+  bool stop_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<IoEngine> make_psync_engine(const EngineOptions& opt) {
+  return std::make_unique<PsyncEngine>(opt);
+}
+
+}  // namespace yrc

@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+// Page-aligned host memory for O_DIRECT staging. Allocated with mmap so the address and length are
+// page aligned (cudaMallocHost memory is not guaranteed to be, see kvikio). Registrations with an
+// io_uring (and, in the GPU issue, cudaHostRegister) attach an undo hook that runs before munmap,
+// so a recycled virtual address can never alias a stale registered page.
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+namespace yrc {
+
+class HostBuffer {
+ public:
+  explicit HostBuffer(std::size_t nbytes);
+  ~HostBuffer();
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
+
+  char* data() const noexcept { return static_cast<char*>(ptr_); }
+  std::size_t size() const noexcept { return size_; }         // requested bytes
+  std::size_t capacity() const noexcept { return mapped_; }   // page-rounded mapping
+  // Runs fn just before the memory is unmapped (e.g. io_uring buffer unregistration).
+  void on_release(std::function<void()> fn);
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t mapped_ = 0;
+  std::mutex mu_;
+  std::vector<std::function<void()>> on_release_;
+};
+
+}  // namespace yrc

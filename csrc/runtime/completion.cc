@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "runtime/completion.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+
+#include "common/error.h"
+
+namespace yrc {
+
+CompletionQueue::CompletionQueue() : efd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!efd_) throw_errno(errno, "eventfd");
+}
+
+void CompletionQueue::signal() {
+  std::uint64_t one = 1;
+  // A full counter (never in practice) or EAGAIN only means a wakeup is already pending.
+  [[maybe_unused]] auto n = ::write(efd_.get(), &one, sizeof one);
+}
+
+void CompletionQueue::push(std::uint64_t id) {
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    was_empty = ids_.empty();
+    ids_.push_back(id);
+  }
+  cv_.notify_one();
+  if (was_empty) signal();  // one eventfd write per batch, not per completion
+}
+
+void CompletionQueue::wake() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    woken_ = true;
+  }
+  cv_.notify_all();
+  signal();
+}
+
+std::vector<std::uint64_t> CompletionQueue::pop(double timeout_s) {
+  std::unique_lock<std::mutex> lk(mu_);
+  auto ready = [&] { return !ids_.empty() || woken_; };
+  if (timeout_s < 0) {
+    cv_.wait(lk, ready);
+  } else {
+    cv_.wait_for(lk, std::chrono::duration<double>(timeout_s), ready);
+  }
+  woken_ = false;
+  std::vector<std::uint64_t> out(ids_.begin(), ids_.end());
+  ids_.clear();
+  lk.unlock();
+  std::uint64_t v;
+  [[maybe_unused]] auto n = ::read(efd_.get(), &v, sizeof v);  // reset the eventfd counter
+  return out;
+}
+
+std::vector<std::uint64_t> CompletionQueue::pop_nowait() { return pop(0.0); }
+
+bool Completion::wait(double timeout_s) {
+  if (done()) return true;
+  std::unique_lock<std::mutex> lk(mu_);
+  auto ready = [&] { return done_.load(std::memory_order_acquire); };
+  if (timeout_s < 0) {
+    cv_.wait(lk, ready);
+    return true;
+  }
+  return cv_.wait_for(lk, std::chrono::duration<double>(timeout_s), ready);
+}
+
+void Completion::complete(std::int64_t result) noexcept {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (done_.load(std::memory_order_relaxed)) return;
+    result_ = result;
+    done_.store(true, std::memory_order_release);
+  }
+  cv_.notify_all();
+  if (queue_) queue_->push(id_);
+}
+
+bool Completion::cancel() {
+  if (done() || !canceller_) return false;
+  return canceller_();
+}
+
+}  // namespace yrc

@@ -1,0 +1,408 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The file I/O engine: io_uring + O_DIRECT with a psync fallback, returning Futures.
+
+>>> eng = yrcache.IoEngine()                      # backend ladder: auto -> uring -> psync
+>>> f = eng.open("/data/x.bin", "w")              # O_DIRECT where the file system allows it
+>>> buf = eng.alloc(64 << 20)                     # page-aligned, registered with the ring
+>>> eng.pwrite(f, buf, 0).result()                # bytes written
+>>> eng.fsync(f).result()
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from . import envs
+from ._native import _C
+from .futures import Future
+
+logger = logging.getLogger(__name__)
+
+HostBuffer = _C.mem.HostBuffer
+
+_MODES = {
+    "r": os.O_RDONLY,
+    "r+": os.O_RDWR,
+    "w": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+    "x": os.O_RDWR | os.O_CREAT | os.O_EXCL,
+}
+
+
+class File:
+    """A file opened by an :class:`IoEngine` (an O_DIRECT descriptor plus a buffered one).
+
+    ``direct`` says whether O_DIRECT is in use; ``direct_reason`` says why not. Closing marks the
+    file closed for new requests; descriptors are released when requests in flight complete.
+    """
+
+    __slots__ = ("_c", "__weakref__")
+
+    def __init__(self, native: Any) -> None:
+        self._c = native
+
+    @property
+    def path(self) -> str:
+        return self._c.path
+
+    @property
+    def direct(self) -> bool:
+        return self._c.direct
+
+    @property
+    def direct_reason(self) -> str:
+        return self._c.direct_reason
+
+    @property
+    def closed(self) -> bool:
+        return self._c.closed
+
+    def fileno(self) -> int:
+        """The buffered descriptor (valid until close)."""
+        return self._c.fileno()
+
+    def close(self) -> None:
+        self._c.close()
+
+    def __enter__(self) -> File:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<yrcache.File {self.path!r} direct={self.direct}{' closed' if self.closed else ''}>"
+
+
+class IoEngine:
+    """Asynchronous file I/O with one backend chosen once: ``uring`` (liburing, a reaper thread
+    completes requests) or ``psync`` (a pread/pwrite thread pool).
+
+    Args:
+        backend: ``"auto"`` (io_uring if a ring can be created here, else psync, logging why),
+            ``"uring"`` or ``"psync"`` (raise :class:`BackendUnavailableError` if unusable).
+            Default from ``YRCACHE_BACKEND``.
+        queue_depth: kernel I/Os in flight (psync: worker threads). Default 8.
+        chunk_bytes: large requests are cut into pieces of this many bytes (rounded up to 4 KiB).
+        max_inflight_bytes: cap on bytes in flight (uring); at least one piece always runs.
+        register_buffers: use io_uring fixed buffers for memory from :meth:`alloc` (falls back to
+            unregistered I/O when RLIMIT_MEMLOCK is too small).
+        direct: open files with O_DIRECT by default.
+        callbacks: ``"thread"`` (a dispatcher thread runs Future callbacks) or ``"manual"`` (you
+            watch :attr:`eventfd` and call :meth:`run_callbacks`, e.g. from an event loop).
+
+    Thread-safe: any thread may submit. Every method that submits returns at once.
+    """
+
+    def __init__(self, backend: str | None = None, *, queue_depth: int | None = None,
+                 chunk_bytes: int | None = None, max_inflight_bytes: int | None = None,
+                 threads: int = 0, register_buffers: bool = True, direct: bool = True,
+                 callbacks: str = "thread") -> None:
+        cfg = envs.io_defaults()
+        backend = backend or cfg["backend"]
+        queue_depth = queue_depth or cfg["queue_depth"]
+        chunk_bytes = chunk_bytes or cfg["chunk_bytes"]
+        max_inflight_bytes = max_inflight_bytes or max(cfg["max_inflight_bytes"], chunk_bytes)
+        for name, v in (("queue_depth", queue_depth), ("chunk_bytes", chunk_bytes),
+                        ("max_inflight_bytes", max_inflight_bytes), ("threads", threads)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if callbacks not in ("thread", "manual"):
+            raise ValueError(f"callbacks must be 'thread' or 'manual', got {callbacks!r}")
+        self._c = _C.io.Engine(backend, queue_depth, chunk_bytes, max_inflight_bytes, threads,
+                               register_buffers)
+        self._direct = direct
+        self._cq = self._c.completions
+        self._ids = itertools.count(1)
+        self._inflight: dict[int, Future[Any]] = {}
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._warned: set[tuple[str, Any]] = set()
+        reason = self._c.fallback_reason
+        if reason:
+            logger.warning("yrcache I/O engine: %s", reason)
+        else:
+            logger.info("yrcache I/O engine: backend %s", self.backend)
+        self._log_notices()
+        self._dispatcher: threading.Thread | None = None
+        if callbacks == "thread":
+            self._stop = threading.Event()
+            self._dispatcher = threading.Thread(
+                target=_dispatch, args=(self._c, self._cq, self._inflight, self._stop),
+                name=f"yrcache-io-{self.backend}", daemon=True)
+            self._dispatcher.start()
+        _live_engines.add(self)
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The backend in use: ``"uring"`` or ``"psync"``."""
+        return self._c.backend
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why the ladder did not use io_uring (empty when it did or psync was asked for)."""
+        return self._c.fallback_reason
+
+    @property
+    def queue_depth(self) -> int:
+        return self._c.queue_depth
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self._c.chunk_bytes
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return self._c.max_inflight_bytes
+
+    @property
+    def eventfd(self) -> int:
+        """An eventfd that becomes readable when operations complete (for event loops)."""
+        return self._cq.eventfd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ops, tasks, bytes read/written, short transfers, retries, fallbacks, errors."""
+        return self._c.stats()
+
+    # -- files and memory --------------------------------------------------------------------
+    def open(self, path: str | os.PathLike[str], mode: str = "r", *, direct: bool | None = None,
+             perm: int = 0o644) -> File:
+        """Open ``path`` (modes r, r+, w, w+, x). Raises the OSError subclass for errno.
+
+        O_DIRECT is used where the file system accepts it; where it refuses (EINVAL at open or at
+        the first I/O, e.g. ramfs) the file falls back to buffered I/O and this is logged once per
+        file system.
+        """
+        self._check_open()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"path must be str or os.PathLike[str], got {type(path).__name__}")
+        want = self._direct if direct is None else direct
+        f = File(_C.io.File.open(path, _MODES[mode], perm, want))
+        if want and not f.direct:
+            self._warn_once(("odirect", os.fstat(f.fileno()).st_dev),
+                            "O_DIRECT unavailable for %s: %s; using buffered I/O on this file "
+                            "system", path, f.direct_reason)
+        return f
+
+    def alloc(self, nbytes: int) -> Any:
+        """A page-aligned :class:`HostBuffer` of ``nbytes``, registered with the ring if possible."""
+        buf = HostBuffer(nbytes)
+        self.register(buf)
+        return buf
+
+    def register(self, buf: Any) -> bool:
+        """Register a HostBuffer for fixed-buffer I/O; False (logged once) when not possible."""
+        self._check_open()
+        r = self._c.register_buffer(buf)
+        if r < 0 and r != -95:  # EOPNOTSUPP: backend without fixed buffers
+            self._warn_once(("register", -r), "io_uring buffer registration failed (%s); "
+                            "using unregistered I/O (raise RLIMIT_MEMLOCK to enable)",
+                            os.strerror(-r))
+        return r == 0
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def pread(self, file: File, buf: Any, offset: int = 0) -> Future[int]:
+        """Read ``len(buf)`` bytes at ``offset`` into ``buf``; the Future gives bytes read (fewer
+        only at end of file)."""
+        return self._rw(False, [(file, buf, offset)], "pread")
+
+    def pwrite(self, file: File, buf: Any, offset: int = 0) -> Future[int]:
+        """Write all of ``buf`` at ``offset``; the Future gives bytes written."""
+        return self._rw(True, [(file, buf, offset)], "pwrite")
+
+    def preadv(self, file: File, bufs: Sequence[Any], offset: int = 0) -> Future[int]:
+        """Read consecutive file bytes into several buffers (one Future)."""
+        return self._rw(False, _consecutive(file, bufs, offset), "preadv")
+
+    def pwritev(self, file: File, bufs: Sequence[Any], offset: int = 0) -> Future[int]:
+        """Write several buffers to consecutive file bytes (one Future)."""
+        return self._rw(True, _consecutive(file, bufs, offset), "pwritev")
+
+    def read_batch(self, extents: Sequence[tuple[File, Any, int]]) -> Future[int]:
+        """Read many ``(file, buf, offset)`` extents, across files, as one Future (total bytes)."""
+        return self._rw(False, list(extents), "read_batch")
+
+    def write_batch(self, extents: Sequence[tuple[File, Any, int]]) -> Future[int]:
+        """Write many ``(file, buf, offset)`` extents, across files, as one Future (total bytes)."""
+        return self._rw(True, list(extents), "write_batch")
+
+    def fsync(self, file: File, *, datasync: bool = False) -> Future[None]:
+        """fsync (or fdatasync) the file. Order it after writes by waiting for them first."""
+        self._check_open()
+        i = next(self._ids)
+        fut: Future[None] = Future(None, convert=_none, what="fdatasync" if datasync else "fsync",
+                                   path=file.path, keep=file)
+        return self._track(i, fut, lambda: self._c.fsync(i, file._c, datasync))
+
+    def fallocate(self, file: File, offset: int, length: int, mode: int = 0) -> Future[None]:
+        """Preallocate ``length`` bytes at ``offset`` (fallocate(2) mode flags)."""
+        self._check_open()
+        if offset < 0 or length <= 0:
+            raise ValueError(f"fallocate needs offset >= 0 and length > 0, got {offset}, {length}")
+        i = next(self._ids)
+        fut: Future[None] = Future(None, convert=_none, what="fallocate", path=file.path, keep=file)
+        return self._track(i, fut, lambda: self._c.fallocate(i, file._c, mode, offset, length))
+
+    def _rw(self, write: bool, extents: list[tuple[File, Any, int]], what: str) -> Future[int]:
+        self._check_open()
+        native = []
+        keep = []
+        for ext in extents:
+            if len(ext) != 3:
+                raise ValueError(f"extent must be (file, buffer, offset), got {ext!r}")
+            file, buf, offset = ext
+            if not isinstance(file, File):
+                raise TypeError(f"file must be a yrcache.File, got {type(file).__name__}")
+            if not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+            try:
+                mv = memoryview(buf)  # pins the exporter (a bytearray cannot be resized meanwhile)
+            except TypeError:
+                raise TypeError(f"buffer must support the buffer protocol, got "
+                                f"{type(buf).__name__}") from None
+            if not write and mv.readonly:
+                raise TypeError(f"cannot read into a read-only buffer ({type(buf).__name__})")
+            native.append((file._c, mv, offset))
+            keep.append((file, buf, mv))
+        i = next(self._ids)
+        path = extents[0][0].path if len(extents) == 1 else None
+        fut: Future[int] = Future(None, what=what, path=path, keep=keep)
+        return self._track(i, fut, lambda: self._c.rw(i, write, native))
+
+    def _track(self, i: int, fut: Future[Any], submit: Any) -> Future[Any]:
+        # Registered before submitting: the op may complete before submit() returns.
+        self._inflight[i] = fut
+        try:
+            fut._c = submit()
+        except BaseException:
+            self._inflight.pop(i, None)
+            raise
+        if self._dispatcher is None and len(self._inflight) > 4096:
+            self.run_callbacks()  # manual mode: keep bookkeeping bounded even if nobody polls
+        return fut
+
+    # -- completion dispatch -----------------------------------------------------------------
+    def run_callbacks(self) -> int:
+        """Run callbacks of completed operations in this thread (``callbacks="manual"``).
+
+        Returns how many operations were finished. Non-blocking.
+        """
+        n = _drain(self._cq.pop(0.0), self._inflight)
+        self._log_notices()
+        return n
+
+    def _log_notices(self) -> None:
+        for msg in self._c.take_notices():
+            logger.warning("yrcache I/O engine: %s", msg)
+
+    def _warn_once(self, key: tuple[str, Any], fmt: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(fmt, *args)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def close(self, *, cancel: bool = False) -> None:
+        """Finish (or with ``cancel=True`` cancel, where not yet started) all work in flight, then
+        stop the backend. Idempotent. Later calls raise :class:`ClosedError`."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._c.close(cancel)
+        if self._dispatcher is not None:
+            self._stop.set()
+            self._cq.wake()
+            if threading.current_thread() is not self._dispatcher:
+                self._dispatcher.join()
+        else:
+            self.run_callbacks()
+        self._log_notices()
+        _live_engines.discard(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _C.ClosedError("I/O engine is closed")
+
+    def _inject_faults(self, spec: str) -> None:
+        """Test hook: make the backend return errors or short transfers (see csrc/io/faults.h)."""
+        self._c.set_faults(spec)
+
+    def __enter__(self) -> IoEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<yrcache.IoEngine backend={self.backend} qd={self.queue_depth} "
+                f"chunk={self.chunk_bytes}{' closed' if self._closed else ''}>")
+
+
+def _none(_: int) -> None:
+    return None
+
+
+def _consecutive(file: File, bufs: Sequence[Any], offset: int) -> list[tuple[File, Any, int]]:
+    out = []
+    for b in bufs:
+        out.append((file, b, offset))
+        offset += memoryview(b).nbytes
+    return out
+
+
+def _drain(ids: list[int], inflight: dict[int, Future[Any]]) -> int:
+    n = 0
+    for i in ids:
+        fut = inflight.pop(i, None)
+        if fut is not None:
+            fut._on_native_done()
+            n += 1
+    return n
+
+
+def _dispatch(native: Any, cq: Any, inflight: dict[int, Future[Any]],
+              stop: threading.Event) -> None:
+    """Dispatcher thread: waits (GIL released) for completions and runs their callbacks. Holds no
+    reference to the IoEngine object, so an unreferenced engine can be collected and closed."""
+    while True:
+        _drain(cq.pop(0.5), inflight)
+        for msg in native.take_notices():
+            logger.warning("yrcache I/O engine: %s", msg)
+        if stop.is_set() and not inflight:
+            return
+
+
+_live_engines: weakref.WeakSet[IoEngine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for eng in list(_live_engines):
+        try:
+            eng.close()
+        except Exception:
+            pass
+
+
+__all__ = ["File", "HostBuffer", "IoEngine"]
