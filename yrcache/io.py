@@ -120,7 +120,7 @@ class IoEngine:
         self._direct = direct
         self._cq = self._c.completions
         self._ids = itertools.count(1)
-        self._inflight: dict[int, Future[Any]] = {}
+        self._book = _Book()
         self._closed = False
         self._close_lock = threading.Lock()
         self._warned: set[tuple[str, Any]] = set()
@@ -134,7 +134,7 @@ class IoEngine:
         if callbacks == "thread":
             self._stop = threading.Event()
             self._dispatcher = threading.Thread(
-                target=_dispatch, args=(self._c, self._cq, self._inflight, self._stop),
+                target=_dispatch, args=(self._c, self._cq, self._book, self._stop),
                 name=f"yrcache-io-{self.backend}", daemon=True)
             self._dispatcher.start()
         _live_engines.add(self)
@@ -284,14 +284,18 @@ class IoEngine:
         return self._track(i, fut, lambda: self._c.rw(i, write, native))
 
     def _track(self, i: int, fut: Future[Any], submit: Any) -> Future[Any]:
-        # Registered before submitting: the op may complete before submit() returns.
-        self._inflight[i] = fut
-        try:
-            fut._c = submit()
-        except BaseException:
-            self._inflight.pop(i, None)
-            raise
-        if self._dispatcher is None and len(self._inflight) > 4096:
+        fut._c = submit()
+        # The op may already be complete and its id drained before we get here: the dispatcher
+        # then parked the id in _orphans, and we finish it ourselves.
+        with self._book.lock:
+            orphan = i in self._book.orphans
+            if orphan:
+                self._book.orphans.discard(i)
+            else:
+                self._book.inflight[i] = fut
+        if orphan:
+            fut._on_native_done()
+        if self._dispatcher is None and len(self._book.inflight) > 4096:
             self.run_callbacks()  # manual mode: keep bookkeeping bounded even if nobody polls
         return fut
 
@@ -301,7 +305,7 @@ class IoEngine:
 
         Returns how many operations were finished. Non-blocking.
         """
-        n = _drain(self._cq.pop(0.0), self._inflight)
+        n = _drain(self._cq.pop(0.0), self._book)
         self._log_notices()
         return n
 
@@ -371,25 +375,39 @@ def _consecutive(file: File, bufs: Sequence[Any], offset: int) -> list[tuple[Fil
     return out
 
 
-def _drain(ids: list[int], inflight: dict[int, Future[Any]]) -> int:
-    n = 0
-    for i in ids:
-        fut = inflight.pop(i, None)
-        if fut is not None:
-            fut._on_native_done()
-            n += 1
-    return n
+class _Book:
+    """Futures in flight, keyed by id (they keep buffers alive until their op completes)."""
+
+    __slots__ = ("inflight", "orphans", "lock")
+
+    def __init__(self) -> None:
+        self.inflight: dict[int, Future[Any]] = {}
+        self.orphans: set[int] = set()  # ids completed before _track registered them
+        self.lock = threading.Lock()
 
 
-def _dispatch(native: Any, cq: Any, inflight: dict[int, Future[Any]],
-              stop: threading.Event) -> None:
+def _drain(ids: list[int], book: _Book) -> int:
+    done = []
+    with book.lock:
+        for i in ids:
+            fut = book.inflight.pop(i, None)
+            if fut is None:
+                book.orphans.add(i)
+            else:
+                done.append(fut)
+    for fut in done:
+        fut._on_native_done()
+    return len(done)
+
+
+def _dispatch(native: Any, cq: Any, book: _Book, stop: threading.Event) -> None:
     """Dispatcher thread: waits (GIL released) for completions and runs their callbacks. Holds no
     reference to the IoEngine object, so an unreferenced engine can be collected and closed."""
     while True:
-        _drain(cq.pop(0.5), inflight)
+        _drain(cq.pop(0.5), book)
         for msg in native.take_notices():
             logger.warning("yrcache I/O engine: %s", msg)
-        if stop.is_set() and not inflight:
+        if stop.is_set() and not book.inflight:
             return
 
 
