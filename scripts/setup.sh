@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Idempotent setup on a fresh Debian/Ubuntu machine: system packages, a virtualenv in .venv, and an
+# editable build of yrcache (CMake + Ninja via pip). Re-running only rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(build-essential cmake ninja-build pkg-config liburing-dev fio libseccomp2 util-linux
+      python3-venv python3-dev)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> installing system packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# nvcc is optional (YRCACHE_CUDA=auto); make a standard toolkit install visible to CMake.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "==> building yrcache (YRCACHE_LIBURING=${YRCACHE_LIBURING:-auto} YRCACHE_CUDA=${YRCACHE_CUDA:-auto})"
+.venv/bin/python -m pip install -q -e ".[test,bench]"
+.venv/bin/python -c "import yrcache, json; print(json.dumps(yrcache.build_info(), indent=1))"
