@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Helpers shared by the benchmarks: size parsing/formatting and a description of the machine."""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
+          "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"256K"`` -> 262144 (binary units: K, M, G, T; optional ``iB``/``B``)."""
+    s = text.strip().upper()
+    i = len(s)
+    while i > 0 and not (s[i - 1].isdigit() or s[i - 1] == "."):
+        i -= 1
+    unit = s[i:].strip()
+    if unit.endswith("B") and unit not in ("B", "KIB", "MIB", "GIB", "TIB"):
+        unit = unit[:-1]
+    if unit not in _UNITS or not s[:i]:
+        raise ValueError(f"not a size: {text!r} (use e.g. 256K, 1M, 1G)")
+    return int(float(s[:i]) * _UNITS[unit])
+
+
+def fmt_size(n: int) -> str:
+    """262144 -> ``"256KiB"``; exact multiples only, else bytes."""
+    for unit, mult in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= mult and n % mult == 0:
+            return f"{n // mult}{unit}"
+    return f"{n}B"
+
+
+def fs_of(path: str) -> dict[str, str]:
+    """File system type, device and mount point holding ``path`` (longest /proc/mounts match)."""
+    real = os.path.realpath(path)
+    best = {"fstype": "unknown", "device": "", "mountpoint": ""}
+    try:
+        with open("/proc/mounts", encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mnt = parts[1].replace("\\040", " ")
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best["mountpoint"]):
+                    best = {"fstype": parts[2], "device": parts[0], "mountpoint": mnt}
+    except OSError:
+        pass
+    return best
+
+
+def _run(cmd: list[str], cwd: str | None = None) -> str | None:
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_sha() -> str | None:
+    """The commit of the working tree the package was imported from (None when not a checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if not os.path.exists(os.path.join(root, ".git")) or shutil.which("git") is None:
+        return None
+    sha = _run(["git", "rev-parse", "HEAD"], cwd=root)
+    if sha and _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root):
+        sha += "-dirty"
+    return sha
+
+
+def sysinfo(directory: str) -> dict[str, Any]:
+    """Kernel, CPUs, file system and O_DIRECT support of ``directory``, yrcache build, tools."""
+    import yrcache
+
+    info = yrcache.build_info(directory)
+    fio = shutil.which("fio")
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    try:
+        cpus_usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus_usable = os.cpu_count() or 0
+    try:
+        from importlib.metadata import version
+        pyuring_version: str | None = version("pyuring")
+    except Exception:
+        pyuring_version = None
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": cpus_usable,
+        "dir": os.path.abspath(directory),
+        "fs": fs_of(directory),
+        "odirect": bool(info.get("odirect", {}).get("usable")),
+        "odirect_reason": info.get("odirect", {}).get("reason", ""),
+        "memlock_limit": {"soft": soft, "hard": hard},
+        "yrcache_version": yrcache.__version__,
+        "build_info": info,
+        "git_sha": git_sha(),
+        "fio": fio,
+        "fio_version": _run([fio, "--version"]) if fio else None,
+        "pyuring_version": pyuring_version,
+    }
