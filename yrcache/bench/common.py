@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Helpers shared by the benchmarks: size parsing/formatting and a description of the machine."""
+"""Helpers shared by the benchmarks: sizes, a description of the machine, a table and a plot."""
 from __future__ import annotations
 
 import os
@@ -58,7 +58,7 @@ def fs_of(path: str) -> dict[str, str]:
 
 def _run(cmd: list[str], cwd: str | None = None) -> str | None:
     try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -87,9 +87,9 @@ def sysinfo(directory: str) -> dict[str, Any]:
     except (AttributeError, OSError):
         cpus_usable = os.cpu_count() or 0
     try:
-        from importlib.metadata import version
+        from importlib.metadata import PackageNotFoundError, version
         pyuring_version: str | None = version("pyuring")
-    except Exception:
+    except PackageNotFoundError:
         pyuring_version = None
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -110,3 +110,61 @@ def sysinfo(directory: str) -> dict[str, Any]:
         "fio_version": _run([fio, "--version"]) if fio else None,
         "pyuring_version": pyuring_version,
     }
+
+
+def format_table(results: list[dict[str, Any]], footnote: str = "") -> str:
+    """One line per result: medians, min-max, ratio and CPU s/GB of the measured side and fio."""
+    def f(x: float | None, spec: str = ".2f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    hdr = (f"{'op':<6}{'bs':>7}{'qd':>4}  {'backend/tool':<15}{'GB/s':>7}{'min-max':>12}"
+           f"{'fio GB/s':>10}{'min-max':>12}{'ratio':>7}{'CPU s/GB':>10}{'fio':>8}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in results:
+        e, fi = r["engine"], r["fio"]
+        head = f"{r['op']:<6}{fmt_size(r['block_bytes']):>7}{r['queue_depth']:>4}  {r['backend']:<15}"
+        if e is None:
+            lines.append(head + f"not comparable: {r['note']}")
+            continue
+        star = "*" if fi is not None and "reference" in fi else " "
+        lines.append(
+            head + f"{f(e['gbps_median']):>7}{f(e['gbps_min']) + '-' + f(e['gbps_max']):>12}"
+            + (f"{f(fi['gbps_median']) + star:>10}{f(fi['gbps_min']) + '-' + f(fi['gbps_max']):>12}"
+               if fi else f"{'-':>10}{'-':>12}")
+            + f"{f(r['ratio']):>7}{f(e['cpu_s_per_gb_median'], '.3f'):>10}"
+            + f"{f(fi['cpu_s_per_gb_median'] if fi else None, '.3f'):>8}")
+    if footnote and any(r["fio"] and "reference" in r["fio"] for r in results):
+        lines.append(footnote)
+    return "\n".join(lines)
+
+
+def plot_bars(results: list[dict[str, Any]], path: str) -> str | None:
+    """PNG bar chart of GB/s, measured side vs fio, min-max error bars; a reason if not drawn."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed: no plot written (pip install matplotlib)"
+    rows = [r for r in results if r["engine"] is not None]
+    labels = [f"{r['op']} {fmt_size(r['block_bytes'])}\nqd{r['queue_depth']} {r['backend']}"
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows)), 4.8))
+    for k, (who, color) in enumerate((("engine", "tab:blue"), ("fio", "tab:gray"))):
+        med, lo, hi = [], [], []
+        for r in rows:
+            s = r[who]
+            med.append(s["gbps_median"] if s else float("nan"))
+            lo.append(s["gbps_median"] - s["gbps_min"] if s else 0.0)
+            hi.append(s["gbps_max"] - s["gbps_median"] if s else 0.0)
+        colors = [color if not (r[who] and "reference" in r[who]) else "lightgray" for r in rows]
+        ax.bar([i + (k - 0.5) * 0.4 for i in range(len(rows))], med, 0.4, yerr=[lo, hi],
+               capsize=2, color=colors, label="yrcache / baseline" if k == 0 else "fio")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("GB/s (median, min-max)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import mmap
 import os
@@ -30,7 +31,7 @@ from typing import Any
 
 import yrcache
 
-from .common import fmt_size, parse_size, sysinfo
+from .common import fmt_size, format_table, parse_size, plot_bars, sysinfo
 
 GB = 1e9  # GB/s and s/GB use decimal gigabytes
 MIB = 1 << 20
@@ -46,6 +47,10 @@ CPU_METHOD = ("engine/baselines: getrusage(RUSAGE_SELF) ru_utime+ru_stime delta 
               "region (all threads of this process, io_uring io-wq workers included); fio: "
               "(usr_cpu+sys_cpu)/100 * job_runtime/1000 from its JSON (with group_reporting both "
               "are summed over the jobs, so this is the CPU time of all jobs)")
+BUFFERS = ("engine: two yrcache.HostBuffer of min(size, 256 MiB) (mmap + MADV_HUGEPAGE, "
+           "registered as io_uring fixed buffers where possible), a file done as back-to-back "
+           "slices of that size; fio: its own io_u buffers (--mem default); baselines: mmap with "
+           "4 KiB pages, one block (python-odirect) or QD blocks (pyuring)")
 TIMED = ("engine: from the first pwrite/pread submission to the completion of the last request "
          "(writes: plus fsync); open and fallocate are outside, as fio's layout is outside its "
          "runtime; fio: its own bw_bytes (io_bytes / runtime, end_fsync included)")
@@ -106,10 +111,11 @@ class Bench:
         self.buflen = min(self.size, MAX_BUF)
         self.wbuf = yrcache.HostBuffer(self.buflen)
         self.rbuf = yrcache.HostBuffer(self.buflen)
-        wmv = memoryview(self.wbuf)
-        for off in range(0, self.buflen, 16 * MIB):  # random data, generated once
-            n = min(16 * MIB, self.buflen - off)
+        wmv, rmv = memoryview(self.wbuf), memoryview(self.rbuf)
+        for off in range(0, self.buflen, 16 * MIB):  # random data, generated once; every page
+            n = min(16 * MIB, self.buflen - off)      # touched now, not in the first timed run
             wmv[off:off + n] = os.urandom(n)
+            rmv[off:off + n] = bytes(n)
         self.step, self.total, self.t0 = 0, 0, time.monotonic()
         self.direct = True
 
@@ -181,7 +187,9 @@ class Bench:
                f"--filename={self.wpath if op == 'write' else self.rpath}", f"--rw={op}",
                f"--bs={bs}", "--direct=1", "--fallocate=native", "--output-format=json"]
         if backend == "uring":
-            cmd += ["--ioengine=io_uring", f"--iodepth={qd}", f"--size={self.size}"]
+            # The engine registers its buffers with the ring, so fio registers its own too.
+            cmd += ["--ioengine=io_uring", f"--iodepth={qd}", f"--size={self.size}",
+                    "--fixedbufs=1", "--registerfiles=1"]
         else:
             region = self.size // qd
             cmd += ["--ioengine=psync", f"--numjobs={qd}", f"--size={region}",
@@ -193,7 +201,7 @@ class Bench:
     def fio_run(self, cmd: list[str], op: str) -> Sample:
         if op == "write":
             _unlink(self.wpath)
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
         if p.returncode != 0 or "{" not in p.stdout:
             raise RuntimeError(f"fio exited {p.returncode}: {(p.stderr or p.stdout).strip()[-400:]}")
         job = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]
@@ -238,8 +246,7 @@ class Bench:
     def pyuring_run(self, op: str, bs: int, qd: int) -> Sample:
         import ctypes
 
-        import pyuring  # type: ignore[import-not-found]
-
+        pyuring: Any = importlib.import_module("pyuring")
         m = mmap.mmap(-1, qd * bs)  # one page-aligned slot of bs bytes per request in flight
         self._fill(m, bs)
         anchor = ctypes.c_char.from_buffer(m)
@@ -354,62 +361,6 @@ def _results(rows: list[Row], size: int) -> list[dict[str, Any]]:
     return out
 
 
-def _table(results: list[dict[str, Any]]) -> str:
-    def f(x: float | None, spec: str = ".2f") -> str:
-        return "-" if x is None else format(x, spec)
-
-    hdr = (f"{'op':<6}{'bs':>7}{'qd':>4}  {'backend/tool':<15}{'GB/s':>7}{'min-max':>12}"
-           f"{'fio GB/s':>10}{'min-max':>12}{'ratio':>7}{'CPU s/GB':>10}{'fio':>8}")
-    lines = [hdr, "-" * len(hdr)]
-    for r in results:
-        e, fi = r["engine"], r["fio"]
-        head = f"{r['op']:<6}{fmt_size(r['block_bytes']):>7}{r['queue_depth']:>4}  {r['backend']:<15}"
-        if e is None:
-            lines.append(head + f"not comparable: {r['note']}")
-            continue
-        star = "*" if fi is not None and "reference" in fi else " "
-        lines.append(
-            head + f"{f(e['gbps_median']):>7}{f(e['gbps_min']) + '-' + f(e['gbps_max']):>12}"
-            + (f"{f(fi['gbps_median']) + star:>10}{f(fi['gbps_min']) + '-' + f(fi['gbps_max']):>12}"
-               if fi else f"{'-':>10}{'-':>12}")
-            + f"{f(r['ratio']):>7}{f(e['cpu_s_per_gb_median'], '.3f'):>10}"
-            + f"{f(fi['cpu_s_per_gb_median'] if fi else None, '.3f'):>8}")
-    if any(r["fio"] and "reference" in r["fio"] for r in results):
-        lines.append(f"* baselines: fio column = the fio job of the same op/bs at qd{TARGET_QD} "
-                     "(uring row, else psync), not rerun")
-    return "\n".join(lines)
-
-
-def _plot(results: list[dict[str, Any]], path: str) -> str | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib not installed: no plot written (pip install matplotlib)"
-    rows = [r for r in results if r["engine"] is not None]
-    labels = [f"{r['op']} {fmt_size(r['block_bytes'])}\nqd{r['queue_depth']} {r['backend']}"
-              for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows)), 4.8))
-    for k, (who, color) in enumerate((("engine", "tab:blue"), ("fio", "tab:gray"))):
-        med, lo, hi = [], [], []
-        for r in rows:
-            s = r[who]
-            med.append(s["gbps_median"] if s else float("nan"))
-            lo.append(s["gbps_median"] - s["gbps_min"] if s else 0.0)
-            hi.append(s["gbps_max"] - s["gbps_median"] if s else 0.0)
-        ax.bar([i + (k - 0.5) * 0.4 for i in range(len(rows))], med, 0.4, yerr=[lo, hi],
-               capsize=2, color=color, label="yrcache / baseline" if k == 0 else "fio")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("GB/s (median, min-max)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
-
-
 def _csv(text: str, conv: Callable[[str], Any]) -> list[Any]:
     return [conv(x) for x in text.split(",") if x.strip()]
 
@@ -440,7 +391,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(a: argparse.Namespace) -> list[Row]:
+def _plan(a: argparse.Namespace, odirect: bool) -> list[Row]:
     rows: list[Row] = []
     for op in a.ops:
         for be in a.backends:
@@ -449,16 +400,17 @@ def _plan(a: argparse.Namespace) -> list[Row]:
                     rows.append(Row(op, bs, qd, be))
     if not a.no_baselines:
         try:
-            import pyuring  # type: ignore[import-not-found]  # noqa: F401
+            importlib.import_module("pyuring")
             why = None
-        except Exception as e:
+        except (ImportError, OSError) as e:
             why = f"pyuring not importable ({type(e).__name__}: {e}); pip install pyuring"
+        nodirect = None if odirect else "O_DIRECT unusable in --dir"
         for op in a.ops:
             for bs in a.bs:
-                rows.append(Row(op, bs, 1, "python-odirect",
-                                note="synchronous single-thread loop: queue depth 1 by nature"))
-                rows.append(Row(op, bs, TARGET_QD, "pyuring", comparable=why is None,
-                                note=why or "read/write_async_ptr on mmap slots (unregistered "
+                rows.append(Row(op, bs, 1, "python-odirect", comparable=odirect, note=nodirect
+                                or "synchronous single-thread loop: queue depth 1 by nature"))
+                rows.append(Row(op, bs, TARGET_QD, "pyuring", comparable=odirect and why is None,
+                                note=nodirect or why or "read/write_async_ptr on mmap slots (unregistered "
                                 "buffers: pyuring's fixed-buffer I/O is synchronous only); "
                                 "one io_uring_enter per request"))
     return rows
@@ -472,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(msg)
         print(f"note: {msg}", file=sys.stderr)
 
-    if not os.path.isdir(a.dir):
-        print(f"error: --dir {a.dir!r} does not exist or is not a directory", file=sys.stderr)
+    if not os.path.isdir(a.dir) or not os.access(a.dir, os.W_OK | os.X_OK):
+        print(f"error: --dir {a.dir!r} does not exist, is not a directory or is not writable",
+              file=sys.stderr)
         return 2
     a.dir = os.path.abspath(a.dir)
     info = yrcache.build_info()
@@ -495,9 +448,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.size <= 0 or a.size % MIB else []
     errs += [f"--bs {b} must be a multiple of 4096, at most 256 MiB, dividing --size"
              for b in a.bs if b <= 0 or b % 4096 or b > MAX_BUF or a.size % b]
-    errs += [f"--size/qd must be a multiple of bs for psync (size {a.size}, bs {b}, qd {d})"
+    errs += [f"psync: --size must be a multiple of qd*bs (size {a.size}, bs {b}, qd {d})"
              for b in a.bs for d in (a.qd or DEFAULT_QDS["psync"])
-             if "psync" in a.backends and (a.size // d) % b]
+             if "psync" in a.backends and a.size % (d * b)]
     errs += ["--pairs must be >= 1"] if a.pairs < 1 else []
     free = shutil.disk_usage(a.dir).free
     errs += [f"not enough space in {a.dir}: need {2 * a.size} bytes, {free} free"] \
@@ -520,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         note(f"O_DIRECT unusable in {a.dir}: {sysi['odirect_reason']}")
 
     bench = Bench(a, fio, notes)
-    rows = _plan(a)
+    rows = _plan(a, sysi["odirect"])
     bench.total = sum(a.pairs * (2 if fio and r.backend in ENGINE_BACKENDS else 1)
                       for r in rows if r.comparable)
     t0 = time.monotonic()
@@ -540,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             _unlink(bench.rpath)
     elapsed = time.monotonic() - t0
     results = _results(rows, a.size)
-    print(_table(results))
+    print(format_table(results, f"* baselines: fio column = the fio job of the same op/bs at "
+                                f"qd{TARGET_QD} (uring row, else psync), not rerun"))
     for n in notes:
         print(f"note: {n}")
     print(f"{len(results)} configs, {a.pairs} samples each, {elapsed:.1f} s")
@@ -550,14 +504,14 @@ def main(argv: list[str] | None = None) -> int:
                   "backends": a.backends, "ops": a.ops, "quick": q, "fio": fio,
                   "fio_extra": a.fio_extra, "baselines": not a.no_baselines,
                   "baseline_queue_depth": TARGET_QD, "buffer_bytes": bench.buflen,
-                  "check": a.check, "psync_fio": PSYNC_FIO, "cpu_method": CPU_METHOD,
+                  "buffers": BUFFERS, "check": a.check, "psync_fio": PSYNC_FIO, "cpu_method": CPU_METHOD,
                   "timed_region": TIMED, "order": "pair i: engine first if i even, else fio first",
                   "elapsed_s": round(elapsed, 2), "notes": notes}
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump({"schema": 1, "sysinfo": sysi, "config": config, "results": results}, fh,
                       indent=1)
     if a.plot:
-        why = _plot(results, a.plot)
+        why = plot_bars(results, a.plot)
         if why:
             print(f"note: {why}")
     return 0
