@@ -165,3 +165,25 @@ def test_open_errors_carry_errno(engine, data_dir):
         engine.open(data_dir / "exists", "rw")
     with pytest.raises(IsADirectoryError):
         engine.open(data_dir, "w")
+
+
+def test_buffer_pool_slabs_are_registered_and_recycled(engine, data_dir):
+    pool = yrcache.BufferPool(300_000, 3, engine)
+    assert pool.slab_bytes % 4096 == 0
+    slabs = [pool.acquire() for _ in range(3)]
+    assert pool.acquire() is None and pool.available == 0  # bounded: no growth
+    with engine.open(data_dir / "p.bin", "w") as f:
+        for i, s in enumerate(slabs):
+            s[:] = rand(len(s), i).tobytes()
+            assert engine.pwrite(f, s, i * len(s)).result() == len(s)
+        expect = b"".join(bytes(s) for s in slabs)
+        for s in slabs:
+            pool.release(s)
+        assert pool.available == 3
+        again = pool.acquire()
+        assert engine.pread(f, again, 0).result() == pool.slab_bytes
+        assert bytes(again) == expect[: pool.slab_bytes]
+    if engine.backend == "uring" and os.geteuid() == 0:
+        assert pool.registered and engine.stats()["fixed_buffer_ios"] > 0
+    with pytest.raises(ValueError):
+        pool.release(memoryview(bytearray(4)))

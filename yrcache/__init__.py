@@ -16,6 +16,7 @@ from .errors import BackendUnavailableError, ClosedError, CudaUnavailableError
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError, Future,
                       gather, wait)
 from .io import File, HostBuffer, IoEngine
+from .mem import BufferPool
 
 __version__: str = _C.build_info()["version"]
 
@@ -41,7 +42,7 @@ def build_info(directory: str | os.PathLike[str] | None = None) -> dict[str, Any
 
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BackendUnavailableError",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BackendUnavailableError", "BufferPool",
     "CancelledError", "ClosedError", "CudaUnavailableError", "File", "Future", "HostBuffer",
     "IoEngine", "__version__", "build_info", "gather", "wait",
 ]
