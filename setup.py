@@ -58,15 +58,29 @@ class CMakeBuild(build_ext):
                 break
         if os.environ.get("CMAKE_ARGS"):
             args += [a for a in os.environ["CMAKE_ARGS"].split() if a]
-        # A build dir configured with another generator cannot be reused.
+        ninja = shutil.which("ninja")
+        if ninja:
+            args.append(f"-DCMAKE_MAKE_PROGRAM={ninja}")
+        # pip's isolated build env (cmake, ninja) lives in a temp dir that is gone on the next
+        # build: a cache naming tools that no longer exist, or another generator, is started anew.
         cache = build_dir / "CMakeCache.txt"
-        if cache.exists() and ("-G" in args) != ("CMAKE_GENERATOR:INTERNAL=Ninja" in cache.read_text()):
+        if cache.exists() and _stale(cache.read_text(), "-G" in args):
             shutil.rmtree(build_dir)
             build_dir.mkdir(parents=True)
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
         jobs = os.environ.get("MAX_JOBS") or os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") \
             or str(os.cpu_count() or 1)
         subprocess.run(["cmake", "--build", ".", "-j", jobs], cwd=build_dir, check=True)
+
+
+def _stale(cache: str, ninja: bool) -> bool:
+    if ninja != ("CMAKE_GENERATOR:INTERNAL=Ninja" in cache):
+        return True
+    for line in cache.splitlines():
+        if line.startswith(("CMAKE_COMMAND:INTERNAL=", "CMAKE_MAKE_PROGRAM:")):
+            if not Path(line.split("=", 1)[1]).exists():
+                return True
+    return False
 
 
 def _ninja_from_wheel() -> bool:

@@ -58,8 +58,6 @@ std::vector<std::uint64_t> CompletionQueue::pop(double timeout_s) {
   return out;
 }
 
-std::vector<std::uint64_t> CompletionQueue::pop_nowait() { return pop(0.0); }
-
 bool Completion::wait(double timeout_s) {
   if (done()) return true;
   std::unique_lock<std::mutex> lk(mu_);

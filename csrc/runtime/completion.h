@@ -26,7 +26,6 @@ class CompletionQueue {
   // Blocks up to timeout_s (< 0: forever) for at least one id; returns all ids queued. Returns
   // early (possibly empty) after wake().
   std::vector<std::uint64_t> pop(double timeout_s);
-  std::vector<std::uint64_t> pop_nowait();
   void wake();
   int eventfd() const noexcept { return efd_.get(); }
 
