@@ -42,7 +42,7 @@ class File:
     file closed for new requests; descriptors are released when requests in flight complete.
     """
 
-    __slots__ = ("_c", "__weakref__")
+    __slots__ = ("__weakref__", "_c")
 
     def __init__(self, native: Any) -> None:
         self._c = native
@@ -177,12 +177,13 @@ class IoEngine:
 
     # -- files and memory --------------------------------------------------------------------
     def open(self, path: str | os.PathLike[str], mode: str = "r", *, direct: bool | None = None,
-             perm: int = 0o644) -> File:
+             perm: int = 0o644, dir_fd: int | None = None) -> File:
         """Open ``path`` (modes r, r+, w, w+, x). Raises the OSError subclass for errno.
 
         O_DIRECT is used where the file system accepts it; where it refuses (EINVAL at open or at
         the first I/O, e.g. ramfs) the file falls back to buffered I/O and this is logged once per
-        file system.
+        file system. With ``dir_fd``, ``path`` is resolved beneath that directory without following
+        any symlink (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): for shared cache roots.
         """
         self._check_open()
         if mode not in _MODES:
@@ -191,7 +192,10 @@ class IoEngine:
         if not isinstance(path, str):
             raise TypeError(f"path must be str or os.PathLike[str], got {type(path).__name__}")
         want = self._direct if direct is None else direct
-        f = File(_C.io.File.open(path, _MODES[mode], perm, want))
+        if dir_fd is None:
+            f = File(_C.io.File.open(path, _MODES[mode], perm, want))
+        else:
+            f = File(_C.io.File.open_at(dir_fd, path, _MODES[mode], perm, want))
         if want and not f.direct:
             self._warn_once(("odirect", os.fstat(f.fileno()).st_dev),
                             "O_DIRECT unavailable for %s: %s; using buffered I/O on this file "
@@ -378,7 +382,7 @@ def _consecutive(file: File, bufs: Sequence[Any], offset: int) -> list[tuple[Fil
 class _Book:
     """Futures in flight, keyed by id (they keep buffers alive until their op completes)."""
 
-    __slots__ = ("inflight", "orphans", "lock")
+    __slots__ = ("inflight", "lock", "orphans")
 
     def __init__(self) -> None:
         self.inflight: dict[int, Future[Any]] = {}

@@ -50,12 +50,29 @@ void bind_io(py::module_& m) {
   py::class_<FileHandle, std::shared_ptr<FileHandle>>(m, "File")
       .def_static("open", &FileHandle::open, py::arg("path"), py::arg("flags"), py::arg("mode"),
                   py::arg("direct"), release())
+      .def_static("open_at", &FileHandle::open_at, py::arg("dirfd"), py::arg("path"),
+                  py::arg("flags"), py::arg("mode"), py::arg("direct"), release())
       .def_property_readonly("path", &FileHandle::path)
       .def_property_readonly("direct", &FileHandle::direct)
       .def_property_readonly("direct_reason", &FileHandle::direct_reason)
       .def_property_readonly("closed", &FileHandle::closed)
       .def("fileno", [](const FileHandle& f) { return f.fd(false); })
       .def("close", &FileHandle::close);
+
+  m.def(
+      "open_beneath",
+      [](int dirfd, const std::string& path, int flags, int mode) {
+        int fd;
+        {
+          py::gil_scoped_release nogil;
+          fd = open_beneath(dirfd, path, flags, mode);
+        }
+        if (fd < 0) throw_errno(errno, "openat2", path);
+        return fd;
+      },
+      py::arg("dirfd"), py::arg("path"), py::arg("flags"), py::arg("mode") = 0,
+      "openat2(dirfd, path) with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS; returns a new fd (caller "
+      "closes). OSError with errno on failure (ELOOP/EXDEV for a symlink or an escape).");
 
   py::class_<IoEngine, std::shared_ptr<IoEngine>>(m, "Engine")
       .def(py::init([](const std::string& backend, unsigned queue_depth, std::size_t chunk_bytes,

@@ -6,6 +6,7 @@
 #include "bindings/bindings.h"
 #include "build_config.h"
 #include "cuda/cuda_info.h"
+#include "store/checksum.h"
 
 namespace yrc {
 namespace {
@@ -37,6 +38,7 @@ py::dict build_info() {
   backends.append("uring");
 #endif
   d["backends"] = backends;
+  d["checksum"] = yrc::store::checksum_impl();
   return d;
 }
 
@@ -52,5 +54,7 @@ PYBIND11_MODULE(_C, m) {
   yrc::bind_mem(mem);
   auto io = m.def_submodule("io", "file I/O engines");
   yrc::bind_io(io);
+  auto store = m.def_submodule("store", "object format, checksums, batched existence checks");
+  yrc::bind_store(store);
   m.def("build_info", &yrc::build_info, "What was compiled into this extension.");
 }

@@ -2,6 +2,9 @@
 #include "io/file.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -11,17 +14,64 @@
 namespace yrc {
 
 namespace {
-int open_retry(const char* path, int flags, int mode) {
+// Component-by-component walk with O_NOFOLLOW, for kernels without openat2 (< 5.6): every directory
+// on the way is opened without following symlinks, and ".." or an absolute path is refused.
+int open_walk(int dirfd, const std::string& path, int flags, int mode) {
+  if (path.empty() || path[0] == '/') {
+    errno = EXDEV;
+    return -1;
+  }
+  UniqueFd cur;
+  int at = dirfd;
+  std::size_t pos = 0;
+  for (;;) {
+    std::size_t slash = path.find('/', pos);
+    std::string comp = path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    if (comp == "..") {
+      errno = EXDEV;
+      return -1;
+    }
+    if (slash == std::string::npos) return ::openat(at, comp.c_str(), flags | O_NOFOLLOW, mode);
+    if (!comp.empty() && comp != ".") {
+      int fd = ::openat(at, comp.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) return -1;
+      cur.reset(fd);
+      at = fd;
+    }
+    pos = slash + 1;
+  }
+}
+
+int open_retry(int dirfd, const char* path, int flags, int mode) {
   int fd;
   do {
-    fd = ::open(path, flags, mode);
+    if (dirfd == kNoDir) {
+      fd = ::open(path, flags, mode);
+    } else {
+      fd = open_beneath(dirfd, path, flags, mode);
+    }
   } while (fd < 0 && errno == EINTR);
   return fd;
 }
 }  // namespace
 
+int open_beneath(int dirfd, const std::string& path, int flags, int mode) {
+  struct open_how how {};
+  how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC);
+  how.mode = (flags & (O_CREAT | O_TMPFILE)) ? static_cast<std::uint64_t>(mode) : 0;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  long fd = ::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof(how));
+  if (fd < 0 && errno == ENOSYS) return open_walk(dirfd, path, flags | O_CLOEXEC, mode);
+  return static_cast<int>(fd);
+}
+
 std::shared_ptr<FileHandle> FileHandle::open(const std::string& path, int flags, int mode,
                                              bool want_direct) {
+  return open_at(kNoDir, path, flags, mode, want_direct);
+}
+
+std::shared_ptr<FileHandle> FileHandle::open_at(int dirfd, const std::string& path, int flags,
+                                                int mode, bool want_direct) {
   YR_CHECK_ARG(!(flags & O_APPEND), "O_APPEND is not supported: requests carry explicit offsets");
   YR_CHECK_ARG(!(flags & O_PATH), "O_PATH descriptors cannot do I/O");
   flags &= ~O_DIRECT;
@@ -30,7 +80,7 @@ std::shared_ptr<FileHandle> FileHandle::open(const std::string& path, int flags,
   f->path_ = path;
   int fd = -1;
   if (want_direct) {
-    fd = open_retry(path.c_str(), flags | O_DIRECT, mode);
+    fd = open_retry(dirfd, path.c_str(), flags | O_DIRECT, mode);
     if (fd >= 0) {
       f->direct_fd_.reset(fd);
       f->direct_.store(true);
@@ -47,10 +97,10 @@ std::shared_ptr<FileHandle> FileHandle::open(const std::string& path, int flags,
     // inode we just opened even if the path is renamed meanwhile; create/truncate happened already.
     const int reopen = flags & ~(O_CREAT | O_EXCL | O_TRUNC);
     std::string self = "/proc/self/fd/" + std::to_string(f->direct_fd_.get());
-    fd = open_retry(self.c_str(), reopen, 0);
-    if (fd < 0) fd = open_retry(path.c_str(), reopen, 0);
+    fd = open_retry(kNoDir, self.c_str(), reopen, 0);
+    if (fd < 0) fd = open_retry(dirfd, path.c_str(), reopen, 0);
   } else {
-    fd = open_retry(path.c_str(), flags, mode);
+    fd = open_retry(dirfd, path.c_str(), flags, mode);
   }
   if (fd < 0) throw_errno(errno, "open", path);
   f->buffered_fd_.reset(fd);

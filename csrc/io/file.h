@@ -11,6 +11,15 @@
 
 namespace yrc {
 
+// "No directory": open() resolves the path as given.
+constexpr int kNoDir = -1000;
+
+// openat2(dirfd, path) confined beneath dirfd, following no symlinks anywhere on the way
+// (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS); an O_NOFOLLOW walk on kernels without openat2. For
+// cache directories shared with other writers: a planted symlink fails with ELOOP/EXDEV instead of
+// leading outside the root. Returns the fd or -1 with errno set (O_CLOEXEC added).
+int open_beneath(int dirfd, const std::string& path, int flags, int mode);
+
 class FileHandle {
  public:
   // Opens path with the given open(2) flags (O_DIRECT and O_CLOEXEC are managed here). With
@@ -18,6 +27,9 @@ class FileHandle {
   // Throws SysError with errno and path on failure.
   static std::shared_ptr<FileHandle> open(const std::string& path, int flags, int mode,
                                           bool want_direct);
+  // The same, resolving path with open_beneath(dirfd, ...) (dirfd == kNoDir: plain open).
+  static std::shared_ptr<FileHandle> open_at(int dirfd, const std::string& path, int flags,
+                                             int mode, bool want_direct);
 
   const std::string& path() const noexcept { return path_; }
   bool direct() const noexcept { return direct_.load(std::memory_order_acquire); }

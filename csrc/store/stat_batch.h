@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+// Batched existence checks for lookup: fstatat() of many object paths in parallel on a small,
+// persistent thread pool. On a shared file system every stat is a round trip to a metadata server
+// (~0.1 ms on the MooseFS mount here); 512 of them in sequence would stall a scheduler, in parallel
+// they overlap. Workers block on a condition variable when idle (no spinning: the model's own
+// threads need the cores).
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace yrc::store {
+
+class StatBatch {
+ public:
+  explicit StatBatch(unsigned threads);
+  ~StatBatch();
+  StatBatch(const StatBatch&) = delete;
+  StatBatch& operator=(const StatBatch&) = delete;
+
+  // For each path (relative to dirfd, never following a final symlink): the file size, or -errno.
+  // A path that is not a regular file reads as -EINVAL. With prefix_only, paths after
+  // the first miss may be skipped and reported as -ECANCELED (lookup needs only the leading run).
+  std::vector<std::int64_t> run(int dirfd, const std::vector<std::string>& paths, bool prefix_only);
+
+  unsigned threads() const noexcept { return static_cast<unsigned>(workers_.size()); }
+
+ private:
+  struct Job;
+  void worker();
+  static void work_on(Job& job);
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Job* job_ = nullptr;  // the batch in progress (one at a time; callers serialize on run_mu_)
+  std::uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::mutex run_mu_;
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace yrc::store

@@ -1,0 +1,372 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Capacity of a cache root shared by many processes on many nodes: a usage ledger and a janitor.
+
+The budget counts the logical bytes of published objects (never ``df``: distributed file systems
+such as MooseFS keep deleted files' space for minutes). Three pieces, all in the root itself, so
+nothing is lost on restart and no metadata service is needed:
+
+- ``.yrcache/usage.json``, the ledger: bytes published, as of the janitor's last scan plus what
+  writers have added since. Writers add their bytes under an flock (batched), and read the ledger
+  at most once a second; before a publish that would cross the budget they skip it (a cache may
+  drop a write; it never blocks the serving loop) and wake the janitor.
+- ``.yrcache/janitor.lock``: one janitor at a time across processes and nodes (flock works across
+  MooseFS/NFS mounts). A process that cannot take it skips its pass: another one is working.
+- The janitor pass: scan the tree (the file system is the index), reclaim temp files of crashed
+  writers by age (or at once when the writer ran on this host and its pid is gone), delete least
+  recently used objects (mtime, touched on hits) down to the low watermark, then delete objects
+  whose parent chunk is gone (after a grace period, since chunks of one chain may be published out
+  of order), so eviction never strands unreachable descendants.
+
+The budget holds up to the bytes in flight plus what other writers add between their ledger
+flushes (at most ``flush_bytes`` each); it returns below the low watermark within a janitor period
+or two after writes stop.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import layout_fs as L
+from .format import ObjectFormatError, parse_header
+
+logger = logging.getLogger(__name__)
+
+HOST_TAG = __import__("hashlib").blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+_USAGE = "usage.json"
+_USAGE_LOCK = "usage.lock"
+_JANITOR_LOCK = "janitor.lock"
+
+
+def _read_json(dirfd: int, name: str) -> dict[str, Any]:
+    try:
+        fd = L.open_beneath(dirfd, name, os.O_RDONLY)
+    except FileNotFoundError:
+        return {}
+    try:
+        raw = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _write_json(dirfd: int, name: str, d: dict[str, Any]) -> None:
+    tmp = f".{name}.{HOST_TAG}.{os.getpid()}.{threading.get_ident():x}"
+    fd = L.open_beneath(dirfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, L.FILE_MODE)
+    try:
+        os.write(fd, json.dumps(d).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+
+
+class _Flock:
+    def __init__(self, dirfd: int, name: str, *, blocking: bool) -> None:
+        self.fd = L.open_beneath(dirfd, name, os.O_RDWR | os.O_CREAT, L.FILE_MODE)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+class Usage:
+    """This process's view of the root's ledger. Thread-safe."""
+
+    def __init__(self, metafd: int, capacity: int | None, *, high_watermark: float = 0.95,
+                 flush_bytes: int | None = None, refresh_s: float = 1.0) -> None:
+        self.metafd = metafd
+        self.capacity = capacity
+        self.high_watermark = high_watermark
+        self.flush_bytes = flush_bytes if flush_bytes is not None else \
+            (max(1, capacity // 64) if capacity else 1 << 62)
+        self.refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._ledger = 0        # bytes per the ledger when last read
+        self._pending = 0       # bytes this process published and has not yet added
+        self._read_at = 0.0
+
+    def estimate(self) -> int:
+        with self._lock:
+            if time.monotonic() - self._read_at > self.refresh_s:
+                self._refresh_locked()
+            return self._ledger + self._pending
+
+    def refresh(self) -> None:
+        """Re-read the ledger now (after a janitor pass)."""
+        with self._lock:
+            self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        d = _read_json(self.metafd, _USAGE)
+        self._ledger = int(d.get("bytes", 0)) if isinstance(d.get("bytes", 0), int) else 0
+        self._read_at = time.monotonic()
+
+    def admit(self, nbytes: int) -> tuple[bool, bool]:
+        """(admit, wake_janitor) for a publish of ``nbytes``."""
+        if not self.capacity:
+            return True, False
+        est = self.estimate() + nbytes
+        return est <= self.capacity, est > self.capacity * self.high_watermark
+
+    def added(self, nbytes: int) -> None:
+        with self._lock:
+            self._pending += nbytes
+            due = self._pending >= self.flush_bytes or \
+                time.monotonic() - self._read_at > self.refresh_s
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, 0
+        try:
+            lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
+        except OSError as e:
+            logger.warning("yrcache: cannot lock the usage ledger: %s", e)
+            with self._lock:
+                self._pending += pending
+            return
+        try:
+            d = _read_json(self.metafd, _USAGE)
+            d["bytes"] = int(d.get("bytes", 0)) + pending
+            d["added"] = int(d.get("added", 0)) + pending
+            _write_json(self.metafd, _USAGE, d)
+        finally:
+            lk.release()
+        with self._lock:
+            self._ledger = d["bytes"]
+            self._read_at = time.monotonic()
+
+
+@dataclass
+class JanitorReport:
+    ran: bool = False                # False: another process held the lock
+    objects: int = 0                 # after the pass
+    bytes: int = 0
+    evicted: int = 0
+    evicted_bytes: int = 0
+    orphans: int = 0
+    tmp_reclaimed: int = 0
+    corrupt: int = 0
+    seconds: float = 0.0
+    by_namespace: dict[str, int] = field(default_factory=dict)
+
+
+class Janitor:
+    """Runs capacity passes over one root. ``run_once`` is safe to call from any process at any
+    time; concurrent callers elsewhere simply skip."""
+
+    def __init__(self, root_fd: int, *, capacity: int | None, low_watermark: float = 0.85,
+                 high_watermark: float = 0.95, tmp_max_age: float = 600.0, orphan_grace: float = 60.0,
+                 on_evict: Callable[[str, str], None] | None = None) -> None:
+        if capacity is not None and capacity <= 0:
+            raise ValueError(f"capacity must be > 0 bytes, got {capacity}")
+        if not 0 < low_watermark <= high_watermark <= 1:
+            raise ValueError(f"need 0 < low_watermark <= high_watermark <= 1, got "
+                             f"{low_watermark}, {high_watermark}")
+        self.rootfd = root_fd
+        self.capacity = capacity
+        self.low_watermark = low_watermark
+        self.high_watermark = high_watermark
+        self.tmp_max_age = tmp_max_age
+        self.orphan_grace = orphan_grace
+        self.on_evict = on_evict
+        self.metafd = L.open_dir(root_fd, L.META_DIR, create=True)
+        self.tmpfd = L.open_dir(root_fd, L.TMP_DIR, create=True)
+        # (ns, key, ino) -> (parent hex, chunk index): headers are immutable, read each once.
+        self._parents: dict[tuple[str, str, int], tuple[str, int]] = {}
+
+    def close(self) -> None:
+        for fd in (self.metafd, self.tmpfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- temp files -----------------------------------------------------------------------------
+    def reclaim_tmp(self, now: float | None = None) -> int:
+        """Remove temp files of writers that are gone: older than tmp_max_age, or written on this
+        host by a pid that no longer exists (names carry host tag and pid)."""
+        now = time.time() if now is None else now
+        n = 0
+        for e in L._scandir(self.tmpfd):
+            if not e.name.endswith(L.TMP_SUFFIX):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            dead = now - st.st_mtime > self.tmp_max_age
+            if not dead:
+                parts = e.name.split("-")
+                if len(parts) >= 3 and parts[0] == HOST_TAG and parts[1].isdigit():
+                    dead = not _pid_alive(int(parts[1]))
+            if dead:
+                try:
+                    os.unlink(e.name, dir_fd=self.tmpfd)
+                    n += 1
+                except OSError:
+                    pass
+        return n
+
+    # -- one pass -------------------------------------------------------------------------------
+    def run_once(self, *, blocking: bool = False) -> JanitorReport:
+        rep = JanitorReport()
+        try:
+            lk = _Flock(self.metafd, _JANITOR_LOCK, blocking=blocking)
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                return rep
+            raise
+        t0 = time.monotonic()
+        try:
+            rep.ran = True
+            added0 = self._ledger_added()
+            rep.tmp_reclaimed = self.reclaim_tmp()
+            objs = list(L.walk_objects(self.rootfd))
+            total = sum(o.size for o in objs)
+            alive: dict[str, set[str]] = defaultdict(set)
+            for o in objs:
+                alive[o.ns_hex].add(o.key_hex)
+            gone: set[tuple[str, str]] = set()
+            if self.capacity is not None and total > self.capacity * self.high_watermark:
+                target = int(self.capacity * self.low_watermark)
+                # Least recently used first; among equals, deeper chunks (children) first.
+                order = sorted(objs, key=lambda o: (o.mtime, -self._chunk_index(o)))
+                for o in order:
+                    if total <= target:
+                        break
+                    if self._remove(o):
+                        total -= o.size
+                        rep.evicted += 1
+                        rep.evicted_bytes += o.size
+                    gone.add((o.ns_hex, o.key_hex))
+                    alive[o.ns_hex].discard(o.key_hex)
+            # Orphans: chunks whose parent is gone, children after parents so chains fall at once.
+            now = time.time()
+            rest = [o for o in objs if (o.ns_hex, o.key_hex) not in gone]
+            rest.sort(key=self._chunk_index)
+            for o in rest:
+                info = self._parent_of(o)
+                if info is None:  # unreadable header: not a valid object
+                    if now - o.mtime > self.orphan_grace and self._remove(o):
+                        rep.corrupt += 1
+                        total -= o.size
+                        alive[o.ns_hex].discard(o.key_hex)
+                    continue
+                parent, idx = info
+                if idx == 0 or parent in alive[o.ns_hex] or now - o.mtime <= self.orphan_grace:
+                    continue
+                if self._remove(o):
+                    rep.orphans += 1
+                    total -= o.size
+                alive[o.ns_hex].discard(o.key_hex)
+            rep.bytes = total
+            rep.objects = sum(len(v) for v in alive.values())
+            rep.by_namespace = {k: len(v) for k, v in alive.items() if v}
+            self._write_ledger(total, added0, rep)
+        finally:
+            lk.release()
+        rep.seconds = time.monotonic() - t0
+        if rep.evicted or rep.orphans or rep.tmp_reclaimed or rep.corrupt:
+            logger.info("yrcache janitor: %d objects %.1f MiB; evicted %d (%.1f MiB), orphans %d, "
+                        "temp files %d, invalid %d in %.2fs", rep.objects, rep.bytes / 2**20,
+                        rep.evicted, rep.evicted_bytes / 2**20, rep.orphans, rep.tmp_reclaimed,
+                        rep.corrupt, rep.seconds)
+        return rep
+
+    def _ledger_added(self) -> int:
+        lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
+        try:
+            return int(_read_json(self.metafd, _USAGE).get("added", 0))
+        finally:
+            lk.release()
+
+    def _write_ledger(self, scanned: int, added0: int, rep: JanitorReport) -> None:
+        # Bytes added while we scanned may or may not be in `scanned`: count them (overestimate,
+        # the safe direction; the next pass corrects it).
+        lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
+        try:
+            d = _read_json(self.metafd, _USAGE)
+            added = int(d.get("added", 0))
+            d.update(bytes=scanned + max(0, added - added0), objects=rep.objects,
+                     scanned_at=time.time(), scanned_by=f"{socket.gethostname()}:{os.getpid()}",
+                     capacity=self.capacity)
+            _write_json(self.metafd, _USAGE, d)
+        finally:
+            lk.release()
+
+    def _chunk_index(self, o: L.ObjectEntry) -> int:
+        info = self._parent_of(o)
+        return info[1] if info else 0
+
+    def _parent_of(self, o: L.ObjectEntry) -> tuple[str, int] | None:
+        k = (o.ns_hex, o.key_hex, o.ino)
+        hit = self._parents.get(k)
+        if hit is not None:
+            return hit
+        try:
+            with L.opened_dir(self.rootfd, f"{o.ns_hex}/{o.key_hex[:2]}/{o.key_hex[2:4]}") as d:
+                fd = L.open_beneath(d, o.key_hex + L.OBJ_SUFFIX, os.O_RDONLY)
+                try:
+                    raw = os.pread(fd, 4096, 0)
+                finally:
+                    os.close(fd)
+            h = parse_header(raw[:4096], key=bytes.fromhex(o.key_hex), ns=bytes.fromhex(o.ns_hex))
+        except (OSError, ObjectFormatError) as e:
+            if isinstance(e, OSError) and e.errno not in (errno.ENOENT, errno.ESTALE):
+                logger.debug("janitor: cannot read %s: %s", o.key_hex, e)
+            if isinstance(e, ObjectFormatError) and "header is" in str(e):
+                return (o.key_hex, 0)  # a long header (over 120 layers): keep, no parent check
+            return None
+        info = (h.parent.hex(), h.chunk_index)
+        if len(self._parents) > 1 << 20:
+            self._parents.clear()
+        self._parents[k] = info
+        return info
+
+    def _remove(self, o: L.ObjectEntry) -> bool:
+        try:
+            with L.opened_dir(self.rootfd, f"{o.ns_hex}/{o.key_hex[:2]}/{o.key_hex[2:4]}") as d:
+                st = os.stat(o.key_hex + L.OBJ_SUFFIX, dir_fd=d, follow_symlinks=False)
+                if st.st_ino != o.ino:
+                    return False  # replaced since the scan: someone just published it again
+                os.unlink(o.key_hex + L.OBJ_SUFFIX, dir_fd=d)
+        except OSError:
+            return False
+        if self.on_evict is not None:
+            self.on_evict(o.ns_hex, o.key_hex)
+        return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["HOST_TAG", "Janitor", "JanitorReport", "Usage"]

@@ -1,0 +1,191 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Content addresses for KV chunks: namespaces and chained prefix keys (spec: docs/keys.md).
+
+A prompt is cut into chunks of ``chunk_tokens`` tokens. Chunk ``i``'s key is
+``BLAKE2b-128(key[i-1] || token ids of chunk i as little-endian uint32)``; the chain starts from
+the namespace digest, optionally folded with request extras (LoRA, multimodal hashes, cache salt)
+that change the KV without changing the token ids. Deterministic across processes, machines and
+Python versions (never ``hash()``), and collision-resistant, since one shared root may serve
+several tenants.
+
+>>> ns = Namespace(model="llama-3-8b@abc123", dtype="bfloat16", num_layers=32, kv_heads=8,
+...                head_size=128, layout="vllm-cuda-paged", block_tokens=16, page_bytes=65536)
+>>> keys = chain_keys(ns.digest, list(range(600)), ns.chunk_tokens)   # 2 full chunks of 256
+>>> len(keys), keys[0].hex()[:8]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Version of the key derivation rules in this module (docs/keys.md). Part of every namespace.
+KEY_SPEC_VERSION = 1
+#: Object format version (docs/object_format.md). Part of every namespace.
+FORMAT_VERSION = 1
+DIGEST_BYTES = 16
+
+_NS_DOMAIN = b"yrcache/namespace/v1\x00"
+_EXTRA_DOMAIN = b"yrcache/extra/v1\x00"
+
+
+def _h(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Everything that changes the stored bytes of a chunk. Two servers share objects exactly when
+    their namespaces are equal, field for field.
+
+    model: model identity, including a revision or weights hash where the name alone is ambiguous.
+    dtype: KV dtype as stored ("bfloat16", "float16", "fp8_e4m3", ...).
+    num_layers / first_layer: the layers this worker holds (a pipeline stage holds a range).
+    kv_heads / first_kv_head: the KV heads this worker holds (tensor parallel ranks hold a range).
+    head_size: per-head dimension. layout: the engine layout's name ("vllm-cpu-paged", "hf-dense"...).
+    block_tokens / page_bytes: paged-KV geometry (0 for dense layouts).
+    chunk_tokens: tokens per chunk (one object per chunk).
+    salt: optional tenant salt: roots shared between tenants stay disjoint.
+    extra: any other setting that changes the bytes (e.g. {"mla": "1", "quant": "..."}).
+    """
+
+    model: str
+    dtype: str
+    num_layers: int
+    kv_heads: int
+    head_size: int
+    layout: str
+    block_tokens: int = 0
+    page_bytes: int = 0
+    chunk_tokens: int = 256
+    first_layer: int = 0
+    first_kv_head: int = 0
+    salt: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    key_spec_version: int = KEY_SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("model", "dtype", "layout"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not v:
+                raise ValueError(f"Namespace.{name} must be a non-empty str, got {v!r}")
+        for name in ("num_layers", "kv_heads", "head_size", "chunk_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"Namespace.{name} must be a positive int, got {v!r}")
+        for name in ("block_tokens", "page_bytes", "first_layer", "first_kv_head"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"Namespace.{name} must be a non-negative int, got {v!r}")
+        if self.block_tokens and self.chunk_tokens % self.block_tokens:
+            raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be a multiple of "
+                             f"block_tokens ({self.block_tokens})")
+        if not isinstance(self.salt, str):
+            raise ValueError(f"Namespace.salt must be a str, got {type(self.salt).__name__}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.extra.items()):
+            raise ValueError("Namespace.extra must map str to str")
+        object.__setattr__(self, "extra", dict(sorted(self.extra.items())))
+
+    def canonical(self) -> bytes:
+        """The bytes the digest is taken over: JSON, sorted keys, no whitespace, ASCII only."""
+        d: dict[str, Any] = asdict(self)
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    @property
+    def digest(self) -> bytes:
+        """16-byte namespace digest: ``BLAKE2b-128("yrcache/namespace/v1\\0" || canonical())``."""
+        return _h(_NS_DOMAIN + self.canonical())
+
+    @property
+    def hex(self) -> str:
+        return self.digest.hex()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Namespace:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("namespace JSON must be an object")
+        return cls(**d)
+
+
+def fold_extras(root: bytes, extras: Mapping[str, bytes | str] | None) -> bytes:
+    """The chain's starting point for a request: ``root`` (a namespace digest) with request inputs
+    that change the KV but not the token ids folded in (LoRA adapter id, multimodal item hashes,
+    prompt-embedding digests, a per-request cache salt). No extras: ``root`` unchanged.
+
+    ``BLAKE2b-128("yrcache/extra/v1\\0" || root || for each (name, value) sorted by name:
+    u32 len(name) || name || u32 len(value) || value)``, strings as UTF-8.
+    """
+    _check_digest(root, "root")
+    if not extras:
+        return root
+    parts = [_EXTRA_DOMAIN, root]
+    for name in sorted(extras):
+        if not isinstance(name, str):
+            raise TypeError(f"extra names must be str, got {type(name).__name__}")
+        v = extras[name]
+        vb = v.encode() if isinstance(v, str) else bytes(v)
+        nb = name.encode()
+        parts += [len(nb).to_bytes(4, "little"), nb, len(vb).to_bytes(4, "little"), vb]
+    return _h(b"".join(parts))
+
+
+def as_token_array(token_ids: Sequence[int] | np.ndarray | Any) -> np.ndarray:
+    """Token ids as a contiguous little-endian uint32 array; ids outside [0, 2**32) are refused."""
+    if hasattr(token_ids, "numpy") and not isinstance(token_ids, np.ndarray):  # torch tensors
+        token_ids = token_ids.detach().cpu().numpy()
+    arr = np.asarray(token_ids)
+    if arr.ndim != 1:
+        raise ValueError(f"token_ids must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, dtype="<u4")
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"token_ids must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "i" and int(arr.min()) < 0 or int(arr.max()) > 0xFFFFFFFF:
+        raise ValueError("token ids must be in [0, 2**32)")
+    return np.ascontiguousarray(arr, dtype="<u4")
+
+
+def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_tokens: int,
+               *, max_chunks: int | None = None) -> list[bytes]:
+    """Keys of the full chunks of ``token_ids`` (a partial tail chunk has none), starting from
+    ``root`` (a namespace digest, or :func:`fold_extras` of one)."""
+    _check_digest(root, "root")
+    if not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
+    arr = as_token_array(token_ids)
+    n = arr.size // chunk_tokens
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    raw = memoryview(arr[: n * chunk_tokens].tobytes())
+    step = chunk_tokens * 4
+    keys: list[bytes] = []
+    prev = root
+    for i in range(n):
+        h = hashlib.blake2b(prev, digest_size=DIGEST_BYTES)
+        h.update(raw[i * step:(i + 1) * step])
+        prev = h.digest()
+        keys.append(prev)
+    return keys
+
+
+def _check_digest(d: bytes, what: str) -> None:
+    if not isinstance(d, (bytes, bytearray)) or len(d) != DIGEST_BYTES:
+        raise ValueError(f"{what} must be {DIGEST_BYTES} bytes, got {d!r:.40}")
+
+
+def is_hex_digest(s: str) -> bool:
+    """True for exactly 32 lowercase hex characters: the only strings that become path parts."""
+    return len(s) == 2 * DIGEST_BYTES and all(c in "0123456789abcdef" for c in s)
+
+
+__all__ = ["DIGEST_BYTES", "FORMAT_VERSION", "KEY_SPEC_VERSION", "Namespace", "as_token_array",
+           "chain_keys", "fold_extras", "is_hex_digest"]

@@ -1,0 +1,176 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The directory layout of a cache root, and safe ways to walk it.
+
+    root/
+      .yrcache/usage.json, usage.lock, janitor.lock   capacity ledger and the janitor's lock
+      .tmp/<writer>.tmp                               objects being written (renamed when complete)
+      <ns hex>/namespace.json                         what the namespace fingerprints (for humans)
+      <ns hex>/<k[:2]>/<k[2:4]>/<k hex>.kv            published objects
+
+Only hex digests (ours) become path components. Every directory below the root is opened with
+openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and files are created, renamed and removed relative
+to those descriptors, so a symlink planted by another writer of a shared root cannot lead outside it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from ._native import _C
+
+META_DIR = ".yrcache"
+TMP_DIR = ".tmp"
+OBJ_SUFFIX = ".kv"
+TMP_SUFFIX = ".tmp"
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+_OBJ_RE = re.compile(r"^[0-9a-f]{32}\.kv$")
+_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
+_SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
+
+open_beneath = _C.io.open_beneath
+
+
+def is_hex32(name: str) -> bool:
+    return bool(_HEX_RE.match(name))
+
+
+def object_relpath(key_hex: str) -> str:
+    """Path of an object relative to its namespace directory."""
+    if not _HEX_RE.match(key_hex):
+        raise ValueError(f"object keys are 32 lowercase hex digits, got {key_hex!r:.40}")
+    return f"{key_hex[:2]}/{key_hex[2:4]}/{key_hex}{OBJ_SUFFIX}"
+
+
+def open_dir(dirfd: int, rel: str, *, create: bool = False) -> int:
+    """A readable descriptor of directory ``rel`` beneath ``dirfd`` (no symlinks followed),
+    creating missing components (mode 0755) when asked. The caller closes it."""
+    flags = os.O_RDONLY | os.O_DIRECTORY
+    try:
+        return open_beneath(dirfd, rel, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+    cur = os.dup(dirfd)
+    try:
+        for comp in rel.split("/"):
+            try:
+                os.mkdir(comp, DIR_MODE, dir_fd=cur)
+            except FileExistsError:
+                pass
+            nxt = open_beneath(cur, comp, flags)
+            os.close(cur)
+            cur = nxt
+        return cur
+    except BaseException:
+        os.close(cur)
+        raise
+
+
+@contextmanager
+def opened_dir(dirfd: int, rel: str, *, create: bool = False) -> Iterator[int]:
+    fd = open_dir(dirfd, rel, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+class ObjectEntry(NamedTuple):
+    ns_hex: str
+    key_hex: str
+    size: int
+    mtime: float
+    ino: int
+
+
+class Foreign(NamedTuple):
+    relpath: str  # relative to the root
+    kind: str     # "file", "dir", "symlink", "other"
+
+
+def walk_objects(rootfd: int, *, foreign: list[Foreign] | None = None,
+                 namespaces: set[str] | None = None) -> Iterator[ObjectEntry]:
+    """Every published object under the root, by descriptor-relative scans (no symlink is
+    followed). Entries that are not ours go to ``foreign`` when given. Vanishing entries (another
+    node evicting meanwhile) are skipped."""
+    def note(rel: str, e: os.DirEntry[str]) -> None:
+        if foreign is None:
+            return
+        kind = ("symlink" if e.is_symlink() else "dir" if e.is_dir(follow_symlinks=False)
+                else "file" if e.is_file(follow_symlinks=False) else "other")
+        foreign.append(Foreign(rel, kind))
+
+    for ns in _scandir(rootfd):
+        if ns.name in (META_DIR, TMP_DIR):
+            continue
+        if not (is_hex32(ns.name) and ns.is_dir(follow_symlinks=False)):
+            note(ns.name, ns)
+            continue
+        if namespaces is not None and ns.name not in namespaces:
+            continue
+        with _maybe_dir(rootfd, ns.name) as nsfd:
+            if nsfd is None:
+                continue
+            for a in _scandir(nsfd):
+                if a.name == "namespace.json" and a.is_file(follow_symlinks=False):
+                    continue
+                if not (_SHARD_RE.match(a.name) and a.is_dir(follow_symlinks=False)):
+                    note(f"{ns.name}/{a.name}", a)
+                    continue
+                with _maybe_dir(nsfd, a.name) as afd:
+                    if afd is None:
+                        continue
+                    for b in _scandir(afd):
+                        if not (_SHARD_RE.match(b.name) and b.is_dir(follow_symlinks=False)):
+                            note(f"{ns.name}/{a.name}/{b.name}", b)
+                            continue
+                        with _maybe_dir(afd, b.name) as bfd:
+                            if bfd is None:
+                                continue
+                            for e in _scandir(bfd):
+                                rel = f"{ns.name}/{a.name}/{b.name}/{e.name}"
+                                ok = (_OBJ_RE.match(e.name) and e.name[:2] == a.name
+                                      and e.name[2:4] == b.name)
+                                if not ok or not e.is_file(follow_symlinks=False):
+                                    if not e.name.startswith(".nfs"):  # NFS silly-renames
+                                        note(rel, e)
+                                    continue
+                                try:
+                                    st = e.stat(follow_symlinks=False)
+                                except OSError:
+                                    continue
+                                yield ObjectEntry(ns.name, e.name[:32], st.st_size, st.st_mtime,
+                                                  st.st_ino)
+
+
+def _scandir(fd: int) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(fd) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+@contextmanager
+def _maybe_dir(dirfd: int, name: str) -> Iterator[int | None]:
+    try:
+        fd = open_beneath(dirfd, name, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ESTALE, errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+            yield None
+            return
+        raise
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+__all__ = ["DIR_MODE", "FILE_MODE", "META_DIR", "OBJ_SUFFIX", "TMP_DIR", "TMP_SUFFIX",
+           "Foreign", "ObjectEntry", "is_hex32", "object_relpath", "open_beneath", "open_dir",
+           "opened_dir", "walk_objects"]

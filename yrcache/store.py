@@ -1,0 +1,688 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The object store: publish, look up and load self-validating KV objects in a cache root that
+many processes on many nodes share (docs/store.md).
+
+- ``put``: segments are written to ``root/.tmp/<unique>.tmp`` through the I/O engine, fsynced, and
+  renamed to ``root/<ns>/<k[:2]>/<k[2:4]>/<k>.kv``: readers never see a partial object, and two
+  writers of one key both succeed (either result is valid: same key, same content).
+- ``lookup``: how many leading keys of a chain exist: an in-process index first, then parallel
+  fstatat()s of the rest, so a slow shared file system does not stall a scheduler.
+- ``get``: reads the header and the chosen segments in one batch, verifies everything (namespace,
+  key, geometry, size, checksums, MAC), and reports a *miss* for anything wrong: a vanished
+  object (ENOENT/ESTALE: another node evicted it), a corrupt or truncated one (then removed), an
+  I/O error. Only bad arguments raise; cache faults never reach the serving loop as exceptions.
+- capacity: see :mod:`yrcache.janitor`.
+
+Trust model: checksums catch accidents (torn writes, bit rot, truncation, foreign files), not a
+malicious writer with write access to the root. For roots shared with writers you do not trust,
+give the namespace a ``mac_key``: every header and segment then carries a keyed BLAKE2b tag, and
+objects without a valid tag are misses.
+"""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import layout_fs as L
+from ._native import _C
+from .format import (
+    ObjectFormatError,
+    build_header,
+    describe,
+    parse_header,
+    segment_offsets,
+    verify_segments,
+)
+from .futures import Future
+from .io import HostBuffer, IoEngine
+from .janitor import HOST_TAG, Janitor, Usage
+from .keys import Namespace
+
+logger = logging.getLogger(__name__)
+
+#: errno values that mean "the object is not there (any more)": a plain miss, not an error.
+MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE, errno.ENOTDIR})
+
+Buffer = Any  # a buffer-protocol object (bytes-like, numpy array, HostBuffer, memoryview)
+
+
+@dataclass(frozen=True)
+class GetResult:
+    """Outcome of a load. ``ok`` False means a miss; ``reason`` says why ("missing", "corrupt: ...",
+    "error: [Errno ...]"). On a miss the destination buffers hold undefined bytes."""
+
+    ok: bool
+    key: bytes
+    reason: str = ""
+    header: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+_COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
+             "hits", "misses", "corrupt", "bytes_read", "lookups", "lookup_keys", "evictions",
+             "orphans_removed", "tmp_reclaimed", "touches")
+
+
+class Store:
+    """One namespace of one cache root.
+
+    Args:
+        root: the cache directory (local or shared file system). Created if missing.
+        namespace: a :class:`~yrcache.keys.Namespace` (its digest names the directory).
+        engine: the I/O engine (one is made if not given, and closed with the store).
+        capacity_bytes: byte budget of the whole root (all namespaces); None: unbounded.
+        low_watermark / high_watermark: the janitor evicts down to ``low * capacity`` once
+            usage passes ``high * capacity``.
+        durable: fsync the directory after each rename (survives power loss, costs a round trip).
+        mac_key: a secret shared by trusted writers: objects carry keyed tags (see module doc).
+        janitor_period: seconds between janitor attempts (0 disables the janitor thread).
+        tmp_max_age: temp files older than this are abandoned (crashed writer elsewhere).
+        orphan_grace: seconds an object without its parent is kept (out-of-order publishes).
+        touch_interval: a hit refreshes an object's mtime (its LRU age) at most this often.
+        index_ttl: seconds an in-process "exists" answer is trusted before asking the FS again.
+        lookup_threads / load_threads / store_threads: parallelism of each path. Loads and stores
+            run on separate pools so loads never queue behind stores.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], namespace: Namespace, *,
+                 engine: IoEngine | None = None, capacity_bytes: int | None = None,
+                 low_watermark: float = 0.85, high_watermark: float = 0.95,
+                 durable: bool = False, mac_key: bytes | None = None,
+                 janitor_period: float = 30.0, tmp_max_age: float = 600.0,
+                 orphan_grace: float = 60.0, touch_interval: float = 60.0,
+                 index_ttl: float = 10.0, lookup_threads: int = 16, load_threads: int = 8,
+                 store_threads: int = 4) -> None:
+        if not isinstance(namespace, Namespace):
+            raise TypeError(f"namespace must be a yrcache.keys.Namespace, got "
+                            f"{type(namespace).__name__}")
+        if mac_key is not None and (not isinstance(mac_key, bytes) or not 16 <= len(mac_key) <= 64):
+            raise ValueError("mac_key must be 16-64 bytes")
+        if capacity_bytes is not None and (not isinstance(capacity_bytes, int) or capacity_bytes <= 0):
+            raise ValueError(f"capacity_bytes must be a positive int, got {capacity_bytes!r}")
+        self.root = os.path.abspath(os.fspath(root))
+        self.namespace = namespace
+        self.ns = namespace.digest
+        self.ns_hex = self.ns.hex()
+        self.durable = durable
+        self.capacity_bytes = capacity_bytes
+        self.touch_interval = touch_interval
+        self.index_ttl = index_ttl
+        self._mac = mac_key
+        os.makedirs(self.root, mode=L.DIR_MODE, exist_ok=True)
+        self._fds: list[int] = []
+        self._rootfd = self._keep_fd(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        self._nsfd = self._keep_fd(L.open_dir(self._rootfd, self.ns_hex, create=True))
+        self._tmpfd = self._keep_fd(L.open_dir(self._rootfd, L.TMP_DIR, create=True))
+        self._write_namespace_json()
+        self._own_engine = engine is None
+        self.engine = engine or IoEngine()
+        self._lock = threading.Lock()
+        self._stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._errors: dict[int, int] = defaultdict(int)
+        self._index: OrderedDict[bytes, float] = OrderedDict()  # key -> time known to exist
+        self._index_max = 1 << 18
+        self._touched: dict[bytes, float] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._tmp_ids = itertools.count()
+        self._stat = _C.store.StatBatch(lookup_threads)
+        self._loads = ThreadPoolExecutor(load_threads, thread_name_prefix="yrcache-load")
+        self._stores = ThreadPoolExecutor(store_threads, thread_name_prefix="yrcache-store")
+        self._closed = False
+        self.janitor = Janitor(self._rootfd, capacity=capacity_bytes, low_watermark=low_watermark,
+                               high_watermark=high_watermark, tmp_max_age=tmp_max_age,
+                               orphan_grace=orphan_grace, on_evict=self._forget_hex)
+        self.usage = Usage(self.janitor.metafd, capacity_bytes, high_watermark=high_watermark)
+        self._stats["tmp_reclaimed"] += self.janitor.reclaim_tmp()
+        self._janitor_wake = threading.Event()
+        self._janitor_stop = threading.Event()
+        self._janitor_thread: threading.Thread | None = None
+        if janitor_period > 0:
+            self._janitor_thread = threading.Thread(target=self._janitor_loop,
+                                                    args=(janitor_period,), daemon=True,
+                                                    name="yrcache-janitor")
+            self._janitor_thread.start()
+
+    # -- public API -----------------------------------------------------------------------------
+    def path_of(self, key: bytes) -> str:
+        """Absolute path of an object (for tools; I/O goes through descriptors)."""
+        return os.path.join(self.root, self.ns_hex, L.object_relpath(self._hex(key)))
+
+    def put(self, key: bytes, segments: Sequence[Buffer], *, parent: bytes, chunk_index: int,
+            token_count: int, dtype: str, shape: Sequence[int] = (),
+            dedup: bool = True) -> Future[bool]:
+        """Publish one object (one segment per layer) in the background. The Future's result is
+        True when the object is (now, or already was) published, False when the store was dropped
+        (root full, I/O error: counted in stats). Segment buffers must stay unchanged until then;
+        4 KiB-aligned buffers whose lengths are multiples of 4 KiB take the O_DIRECT path."""
+        self._check_open()
+        self._check_key(key, "key")
+        self._check_key(parent, "parent")
+        if not segments:
+            raise ValueError("an object needs at least one segment")
+        if not isinstance(chunk_index, int) or chunk_index < 0:
+            raise ValueError(f"chunk_index must be a non-negative int, got {chunk_index!r}")
+        if not isinstance(token_count, int) or token_count <= 0:
+            raise ValueError(f"token_count must be a positive int, got {token_count!r}")
+        views = [memoryview(s).cast("B") for s in segments]
+        fut: Future[bool] = Future(what="put")
+        self._stores.submit(self._run, fut, self._put_sync, key, views, parent, chunk_index,
+                            token_count, dtype, tuple(shape), dedup)
+        return fut
+
+    def get(self, key: bytes, bufs: Sequence[Buffer], *, layers: Sequence[int] | None = None,
+            lengths: Sequence[int] | None = None,
+            byte_range: tuple[int, int] | None = None) -> Future[GetResult]:
+        """Load segments of one object into ``bufs`` in the background; the Future's result is a
+        :class:`GetResult` (falsy on a miss). ``layers`` picks segments (default: all, one buffer
+        each). With ``lengths`` (every segment's length, known from the namespace's layout) the
+        header and segments are read in one round trip; without, the header is read first.
+        ``byte_range=(start, n)`` loads bytes [start, start+n) of each chosen segment (a token
+        range inside a chunk): the whole segment is read and verified, then the range copied."""
+        self._check_open()
+        self._check_key(key, "key")
+        views = [memoryview(b).cast("B") for b in bufs]
+        for v in views:
+            if v.readonly:
+                raise ValueError("destination buffers must be writable")
+        if layers is not None:
+            layers = [int(i) for i in layers]
+            if len(layers) != len(views):
+                raise ValueError(f"{len(layers)} layers but {len(views)} buffers")
+            if len(set(layers)) != len(layers) or any(i < 0 for i in layers):
+                raise ValueError(f"layers must be distinct non-negative ints, got {layers}")
+        if byte_range is not None:
+            start, n = byte_range
+            if start < 0 or n <= 0:
+                raise ValueError(f"byte_range must be (start >= 0, n > 0), got {byte_range}")
+            if any(v.nbytes != n for v in views):
+                raise ValueError(f"with byte_range each buffer must be {n} bytes")
+        if lengths is not None:
+            lengths = [int(n) for n in lengths]
+            idx = layers if layers is not None else list(range(len(views)))
+            if layers is None and len(views) != len(lengths):
+                raise ValueError(f"{len(views)} buffers for {len(lengths)} segments")
+            if any(i >= len(lengths) for i in idx):
+                raise ValueError("layer index out of range of lengths")
+            if byte_range is None:
+                for i, v in zip(idx, views):
+                    if v.nbytes != lengths[i]:
+                        raise ValueError(f"buffer for segment {i} is {v.nbytes} bytes, the segment "
+                                         f"is {lengths[i]}")
+            elif any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
+                raise ValueError(f"byte_range {byte_range} exceeds a segment")
+        fut: Future[GetResult] = Future(what="get")
+        self._loads.submit(self._run, fut, self._get_sync, key, views, layers, lengths, byte_range)
+        return fut
+
+    def lookup(self, keys: Sequence[bytes]) -> int:
+        """How many leading keys of this chain exist. Never raises for file-system trouble (an
+        unreachable root answers 0). Hits refresh the matched objects' LRU age in the background."""
+        self._check_open()
+        keys = list(keys)
+        for k in keys:
+            self._check_key(k, "key")
+        self._bump("lookups")
+        self._bump("lookup_keys", len(keys))
+        now = time.monotonic()
+        n = 0
+        with self._lock:
+            for k in keys:
+                t = self._index.get(k)
+                if t is None or now - t > self.index_ttl:
+                    break
+                n += 1
+        if n < len(keys):
+            rels = [L.object_relpath(k.hex()) for k in keys[n:]]
+            res = self._stat.run(self._nsfd, rels, True)
+            found = 0
+            for r in res:
+                if r < 0:
+                    if -r not in MISSING_ERRNOS and r != -errno.ECANCELED:
+                        self._count_error(-r, "lookup")
+                    break
+                found += 1
+            with self._lock:
+                for k in keys[n:n + found]:
+                    self._index_add_locked(k, now)
+            n += found
+        if n:
+            self._touch_chain(keys[:n])
+        return n
+
+    def lookup_async(self, keys: Sequence[bytes]) -> Future[int]:
+        """:meth:`lookup` on the load pool: a scheduler can poll ``done()`` and ask again later."""
+        self._check_open()
+        fut: Future[int] = Future(what="lookup")
+        self._loads.submit(self._run, fut, self.lookup, list(keys))
+        return fut
+
+    def contains(self, key: bytes) -> bool:
+        return self.lookup([key]) == 1
+
+    def delete(self, key: bytes) -> bool:
+        """Remove an object (tools and tests); True if it existed."""
+        self._check_open()
+        self._forget(key)
+        try:
+            with L.opened_dir(self._nsfd, L.object_relpath(self._hex(key)).rsplit("/", 1)[0]) as d:
+                os.unlink(self._hex(key) + L.OBJ_SUFFIX, dir_fd=d)
+            return True
+        except OSError as e:
+            if e.errno in MISSING_ERRNOS:
+                return False
+            raise
+
+    def read_header(self, key: bytes) -> Any:
+        """The parsed, validated header of an object (raises ObjectFormatError / OSError)."""
+        fd = self._open_object_fd(key)
+        try:
+            raw = os.pread(fd, 4096, 0)
+            h, _, need = _C.store.parse_header(raw)
+            if h is None and need:
+                raw = os.pread(fd, need, 0)
+            return parse_header(raw, ns=self.ns, key=key, mac_key=self._mac)
+        finally:
+            os.close(fd)
+
+    def verify(self, key: bytes) -> GetResult:
+        """Read and verify a whole object (fsck); does not remove it when bad."""
+        try:
+            h = self.read_header(key)
+        except (OSError, ObjectFormatError) as e:
+            return GetResult(False, key, _reason(e))
+        bufs = [HostBuffer(max(4096, h.segment(i)[1])) for i in range(h.segment_count)]
+        views = [memoryview(b)[:h.segment(i)[1]] for i, b in enumerate(bufs)]
+        return self._get_sync(key, views, None, None, None, remove_bad=False)
+
+    def run_janitor(self, *, blocking: bool = True) -> Any:
+        """Run a janitor pass now (``gc``); returns its JanitorReport."""
+        self.usage.flush()
+        rep = self.janitor.run_once(blocking=blocking)
+        if rep.ran:
+            self._record_janitor(rep)
+        return rep
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            d: dict[str, Any] = dict(self._stats)
+            d["errors_by_errno"] = {errno.errorcode.get(k, str(k)): v for k, v in self._errors.items()}
+        d["usage_estimate_bytes"] = self.usage.estimate() if self.capacity_bytes else None
+        d["capacity_bytes"] = self.capacity_bytes
+        d["index_entries"] = len(self._index)
+        return d
+
+    def flush(self) -> None:
+        """Wait for every put and get submitted so far (does not close)."""
+        for pool in (self._stores, self._loads):
+            pool.submit(lambda: None).result()
+        # Executors run tasks concurrently; a barrier per worker makes "so far" exact.
+        for pool in (self._stores, self._loads):
+            n = pool._max_workers
+            barrier = threading.Barrier(n)
+            for f in [pool.submit(barrier.wait) for _ in range(n)]:
+                f.result()
+        self.usage.flush()
+
+    def close(self) -> None:
+        """Finish submitted work, stop the janitor, release descriptors (and an owned engine)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._janitor_stop.set()
+        self._janitor_wake.set()
+        self._stores.shutdown(wait=True)
+        self._loads.shutdown(wait=True)
+        if self._janitor_thread is not None:
+            self._janitor_thread.join()
+        try:
+            self.usage.flush()
+        except OSError:
+            pass
+        self.janitor.close()
+        if self._own_engine:
+            self.engine.close()
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<yrcache.Store {self.root!r} ns={self.ns_hex[:12]}{' closed' if self._closed else ''}>"
+
+    # -- put --------------------------------------------------------------------------------------
+    def _put_sync(self, key: bytes, views: list[memoryview], parent: bytes, chunk_index: int,
+                  token_count: int, dtype: str, shape: tuple[int, ...], dedup: bool) -> bool:
+        if dedup and self._exists(key):
+            self._bump("dedup_skips")
+            return True
+        _, _, object_bytes = segment_offsets([v.nbytes for v in views])
+        admit, wake = self.usage.admit(object_bytes)
+        if wake:
+            self._janitor_wake.set()
+        if not admit:
+            self._bump("dropped_full")
+            self._log_once("full", "root", "yrcache: cache root %s is at its capacity (%d bytes); "
+                           "dropping stores until the janitor frees space", self.root,
+                           self.capacity_bytes)
+            return False
+        hb = _C.store.header_bytes_for(len(views))
+        hdr = HostBuffer(hb)
+        h = build_header(hdr, ns=self.ns, key=key, parent=parent, chunk_index=chunk_index,
+                         token_count=token_count, dtype=dtype, shape=shape, segments=views,
+                         created_unix_ns=time.time_ns(), mac_key=self._mac)
+        tmp = f"{HOST_TAG}-{os.getpid()}-{next(self._tmp_ids)}-{os.urandom(4).hex()}{L.TMP_SUFFIX}"
+        published = False
+        try:
+            f = self.engine.open(tmp, "x", dir_fd=self._tmpfd, perm=L.FILE_MODE)
+            try:
+                extents = [(f, hdr, 0)] + [(f, v, h.segment(i)[0]) for i, v in enumerate(views)]
+                self.engine.write_batch(extents).result()
+                if os.fstat(f.fileno()).st_size != h.object_bytes:  # pad an unaligned last segment
+                    os.ftruncate(f.fileno(), h.object_bytes)
+                self.engine.fsync(f).result()
+            finally:
+                f.close()
+            shard = L.object_relpath(key.hex()).rsplit("/", 1)[0]
+            with L.opened_dir(self._nsfd, shard, create=True) as d:
+                os.rename(tmp, key.hex() + L.OBJ_SUFFIX, src_dir_fd=self._tmpfd, dst_dir_fd=d)
+                published = True
+                if self.durable:
+                    os.fsync(d)
+        except OSError as e:
+            self._count_error(e.errno or 0, "store")
+            self._bump("store_errors")
+            self._log_once("store-errno", str(e.errno), "yrcache: store of %s failed: %s",
+                           key.hex(), e)
+            if not published:
+                try:
+                    os.unlink(tmp, dir_fd=self._tmpfd)
+                except OSError:
+                    pass
+            return published
+        self.usage.added(h.object_bytes)
+        with self._lock:
+            self._stats["objects_stored"] += 1
+            self._stats["bytes_stored"] += h.object_bytes
+            self._index_add_locked(key, time.monotonic())
+            self._touched[key] = time.monotonic()
+        return True
+
+    # -- get --------------------------------------------------------------------------------------
+    def _get_sync(self, key: bytes, views: list[memoryview], layers: list[int] | None,
+                  lengths: list[int] | None, byte_range: tuple[int, int] | None, *,
+                  remove_bad: bool = True) -> GetResult:
+        try:
+            f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=self._nsfd)
+        except OSError as e:
+            return self._miss(key, e)
+        ino = -1
+        try:
+            st = os.fstat(f.fileno())
+            ino = st.st_ino
+            h = self._read_verify(f, st.st_size, key, views, layers, lengths, byte_range)
+        except ObjectFormatError as e:
+            f.close()
+            self._bump("corrupt")
+            self._bump("misses")
+            self._forget(key)
+            self._log_once("corrupt", key.hex(), "yrcache: object %s is invalid (%s)%s",
+                           key.hex(), e, "; removed" if remove_bad else "")
+            if remove_bad:
+                self._remove_if_same(key, ino)
+            return GetResult(False, key, f"corrupt: {e}")
+        except OSError as e:
+            f.close()
+            return self._miss(key, e)
+        f.close()
+        nbytes = sum(v.nbytes for v in views)
+        now = time.monotonic()
+        with self._lock:
+            self._stats["hits"] += 1
+            self._stats["bytes_read"] += nbytes
+            self._index_add_locked(key, now)
+        return GetResult(True, key, "", h)
+
+    def _read_verify(self, f: Any, size: int, key: bytes, views: list[memoryview],
+                     layers: list[int] | None, lengths: list[int] | None,
+                     byte_range: tuple[int, int] | None) -> Any:
+        idx = layers if layers is not None else list(range(len(views)))
+        h = None
+        if lengths is None:  # no expected layout: header first, then the segments
+            h = self._read_header(f, key)
+            lengths = [h.segment(i)[1] for i in range(h.segment_count)]
+            if any(i >= len(lengths) for i in idx):
+                raise ObjectFormatError("object has fewer segments than asked for")
+        if byte_range is None:
+            targets = views
+            for t, i in zip(targets, idx):
+                if t.nbytes != lengths[i]:
+                    raise ValueError(f"buffer for segment {i} is {t.nbytes} bytes, the object's "
+                                     f"segment is {lengths[i]}")
+        else:  # whole segments into scratch, verify, then copy the range out
+            if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
+                raise ValueError(f"byte_range {byte_range} exceeds a segment")
+            scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
+            targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
+        hb, offs, _ = segment_offsets(lengths)
+        extents: list[tuple[Any, Any, int]] = [(f, t, offs[i]) for t, i in zip(targets, idx)]
+        want = sum(t.nbytes for t in targets)
+        hdr = None
+        if h is None:  # speculative: the header travels in the same batch as the segments
+            hdr = HostBuffer(hb)
+            extents.insert(0, (f, hdr, 0))
+            want += hb
+        got = self.engine.read_batch(extents).result()
+        if got != want:
+            raise ObjectFormatError(f"truncated object ({got} of {want} bytes read)")
+        if hdr is not None:
+            h = parse_header(memoryview(hdr), ns=self.ns, key=key, mac_key=self._mac)
+            if h.segment_count != len(lengths) or any(
+                    h.segment(i)[1] != n for i, n in enumerate(lengths)):
+                raise ObjectFormatError("segment lengths differ from the expected layout")
+        if size != h.object_bytes:
+            raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
+        verify_segments(h, list(zip(idx, targets)), mac_key=self._mac)
+        if byte_range is not None:
+            s, n = byte_range
+            for v, t in zip(views, targets):
+                v[:] = t[s:s + n]
+        return h
+
+    def _read_header(self, f: Any, key: bytes) -> Any:
+        hdr = HostBuffer(4096)
+        got = self.engine.pread(f, hdr, 0).result()
+        h, why, need = _C.store.parse_header(memoryview(hdr)[:got])
+        if h is None and need:
+            if need > 1 << 20:
+                raise ObjectFormatError(f"header size {need} out of range")
+            hdr = HostBuffer(need)
+            got = self.engine.pread(f, hdr, 0).result()
+        return parse_header(memoryview(hdr)[:got], ns=self.ns, key=key, mac_key=self._mac)
+
+    def _miss(self, key: bytes, e: OSError) -> GetResult:
+        self._bump("misses")
+        self._forget(key)
+        if e.errno not in MISSING_ERRNOS:
+            self._count_error(e.errno or 0, "load")
+            self._log_once("load-errno", str(e.errno), "yrcache: load of %s failed: %s",
+                           key.hex(), e)
+            return GetResult(False, key, f"error: {e}")
+        return GetResult(False, key, "missing")
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _run(self, fut: Future[Any], fn: Any, *args: Any) -> None:
+        try:
+            r = fn(*args)
+        except BaseException as e:  # bad arguments found late, or a bug: surface on the Future
+            fut.set_exception(e)
+        else:
+            fut.set_result(r)
+
+    def _exists(self, key: bytes) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            t = self._index.get(key)
+            if t is not None and now - t <= self.index_ttl:
+                return True
+        r = self._stat.run(self._nsfd, [L.object_relpath(key.hex())], False)[0]
+        if r >= 0:
+            with self._lock:
+                self._index_add_locked(key, now)
+            return True
+        return False
+
+    def _open_object_fd(self, key: bytes) -> int:
+        return L.open_beneath(self._nsfd, L.object_relpath(self._hex(key)), os.O_RDONLY)
+
+    def _remove_if_same(self, key: bytes, ino: int) -> None:
+        # Only the inode we found bad: a writer may have renamed a good object over it meanwhile.
+        try:
+            with L.opened_dir(self._nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
+                name = key.hex() + L.OBJ_SUFFIX
+                if os.stat(name, dir_fd=d, follow_symlinks=False).st_ino == ino:
+                    os.unlink(name, dir_fd=d)
+        except OSError:
+            pass
+
+    def _touch_chain(self, keys: list[bytes]) -> None:
+        """Refresh mtimes (LRU age) of a matched chain, rate-limited per key, in the background."""
+        now = time.monotonic()
+        with self._lock:
+            due = [k for k in keys if now - self._touched.get(k, -1e18) > self.touch_interval]
+            for k in due:
+                self._touched[k] = now
+            if len(self._touched) > self._index_max:
+                self._touched.clear()
+        if due and not self._closed:
+            try:
+                self._stores.submit(self._touch, due)
+            except RuntimeError:  # shutting down
+                pass
+
+    def _touch(self, keys: list[bytes]) -> None:
+        n = 0
+        for k in keys:
+            try:
+                fd = self._open_object_fd(k)
+            except OSError:
+                continue
+            try:
+                os.utime(fd)  # futimens: works on noatime mounts, no path re-resolution
+                n += 1
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        self._bump("touches", n)
+
+    def _janitor_loop(self, period: float) -> None:
+        while not self._janitor_stop.is_set():
+            self._janitor_wake.wait(period)
+            self._janitor_wake.clear()
+            if self._janitor_stop.is_set():
+                return
+            try:
+                self.usage.flush()
+                rep = self.janitor.run_once(blocking=False)
+                if rep.ran:
+                    self._record_janitor(rep)
+            except Exception as e:  # noqa: BLE001 - the janitor must never die
+                self._log_once("janitor", type(e).__name__, "yrcache: janitor pass failed: %s", e)
+
+    def _record_janitor(self, rep: Any) -> None:
+        with self._lock:
+            self._stats["evictions"] += rep.evicted
+            self._stats["orphans_removed"] += rep.orphans
+            self._stats["tmp_reclaimed"] += rep.tmp_reclaimed
+        self.usage.refresh()
+
+    def _forget_hex(self, ns_hex: str, key_hex: str) -> None:
+        if ns_hex == self.ns_hex:
+            self._forget(bytes.fromhex(key_hex))
+
+    def _forget(self, key: bytes) -> None:
+        with self._lock:
+            self._index.pop(key, None)
+
+    def _index_add_locked(self, key: bytes, t: float) -> None:
+        self._index[key] = t
+        self._index.move_to_end(key)
+        if len(self._index) > self._index_max:
+            self._index.popitem(last=False)
+
+    def _bump(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[name] += n
+
+    def _count_error(self, err: int, where: str) -> None:
+        with self._lock:
+            self._errors[err] += 1
+
+    def _log_once(self, kind: str, what: str, fmt: str, *args: Any) -> None:
+        with self._lock:
+            if (kind, what) in self._logged:
+                return
+            if len(self._logged) > 10000:
+                self._logged.clear()
+            self._logged.add((kind, what))
+        logger.warning(fmt, *args)
+
+    def _keep_fd(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def _write_namespace_json(self) -> None:
+        try:
+            os.close(L.open_beneath(self._nsfd, "namespace.json", os.O_RDONLY))
+        except FileNotFoundError:
+            tmp = f".namespace.{HOST_TAG}.{os.getpid()}.{os.urandom(4).hex()}"
+            fd = L.open_beneath(self._nsfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, L.FILE_MODE)
+            try:
+                os.write(fd, self.namespace.to_json().encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, "namespace.json", src_dir_fd=self._nsfd, dst_dir_fd=self._nsfd)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _C.ClosedError("store is closed")
+
+    @staticmethod
+    def _check_key(k: bytes, what: str) -> None:
+        if not isinstance(k, (bytes, bytearray)) or len(k) != 16:
+            raise ValueError(f"{what} must be a 16-byte digest, got {k!r:.40}")
+
+    @staticmethod
+    def _hex(k: bytes) -> str:
+        return bytes(k).hex()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ObjectFormatError):
+        return f"corrupt: {e}"
+    if isinstance(e, OSError) and e.errno in MISSING_ERRNOS:
+        return "missing"
+    return f"error: {e}"
+
+
+__all__ = ["MISSING_ERRNOS", "GetResult", "Store", "describe"]
