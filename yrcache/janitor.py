@@ -103,13 +103,14 @@ class Usage:
         self._lock = threading.Lock()
         self._ledger = 0        # bytes per the ledger when last read
         self._pending = 0       # bytes this process published and has not yet added
+        self._reserved = 0      # bytes of publishes admitted and still in flight
         self._read_at = 0.0
 
     def estimate(self) -> int:
         with self._lock:
             if time.monotonic() - self._read_at > self.refresh_s:
                 self._refresh_locked()
-            return self._ledger + self._pending
+            return self._ledger + self._pending + self._reserved
 
     def refresh(self) -> None:
         """Re-read the ledger now (after a janitor pass)."""
@@ -122,14 +123,28 @@ class Usage:
         self._read_at = time.monotonic()
 
     def admit(self, nbytes: int) -> tuple[bool, bool]:
-        """(admit, wake_janitor) for a publish of ``nbytes``."""
+        """(admit, wake_janitor) for a publish of ``nbytes``. An admitted publish holds a
+        reservation until :meth:`added` (published) or :meth:`release` (failed)."""
         if not self.capacity:
             return True, False
-        est = self.estimate() + nbytes
-        return est <= self.capacity, est > self.capacity * self.high_watermark
+        with self._lock:
+            if time.monotonic() - self._read_at > self.refresh_s:
+                self._refresh_locked()
+            est = self._ledger + self._pending + self._reserved + nbytes
+            ok = est <= self.capacity
+            if ok:
+                self._reserved += nbytes
+        return ok, est > self.capacity * self.high_watermark
+
+    def release(self, nbytes: int) -> None:
+        if self.capacity:
+            with self._lock:
+                self._reserved -= nbytes
 
     def added(self, nbytes: int) -> None:
         with self._lock:
+            if self.capacity:
+                self._reserved -= nbytes
             self._pending += nbytes
             due = self._pending >= self.flush_bytes or \
                 time.monotonic() - self._read_at > self.refresh_s
@@ -249,7 +264,9 @@ class Janitor:
             for o in objs:
                 alive[o.ns_hex].add(o.key_hex)
             gone: set[tuple[str, str]] = set()
-            if self.capacity is not None and total > self.capacity * self.high_watermark:
+            # Every pass brings usage to the low watermark; the high watermark is when writers
+            # wake the janitor early (Usage.admit), so there is room for writes during a pass.
+            if self.capacity is not None and total > self.capacity * self.low_watermark:
                 target = int(self.capacity * self.low_watermark)
                 # Least recently used first; among equals, deeper chunks (children) first.
                 order = sorted(objs, key=lambda o: (o.mtime, -self._chunk_index(o)))

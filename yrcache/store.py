@@ -374,7 +374,12 @@ class Store:
         if dedup and self._exists(key):
             self._bump("dedup_skips")
             return True
-        _, _, object_bytes = segment_offsets([v.nbytes for v in views])
+        hb = _C.store.header_bytes_for(len(views))
+        hdr = HostBuffer(hb)
+        h = build_header(hdr, ns=self.ns, key=key, parent=parent, chunk_index=chunk_index,
+                         token_count=token_count, dtype=dtype, shape=shape, segments=views,
+                         created_unix_ns=time.time_ns(), mac_key=self._mac)
+        object_bytes = h.object_bytes
         admit, wake = self.usage.admit(object_bytes)
         if wake:
             self._janitor_wake.set()
@@ -384,11 +389,6 @@ class Store:
                            "dropping stores until the janitor frees space", self.root,
                            self.capacity_bytes)
             return False
-        hb = _C.store.header_bytes_for(len(views))
-        hdr = HostBuffer(hb)
-        h = build_header(hdr, ns=self.ns, key=key, parent=parent, chunk_index=chunk_index,
-                         token_count=token_count, dtype=dtype, shape=shape, segments=views,
-                         created_unix_ns=time.time_ns(), mac_key=self._mac)
         tmp = f"{HOST_TAG}-{os.getpid()}-{next(self._tmp_ids)}-{os.urandom(4).hex()}{L.TMP_SUFFIX}"
         published = False
         try:
@@ -413,12 +413,13 @@ class Store:
             self._log_once("store-errno", str(e.errno), "yrcache: store of %s failed: %s",
                            key.hex(), e)
             if not published:
+                self.usage.release(object_bytes)
                 try:
                     os.unlink(tmp, dir_fd=self._tmpfd)
                 except OSError:
                     pass
-            return published
-        self.usage.added(h.object_bytes)
+                return False
+        self.usage.added(object_bytes)
         with self._lock:
             self._stats["objects_stored"] += 1
             self._stats["bytes_stored"] += h.object_bytes
