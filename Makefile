@@ -2,11 +2,13 @@
 # The two commands of the README:
 #   make bench   set everything up (apt packages, .venv, build) and run the bandwidth benchmark
 #   make test    set up (idempotent) and run the test suite
+# and: make bench-store   the object store benchmark (vs fio) on $(BENCH_DIR), and on the MooseFS
+#                         mounts A:B of /tmp/yrcache-mfs/mounts when scripts/mfs_up.sh started them
 BENCH_DIR ?= $(CURDIR)/bench-results
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup bench test clean
+.PHONY: setup bench bench-store test clean
 setup:
 	./scripts/setup.sh
 
@@ -14,6 +16,25 @@ bench: setup
 	mkdir -p $(BENCH_DIR)
 	.venv/bin/python -m yrcache.bench.io_bench --dir $(BENCH_DIR) \
 		--json $(BENCH_DIR)/io_bench.json --plot $(BENCH_DIR)/io_bench.png $(BENCH_ARGS)
+
+MFS_MOUNTS ?= /tmp/yrcache-mfs/mounts
+bench-store: setup
+	mkdir -p $(BENCH_DIR)
+	.venv/bin/python -m yrcache.bench.store_bench --dir $(BENCH_DIR) \
+		--json $(BENCH_DIR)/store_bench.json --plot $(BENCH_DIR)/store_bench.png $(BENCH_ARGS)
+	@if [ -f $(MFS_MOUNTS) ]; then \
+		IFS=: read -r A B < $(MFS_MOUNTS); \
+		if [ -d "$$A" ] && [ -d "$$B" ]; then \
+			echo "==> MooseFS: $$A (other mount $$B)"; \
+			.venv/bin/python -m yrcache.bench.store_bench --dir "$$A" --mount-b "$$B" \
+				--json $(BENCH_DIR)/store_bench_mfs.json --plot $(BENCH_DIR)/store_bench_mfs.png \
+				$(BENCH_ARGS); \
+		else \
+			echo "==> $(MFS_MOUNTS) names $$A:$$B, not both usable directories: MooseFS run skipped"; \
+		fi; \
+	else \
+		echo "==> no $(MFS_MOUNTS) (sudo bash scripts/mfs_up.sh): MooseFS run skipped"; \
+	fi
 
 test: setup
 	.venv/bin/python -m pytest tests --durations=15 $(PYTEST_ARGS)

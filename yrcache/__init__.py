@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """yrcache: a KV-cache offload engine for LLM inference.
 
-This release provides the foundation: an asynchronous file I/O engine (io_uring + O_DIRECT with a
-psync fallback), page-aligned host buffers and a Future API. Importing yrcache never imports torch
-or initialises CUDA.
+This release provides the foundation (an asynchronous file I/O engine: io_uring + O_DIRECT with a
+psync fallback, page-aligned host buffers, a Future API) and the object store: content-addressed,
+self-validating KV objects in a directory that many processes and nodes share (``Store``,
+``Namespace``, ``chain_keys``). Importing yrcache never imports torch or initialises CUDA.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .errors import BackendUnavailableError, ClosedError, CudaUnavailableError
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError, Future,
                       gather, wait)
 from .io import File, HostBuffer, IoEngine
+from .keys import Namespace, chain_keys, fold_extras
 from .mem import BufferPool
+from .store import GetResult, Store
 
 __version__: str = _C.build_info()["version"]
 
@@ -43,6 +46,7 @@ def build_info(directory: str | os.PathLike[str] | None = None) -> dict[str, Any
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BackendUnavailableError", "BufferPool",
-    "CancelledError", "ClosedError", "CudaUnavailableError", "File", "Future", "HostBuffer",
-    "IoEngine", "__version__", "build_info", "gather", "wait",
+    "CancelledError", "ClosedError", "CudaUnavailableError", "File", "Future", "GetResult",
+    "HostBuffer", "IoEngine", "Namespace", "Store", "__version__", "build_info", "chain_keys",
+    "fold_extras", "gather", "wait",
 ]

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import layout_fs as L
+from ._native import _C
 from .format import ObjectFormatError, parse_header
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,17 @@ def _write_json(dirfd: int, name: str, d: dict[str, Any]) -> None:
     tmp = f".{name}.{HOST_TAG}.{os.getpid()}.{threading.get_ident():x}"
     fd = L.open_beneath(dirfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, L.FILE_MODE)
     try:
-        os.write(fd, json.dumps(d).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        try:
+            os.write(fd, json.dumps(d).encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dirfd)
+        except OSError:
+            pass
+        raise
 
 
 class _Flock:
@@ -165,7 +173,14 @@ class Usage:
             d = _read_json(self.metafd, _USAGE)
             d["bytes"] = int(d.get("bytes", 0)) + pending
             d["added"] = int(d.get("added", 0)) + pending
+            if self.capacity:
+                d["capacity"] = self.capacity
             _write_json(self.metafd, _USAGE, d)
+        except OSError as e:  # e.g. ENOSPC: keep the bytes for the next flush, never fail a put
+            logger.warning("yrcache: cannot update the usage ledger: %s", e)
+            with self._lock:
+                self._pending += pending
+            return
         finally:
             lk.release()
         with self._lock:
@@ -273,8 +288,11 @@ class Janitor:
                 for o in order:
                     if total <= target:
                         break
-                    if self._remove(o):
-                        total -= o.size
+                    r = self._remove(o)
+                    if r == "replaced":  # published again meanwhile: alive, and recently used
+                        continue
+                    total -= o.size
+                    if r == "removed":
                         rep.evicted += 1
                         rep.evicted_bytes += o.size
                     gone.add((o.ns_hex, o.key_hex))
@@ -285,8 +303,10 @@ class Janitor:
             rest.sort(key=self._chunk_index)
             for o in rest:
                 info = self._parent_of(o)
-                if info is None:  # unreadable header: not a valid object
-                    if now - o.mtime > self.orphan_grace and self._remove(o):
+                if info is _UNREADABLE:  # a read error (EIO, EACCES...): decide nothing now
+                    continue
+                if info is None:  # not a valid object (bad header): remove after the grace
+                    if now - o.mtime > self.orphan_grace and self._remove(o) == "removed":
                         rep.corrupt += 1
                         total -= o.size
                         alive[o.ns_hex].discard(o.key_hex)
@@ -294,9 +314,12 @@ class Janitor:
                 parent, idx = info
                 if idx == 0 or parent in alive[o.ns_hex] or now - o.mtime <= self.orphan_grace:
                     continue
-                if self._remove(o):
+                r = self._remove(o)
+                if r == "replaced":
+                    continue
+                if r == "removed":
                     rep.orphans += 1
-                    total -= o.size
+                total -= o.size
                 alive[o.ns_hex].discard(o.key_hex)
             rep.bytes = total
             rep.objects = sum(len(v) for v in alive.values())
@@ -337,7 +360,8 @@ class Janitor:
         info = self._parent_of(o)
         return info[1] if info else 0
 
-    def _parent_of(self, o: L.ObjectEntry) -> tuple[str, int] | None:
+    def _parent_of(self, o: L.ObjectEntry) -> Any:
+        """(parent hex, chunk index); None for an invalid header; _UNREADABLE on a read error."""
         k = (o.ns_hex, o.key_hex, o.ino)
         hit = self._parents.get(k)
         if hit is not None:
@@ -346,34 +370,52 @@ class Janitor:
             with L.opened_dir(self.rootfd, f"{o.ns_hex}/{o.key_hex[:2]}/{o.key_hex[2:4]}") as d:
                 fd = L.open_beneath(d, o.key_hex + L.OBJ_SUFFIX, os.O_RDONLY)
                 try:
-                    raw = os.pread(fd, 4096, 0)
+                    raw = read_header_bytes(fd)
                 finally:
                     os.close(fd)
-            h = parse_header(raw[:4096], key=bytes.fromhex(o.key_hex), ns=bytes.fromhex(o.ns_hex))
-        except (OSError, ObjectFormatError) as e:
-            if isinstance(e, OSError) and e.errno not in (errno.ENOENT, errno.ESTALE):
-                logger.debug("janitor: cannot read %s: %s", o.key_hex, e)
-            if isinstance(e, ObjectFormatError) and "header is" in str(e):
-                return (o.key_hex, 0)  # a long header (over 120 layers): keep, no parent check
+            h = parse_header(raw, key=bytes.fromhex(o.key_hex), ns=bytes.fromhex(o.ns_hex))
+        except ObjectFormatError:
             return None
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESTALE):
+                logger.debug("janitor: cannot read %s: %s", o.key_hex, e)
+            return _UNREADABLE
         info = (h.parent.hex(), h.chunk_index)
         if len(self._parents) > 1 << 20:
             self._parents.clear()
         self._parents[k] = info
         return info
 
-    def _remove(self, o: L.ObjectEntry) -> bool:
+    def _remove(self, o: L.ObjectEntry) -> str:
+        """"removed", "gone" (someone else removed it), "replaced" (published again since the
+        scan: a new inode, left alone) or "error"."""
         try:
             with L.opened_dir(self.rootfd, f"{o.ns_hex}/{o.key_hex[:2]}/{o.key_hex[2:4]}") as d:
                 st = os.stat(o.key_hex + L.OBJ_SUFFIX, dir_fd=d, follow_symlinks=False)
                 if st.st_ino != o.ino:
-                    return False  # replaced since the scan: someone just published it again
+                    return "replaced"
                 os.unlink(o.key_hex + L.OBJ_SUFFIX, dir_fd=d)
-        except OSError:
-            return False
+        except OSError as e:
+            return "gone" if e.errno in (errno.ENOENT, errno.ESTALE) else "error"
         if self.on_evict is not None:
             self.on_evict(o.ns_hex, o.key_hex)
-        return True
+        return "removed"
+
+
+_UNREADABLE = object()
+MAX_HEADER_BYTES = 1 << 20
+
+
+def read_header_bytes(fd: int) -> bytes:
+    """The header of an object file: 4 KiB, or its declared size (objects with over 120 layers),
+    capped at MAX_HEADER_BYTES. Raises ObjectFormatError for an impossible size."""
+    raw = os.pread(fd, 4096, 0)
+    h, _, need = _C.store.parse_header(raw)
+    if h is None and need:
+        if need > MAX_HEADER_BYTES:
+            raise ObjectFormatError(f"header size {need} out of range")
+        raw = os.pread(fd, need, 0)
+    return raw
 
 
 def _pid_alive(pid: int) -> bool:

@@ -24,6 +24,7 @@ import errno
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -44,13 +45,15 @@ from .format import (
 )
 from .futures import Future
 from .io import HostBuffer, IoEngine
-from .janitor import HOST_TAG, Janitor, Usage
+from .janitor import HOST_TAG, MAX_HEADER_BYTES, Janitor, Usage, read_header_bytes
 from .keys import Namespace
 
 logger = logging.getLogger(__name__)
 
 #: errno values that mean "the object is not there (any more)": a plain miss, not an error.
 MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE, errno.ENOTDIR})
+#: errno values of an entry that is not one of ours (a symlink, a directory, a FIFO...): corrupt.
+FOREIGN_ERRNOS = frozenset({errno.ELOOP, errno.EXDEV, errno.EISDIR, errno.EINVAL})
 
 Buffer = Any  # a buffer-protocol object (bytes-like, numpy array, HostBuffer, memoryview)
 
@@ -248,7 +251,7 @@ class Store:
             found = 0
             for r in res:
                 if r < 0:
-                    if -r not in MISSING_ERRNOS and r != -errno.ECANCELED:
+                    if -r not in MISSING_ERRNOS | FOREIGN_ERRNOS and -r != errno.ECANCELED:
                         self._count_error(-r, "lookup")
                     break
                 found += 1
@@ -287,23 +290,19 @@ class Store:
         """The parsed, validated header of an object (raises ObjectFormatError / OSError)."""
         fd = self._open_object_fd(key)
         try:
-            raw = os.pread(fd, 4096, 0)
-            h, _, need = _C.store.parse_header(raw)
-            if h is None and need:
-                raw = os.pread(fd, need, 0)
-            return parse_header(raw, ns=self.ns, key=key, mac_key=self._mac)
+            return parse_header(read_header_bytes(fd), ns=self.ns, key=key, mac_key=self._mac)
         finally:
             os.close(fd)
 
     def verify(self, key: bytes) -> GetResult:
-        """Read and verify a whole object (fsck); does not remove it when bad."""
+        """Read and verify a whole object (for tools: no stats counted, nothing removed)."""
         try:
             h = self.read_header(key)
         except (OSError, ObjectFormatError) as e:
             return GetResult(False, key, _reason(e))
         bufs = [HostBuffer(max(4096, h.segment(i)[1])) for i in range(h.segment_count)]
         views = [memoryview(b)[:h.segment(i)[1]] for i, b in enumerate(bufs)]
-        return self._get_sync(key, views, None, None, None, remove_bad=False)
+        return self._get_sync(key, views, None, None, None, remove_bad=False, count=False)
 
     def run_janitor(self, *, blocking: bool = True) -> Any:
         """Run a janitor pass now (``gc``); returns its JanitorReport."""
@@ -430,37 +429,47 @@ class Store:
     # -- get --------------------------------------------------------------------------------------
     def _get_sync(self, key: bytes, views: list[memoryview], layers: list[int] | None,
                   lengths: list[int] | None, byte_range: tuple[int, int] | None, *,
-                  remove_bad: bool = True) -> GetResult:
+                  remove_bad: bool = True, count: bool = True) -> GetResult:
         try:
             f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=self._nsfd)
         except OSError as e:
-            return self._miss(key, e)
+            if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
+                return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",
+                                     remove_bad and e.errno == errno.ELOOP, count)
+            return self._miss(key, e, count)
         ino = -1
         try:
             st = os.fstat(f.fileno())
             ino = st.st_ino
+            if not stat.S_ISREG(st.st_mode):
+                raise ObjectFormatError("not a regular file")
             h = self._read_verify(f, st.st_size, key, views, layers, lengths, byte_range)
         except ObjectFormatError as e:
             f.close()
-            self._bump("corrupt")
-            self._bump("misses")
-            self._forget(key)
-            self._log_once("corrupt", key.hex(), "yrcache: object %s is invalid (%s)%s",
-                           key.hex(), e, "; removed" if remove_bad else "")
-            if remove_bad:
-                self._remove_if_same(key, ino)
-            return GetResult(False, key, f"corrupt: {e}")
+            return self._corrupt(key, ino, str(e), remove_bad, count)
         except OSError as e:
             f.close()
-            return self._miss(key, e)
+            return self._miss(key, e, count)
         f.close()
         nbytes = sum(v.nbytes for v in views)
         now = time.monotonic()
         with self._lock:
-            self._stats["hits"] += 1
-            self._stats["bytes_read"] += nbytes
+            if count:
+                self._stats["hits"] += 1
+                self._stats["bytes_read"] += nbytes
             self._index_add_locked(key, now)
         return GetResult(True, key, "", h)
+
+    def _corrupt(self, key: bytes, ino: int, why: str, remove: bool, count: bool) -> GetResult:
+        if count:
+            self._bump("corrupt")
+            self._bump("misses")
+        self._forget(key)
+        self._log_once("corrupt", key.hex(), "yrcache: object %s is invalid (%s)%s", key.hex(),
+                       why, "; removed" if remove else "")
+        if remove:
+            self._remove_if_same(key, ino)
+        return GetResult(False, key, f"corrupt: {why}")
 
     def _read_verify(self, f: Any, size: int, key: bytes, views: list[memoryview],
                      layers: list[int] | None, lengths: list[int] | None,
@@ -474,13 +483,13 @@ class Store:
                 raise ObjectFormatError("object has fewer segments than asked for")
         if byte_range is None:
             targets = views
-            for t, i in zip(targets, idx):
+            for t, i in zip(targets, idx):  # lengths came from the object: its geometry is wrong
                 if t.nbytes != lengths[i]:
-                    raise ValueError(f"buffer for segment {i} is {t.nbytes} bytes, the object's "
-                                     f"segment is {lengths[i]}")
+                    raise ObjectFormatError(f"segment {i} is {lengths[i]} bytes, the caller "
+                                            f"expects {t.nbytes}")
         else:  # whole segments into scratch, verify, then copy the range out
             if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
-                raise ValueError(f"byte_range {byte_range} exceeds a segment")
+                raise ObjectFormatError(f"byte_range {byte_range} exceeds a segment")
             scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
             targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
         hb, offs, _ = segment_offsets(lengths)
@@ -513,17 +522,19 @@ class Store:
         got = self.engine.pread(f, hdr, 0).result()
         h, why, need = _C.store.parse_header(memoryview(hdr)[:got])
         if h is None and need:
-            if need > 1 << 20:
+            if need > MAX_HEADER_BYTES:
                 raise ObjectFormatError(f"header size {need} out of range")
             hdr = HostBuffer(need)
             got = self.engine.pread(f, hdr, 0).result()
         return parse_header(memoryview(hdr)[:got], ns=self.ns, key=key, mac_key=self._mac)
 
-    def _miss(self, key: bytes, e: OSError) -> GetResult:
-        self._bump("misses")
+    def _miss(self, key: bytes, e: OSError, count: bool = True) -> GetResult:
+        if count:
+            self._bump("misses")
         self._forget(key)
         if e.errno not in MISSING_ERRNOS:
-            self._count_error(e.errno or 0, "load")
+            if count:
+                self._count_error(e.errno or 0, "load")
             self._log_once("load-errno", str(e.errno), "yrcache: load of %s failed: %s",
                            key.hex(), e)
             return GetResult(False, key, f"error: {e}")
@@ -559,8 +570,9 @@ class Store:
         try:
             with L.opened_dir(self._nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
                 name = key.hex() + L.OBJ_SUFFIX
-                if os.stat(name, dir_fd=d, follow_symlinks=False).st_ino == ino:
-                    os.unlink(name, dir_fd=d)
+                st = os.stat(name, dir_fd=d, follow_symlinks=False)
+                if st.st_ino == ino or (ino == -1 and stat.S_ISLNK(st.st_mode)):
+                    os.unlink(name, dir_fd=d)  # unlink never follows a symlink
         except OSError:
             pass
 

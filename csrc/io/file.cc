@@ -42,15 +42,22 @@ int open_walk(int dirfd, const std::string& path, int flags, int mode) {
   }
 }
 
+// Opens with O_NONBLOCK so that a FIFO planted where a file is expected cannot block the caller
+// forever (open of a FIFO waits for a writer), then clears it unless the caller asked for it:
+// callers check the file type themselves.
 int open_retry(int dirfd, const char* path, int flags, int mode) {
   int fd;
   do {
     if (dirfd == kNoDir) {
-      fd = ::open(path, flags, mode);
+      fd = ::open(path, flags | O_NONBLOCK, mode);
     } else {
-      fd = open_beneath(dirfd, path, flags, mode);
+      fd = open_beneath(dirfd, path, flags | O_NONBLOCK, mode);
     }
   } while (fd < 0 && errno == EINTR);
+  if (fd >= 0 && !(flags & O_NONBLOCK)) {
+    const int fl = ::fcntl(fd, F_GETFL);
+    if (fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+  }
   return fd;
 }
 }  // namespace

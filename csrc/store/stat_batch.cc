@@ -3,9 +3,12 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+
+#include "io/file.h"
 
 namespace yrc::store {
 
@@ -43,14 +46,17 @@ void StatBatch::work_on(Job& job) {
       job.out[i] = -ECANCELED;
       continue;
     }
+    // An O_PATH open confined like every other access (no symlink anywhere on the path, not just
+    // the last component: fstatat would follow a symlinked shard directory), then fstat. O_PATH
+    // opens do not reach the file system's open handler, so the cost is that of a stat.
     struct stat st;
     std::int64_t r;
-    if (::fstatat(job.dirfd, (*job.paths)[i].c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    const int fd = open_beneath(job.dirfd, (*job.paths)[i], O_PATH | O_NOFOLLOW, 0);
+    if (fd < 0) {
       r = -errno;
-    } else if (!S_ISREG(st.st_mode)) {
-      r = -EINVAL;
     } else {
-      r = st.st_size;
+      r = ::fstat(fd, &st) != 0 ? -errno : !S_ISREG(st.st_mode) ? -EINVAL : st.st_size;
+      ::close(fd);
     }
     job.out[i] = r;
     if (r < 0) {

@@ -21,7 +21,7 @@ class StatBatch {
   StatBatch(const StatBatch&) = delete;
   StatBatch& operator=(const StatBatch&) = delete;
 
-  // For each path (relative to dirfd, never following a final symlink): the file size, or -errno.
+  // For each path (beneath dirfd, following no symlink anywhere): the file size, or -errno.
   // A path that is not a regular file reads as -EINVAL. With prefix_only, paths after
   // the first miss may be skipped and reported as -ECANCELED (lookup needs only the leading run).
   std::vector<std::int64_t> run(int dirfd, const std::vector<std::string>& paths, bool prefix_only);

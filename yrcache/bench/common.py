@@ -168,3 +168,38 @@ def plot_bars(results: list[dict[str, Any]], path: str) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
+
+
+class Notes(list[str]):
+    """Notes for the JSON report, echoed to stderr as they are made."""
+
+    def __call__(self, msg: str) -> None:
+        self.append(msg)
+        print(f"note: {msg}", file=sys.stderr)
+
+
+def usable_dir(path: str) -> str | None:
+    """The absolute path of a writable benchmark directory, or None (after saying why)."""
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        print(f"error: --dir {path!r} does not exist, is not a directory or is not writable",
+              file=sys.stderr)
+        return None
+    return os.path.abspath(path)
+
+
+class Progress:
+    """One status line per step on stderr (rewritten in place on a terminal), with an ETA."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.step, self.t0 = total, 0, time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        self.step += 1
+        el = time.monotonic() - self.t0
+        eta = el / (self.step - 1) * (self.total - self.step + 1) if self.step > 1 else 0.0
+        w = len(str(self.total))
+        line = f"[{self.step:>{w}}/{self.total}] {what} ... eta {eta:4.0f}s"
+        if sys.stderr.isatty():
+            print(f"\r{line:<72}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)

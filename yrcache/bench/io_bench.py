@@ -31,7 +31,8 @@ from typing import Any
 
 import yrcache
 
-from .common import fmt_size, format_table, parse_size, plot_bars, sysinfo
+from .common import (Notes, Progress, fmt_size, format_table, parse_size, plot_bars, sysinfo,
+                     usable_dir)
 
 GB = 1e9  # GB/s and s/GB use decimal gigabytes
 MIB = 1 << 20
@@ -116,7 +117,7 @@ class Bench:
             n = min(16 * MIB, self.buflen - off)      # touched now, not in the first timed run
             wmv[off:off + n] = os.urandom(n)
             rmv[off:off + n] = bytes(n)
-        self.step, self.total, self.t0 = 0, 0, time.monotonic()
+        self._progress = Progress(0)
         self.direct = True
 
     # -- the engine ---------------------------------------------------------------------------
@@ -282,15 +283,7 @@ class Bench:
 
     # -- driving ------------------------------------------------------------------------------
     def progress(self, row: Row, who: str) -> None:
-        self.step += 1
-        el = time.monotonic() - self.t0
-        eta = el / (self.step - 1) * (self.total - self.step + 1) if self.step > 1 else 0.0
-        w = len(str(self.total))
-        line = f"[{self.step:>{w}}/{self.total}] {row.label} {who} ... eta {eta:4.0f}s"
-        if sys.stderr.isatty():
-            print(f"\r{line:<72}", end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        self._progress(f"{row.label} {who}")
 
     def run_row(self, row: Row) -> None:
         if row.backend in BASELINES:
@@ -418,17 +411,10 @@ def _plan(a: argparse.Namespace, odirect: bool) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
-    notes: list[str] = []
-
-    def note(msg: str) -> None:
-        notes.append(msg)
-        print(f"note: {msg}", file=sys.stderr)
-
-    if not os.path.isdir(a.dir) or not os.access(a.dir, os.W_OK | os.X_OK):
-        print(f"error: --dir {a.dir!r} does not exist, is not a directory or is not writable",
-              file=sys.stderr)
+    notes = note = Notes()
+    a.dir = usable_dir(a.dir)
+    if a.dir is None:
         return 2
-    a.dir = os.path.abspath(a.dir)
     info = yrcache.build_info()
     uring_ok = "uring" in info["backends"] and info["io_uring"]["usable"]
     usable = ["uring", "psync"] if uring_ok else ["psync"]
@@ -474,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(a, fio, notes)
     rows = _plan(a, sysi["odirect"])
-    bench.total = sum(a.pairs * (2 if fio and r.backend in ENGINE_BACKENDS else 1)
+    bench._progress.total = sum(a.pairs * (2 if fio and r.backend in ENGINE_BACKENDS else 1)
                       for r in rows if r.comparable)
     t0 = time.monotonic()
     try:

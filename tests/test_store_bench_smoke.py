@@ -1,0 +1,59 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The object store benchmark must not rot: run its quick mode with tiny sizes and check its JSON
+against the documented schema (docs/bench_schema.md, "Object store benchmark")."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from .conftest import IN_CI, require, run_child
+
+
+def test_store_bench_tiny_run(data_dir, tmp_path):
+    has_fio = shutil.which("fio") is not None
+    require(has_fio or not IN_CI, "fio not installed (apt-get install fio)")
+    out = tmp_path / "store.json"
+    bench_dir = data_dir / "bench"
+    bench_dir.mkdir()
+    # --mount-a/--mount-b: the same directory twice, a control run of the other-mount path.
+    args = ["--quick", "--dir", str(bench_dir), "--objects", "4", "--layers", "4",
+            "--segment-bytes", "64K", "--pairs", "1", "--fio-jobs", "2", "--lookup-chunks", "16",
+            "--lookup-procs", "1", "--lookup-reps", "3", "--lookup-stat-reps", "2",
+            "--no-drop-caches", "--mount-a", str(bench_dir), "--mount-b", str(bench_dir),
+            "--json", str(out)]
+    code = ("import sys; from yrcache.bench.store_bench import main; "
+            f"sys.exit(main({args!r}))")
+    p = run_child(code, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == 1 and doc["bench"] == "store" and doc["sysinfo"]
+    cfg = doc["config"]
+    assert cfg["quick"] and cfg["objects"] == 4 and cfg["layers"] == 4 and cfg["pairs"] == 1
+    assert cfg["segment_bytes"] == 64 << 10 and cfg["bytes_per_run"] == 4 * 4 * (64 << 10)
+    assert cfg["fio_jobs"] == 2 and cfg["fio_iodepth"] == 4
+    rows = {r["op"]: r for r in doc["results"]}
+    assert set(rows) == {"store", "load", "load_layer"}
+    for r in rows.values():
+        assert r["ours"]["gbps_median"] > 0 and len(r["ours"]["samples"]) == 1
+        assert r["target_ratio"] == 0.9
+        if has_fio:
+            assert "--direct=1" in r["fio"]["cmdline"] and r["ratio"] > 0
+            assert isinstance(r["meets_target"], bool)
+        else:
+            assert r["fio"] is None and r["ratio"] is None
+    if has_fio:
+        assert "--fsync_on_close=1" in rows["store"]["fio"]["cmdline"]
+        assert "--file_service_type=roundrobin" in rows["load_layer"]["fio"]["cmdline"]
+    v = doc["verify"]
+    assert v["gbps_median"] > 0 and 0 < v["fraction_of_load"]
+    assert {"fraction_of_store", "fraction_of_load_layer"} <= set(v)
+    lk = doc["lookup"]
+    assert lk["chunks"] == 16 and lk["warm"]["n"] == 3 and lk["warm"]["median_ms"] > 0
+    for where in ("same_dir", "other_mount"):
+        d = lk[where]
+        assert d["found_min"] == 16
+        assert d["cold_fresh_process"]["n"] == 1 and d["cold_stat_path"]["n"] == 2
+        assert d["cold_fresh_process"]["p90_ms"] >= d["cold_fresh_process"]["median_ms"] > 0
+    assert lk["other_mount"]["target_ms"] == 20.0
+    assert "GB/s" in p.stdout and "lookup of a 16-chunk chain" in p.stdout  # the report
+    assert not list(bench_dir.iterdir())  # cleaned up
