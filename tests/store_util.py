@@ -154,6 +154,9 @@ while cfg["stop"] is None or i < cfg["stop"] or inflight:
     j, k, fut = inflight.pop(0)
     r = fut.result()
     print(("ok " if r else "fail ") + k.hex(), flush=True)
+if cfg.get("linger"):  # a writer that is to be killed must still be running when the kill comes
+    import time
+    time.sleep(3600)
 store.close()
 print("done", json.dumps(store.stats()), flush=True)
 """

@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,7 +133,8 @@ class Store:
         self._lock = threading.Lock()
         self._stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._errors: dict[int, int] = defaultdict(int)
-        self._index: OrderedDict[bytes, float] = OrderedDict()  # key -> time known to exist
+        # key -> when it was last known to exist (insertion-ordered: the oldest go first)
+        self._index: dict[bytes, float] = {}
         self._index_max = 1 << 18
         self._touched: dict[bytes, float] = {}
         self._logged: set[tuple[str, str]] = set()
@@ -246,8 +247,7 @@ class Store:
                     break
                 n += 1
         if n < len(keys):
-            rels = [L.object_relpath(k.hex()) for k in keys[n:]]
-            res = self._stat.run(self._nsfd, rels, True)
+            res = self._stat.run_keys(self._nsfd, b"".join(keys[n:]), True)
             found = 0
             for r in res:
                 if r < 0:
@@ -257,7 +257,9 @@ class Store:
                 found += 1
             with self._lock:
                 for k in keys[n:n + found]:
-                    self._index_add_locked(k, now)
+                    self._index.pop(k, None)  # re-inserted at the young end
+                self._index.update(dict.fromkeys(keys[n:n + found], now))
+                self._trim_index_locked()
             n += found
         if n:
             self._touch_chain(keys[:n])
@@ -555,7 +557,7 @@ class Store:
             t = self._index.get(key)
             if t is not None and now - t <= self.index_ttl:
                 return True
-        r = self._stat.run(self._nsfd, [L.object_relpath(key.hex())], False)[0]
+        r = self._stat.run_keys(self._nsfd, bytes(key), False)[0]
         if r >= 0:
             with self._lock:
                 self._index_add_locked(key, now)
@@ -637,10 +639,13 @@ class Store:
             self._index.pop(key, None)
 
     def _index_add_locked(self, key: bytes, t: float) -> None:
+        self._index.pop(key, None)
         self._index[key] = t
-        self._index.move_to_end(key)
-        if len(self._index) > self._index_max:
-            self._index.popitem(last=False)
+        self._trim_index_locked()
+
+    def _trim_index_locked(self) -> None:
+        while len(self._index) > self._index_max:
+            del self._index[next(iter(self._index))]
 
     def _bump(self, name: str, n: int = 1) -> None:
         with self._lock:

@@ -170,7 +170,32 @@ void bind_store(py::module_& m) {
       .def_property_readonly("threads", &store::StatBatch::threads)
       .def("run", &store::StatBatch::run, py::arg("dirfd"), py::arg("paths"),
            py::arg("prefix_only") = false, py::call_guard<py::gil_scoped_release>(),
-           "fstatat each path (no symlink follow) in parallel: size or -errno per path.");
+           "stat each path beneath dirfd (no symlink followed) in parallel: size or -errno.")
+      .def(
+          "run_keys",
+          [](store::StatBatch& sb, int dirfd, const py::bytes& keys, bool prefix_only) {
+            // Object paths "ab/cd/<32 hex>.kv" of concatenated 16-byte keys, formatted here:
+            // a chain of 512 keys in Python strings costs more than stat'ing them on ext4.
+            std::string raw = keys;
+            if (raw.size() % 16 != 0) throw py::value_error("keys must be a multiple of 16 bytes");
+            static const char hex[] = "0123456789abcdef";
+            std::vector<std::string> paths(raw.size() / 16);
+            for (std::size_t i = 0; i < paths.size(); ++i) {
+              char h[32];
+              for (int j = 0; j < 16; ++j) {
+                const auto b = static_cast<unsigned char>(raw[i * 16 + j]);
+                h[2 * j] = hex[b >> 4];
+                h[2 * j + 1] = hex[b & 15];
+              }
+              std::string& p = paths[i];
+              p.reserve(41);
+              p.append(h, 2).append("/").append(h + 2, 2).append("/").append(h, 32).append(".kv");
+            }
+            py::gil_scoped_release nogil;
+            return sb.run(dirfd, paths, prefix_only);
+          },
+          py::arg("dirfd"), py::arg("keys"), py::arg("prefix_only") = false,
+          "run() on the object paths of concatenated 16-byte keys.");
 }
 
 }  // namespace yrc

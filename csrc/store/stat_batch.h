@@ -21,7 +21,7 @@ class StatBatch {
   StatBatch(const StatBatch&) = delete;
   StatBatch& operator=(const StatBatch&) = delete;
 
-  // For each path (beneath dirfd, following no symlink anywhere): the file size, or -errno.
+  // For each path (relative to dirfd; a final symlink is not followed): the size, or -errno.
   // A path that is not a regular file reads as -EINVAL. With prefix_only, paths after
   // the first miss may be skipped and reported as -ECANCELED (lookup needs only the leading run).
   std::vector<std::int64_t> run(int dirfd, const std::vector<std::string>& paths, bool prefix_only);
@@ -31,12 +31,15 @@ class StatBatch {
  private:
   struct Job;
   void worker();
-  static void work_on(Job& job);
+  // Stats up to `limit` unclaimed paths of the job.
+  static void work_on(Job& job, std::size_t limit);
+  static constexpr std::size_t kProbe = 8;  // paths the caller times before waking workers
 
   std::mutex mu_;
   std::condition_variable cv_;
   Job* job_ = nullptr;  // the batch in progress (one at a time; callers serialize on run_mu_)
   std::uint64_t generation_ = 0;
+  unsigned spare_cores_ = 1;  // workers woken for a fast (local) file system
   bool stop_ = false;
   std::mutex run_mu_;
   std::vector<std::thread> workers_;
