@@ -109,6 +109,7 @@ class Usage:
             (max(1, capacity // 64) if capacity else 1 << 62)
         self.refresh_s = refresh_s
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._ledger = 0        # bytes per the ledger when last read
         self._pending = 0       # bytes this process published and has not yet added
         self._reserved = 0      # bytes of publishes admitted and still in flight
@@ -160,32 +161,34 @@ class Usage:
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, 0
-        try:
-            lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
-        except OSError as e:
-            logger.warning("yrcache: cannot lock the usage ledger: %s", e)
+        """Add this process's published bytes to the ledger. The bytes stay counted as pending
+        until the ledger holds them, so a concurrent admit never sees them in neither place."""
+        with self._flush_lock:
             with self._lock:
-                self._pending += pending
-            return
-        try:
-            d = _read_json(self.metafd, _USAGE)
-            d["bytes"] = int(d.get("bytes", 0)) + pending
-            d["added"] = int(d.get("added", 0)) + pending
-            if self.capacity:
-                d["capacity"] = self.capacity
-            _write_json(self.metafd, _USAGE, d)
-        except OSError as e:  # e.g. ENOSPC: keep the bytes for the next flush, never fail a put
-            logger.warning("yrcache: cannot update the usage ledger: %s", e)
+                pending = self._pending
+            if not pending:
+                return
+            try:
+                lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
+            except OSError as e:
+                logger.warning("yrcache: cannot lock the usage ledger: %s", e)
+                return
+            try:
+                d = _read_json(self.metafd, _USAGE)
+                d["bytes"] = int(d.get("bytes", 0)) + pending
+                d["added"] = int(d.get("added", 0)) + pending
+                if self.capacity:
+                    d["capacity"] = self.capacity
+                _write_json(self.metafd, _USAGE, d)
+            except OSError as e:  # e.g. ENOSPC: the bytes stay pending, a put never fails on it
+                logger.warning("yrcache: cannot update the usage ledger: %s", e)
+                return
+            finally:
+                lk.release()
             with self._lock:
-                self._pending += pending
-            return
-        finally:
-            lk.release()
-        with self._lock:
-            self._ledger = d["bytes"]
-            self._read_at = time.monotonic()
+                self._pending -= pending
+                self._ledger = d["bytes"]
+                self._read_at = time.monotonic()
 
 
 @dataclass

@@ -27,7 +27,7 @@ import os
 import stat
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,8 +72,19 @@ class GetResult:
         return self.ok
 
 
+class _Handle:
+    """An open, verified object: its File and parsed header, shared by concurrent loads."""
+
+    __slots__ = ("file", "header", "ino", "opened", "users", "retired")
+
+    def __init__(self, file: Any, header: Any, ino: int, opened: float) -> None:
+        self.file, self.header, self.ino, self.opened = file, header, ino, opened
+        self.users = 0
+        self.retired = False
+
+
 _COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
-             "hits", "misses", "corrupt", "bytes_read", "lookups", "lookup_keys", "evictions",
+             "hits", "misses", "corrupt", "bytes_read", "open_handle_hits", "lookups", "lookup_keys", "evictions",
              "orphans_removed", "tmp_reclaimed", "touches")
 
 
@@ -94,6 +105,9 @@ class Store:
         orphan_grace: seconds an object without its parent is kept (out-of-order publishes).
         touch_interval: a hit refreshes an object's mtime (its LRU age) at most this often.
         index_ttl: seconds an in-process "exists" answer is trusted before asking the FS again.
+        handle_ttl / max_handles: a verified object stays open this long (LRU of this many), so
+            layer-by-layer loads of one chunk open it and check its header once. An object evicted
+            meanwhile is still read whole and valid through the open descriptor.
         lookup_threads / load_threads / store_threads: parallelism of each path. Loads and stores
             run on separate pools so loads never queue behind stores.
     """
@@ -104,8 +118,8 @@ class Store:
                  durable: bool = False, mac_key: bytes | None = None,
                  janitor_period: float = 30.0, tmp_max_age: float = 600.0,
                  orphan_grace: float = 60.0, touch_interval: float = 60.0,
-                 index_ttl: float = 10.0, lookup_threads: int = 16, load_threads: int = 8,
-                 store_threads: int = 4) -> None:
+                 index_ttl: float = 10.0, handle_ttl: float = 2.0, max_handles: int = 64,
+                 lookup_threads: int = 16, load_threads: int = 8, store_threads: int = 4) -> None:
         if not isinstance(namespace, Namespace):
             raise TypeError(f"namespace must be a yrcache.keys.Namespace, got "
                             f"{type(namespace).__name__}")
@@ -137,6 +151,9 @@ class Store:
         self._index: dict[bytes, float] = {}
         self._index_max = 1 << 18
         self._touched: dict[bytes, float] = {}
+        self.handle_ttl = handle_ttl
+        self._max_handles = max_handles
+        self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
         self._logged: set[tuple[str, str]] = set()
         self._tmp_ids = itertools.count()
         self._stat = _C.store.StatBatch(lookup_threads)
@@ -344,6 +361,9 @@ class Store:
         self._janitor_wake.set()
         self._stores.shutdown(wait=True)
         self._loads.shutdown(wait=True)
+        with self._lock:
+            for k, hd in list(self._handles.items()):
+                self._retire_locked(k, hd)
         if self._janitor_thread is not None:
             self._janitor_thread.join()
         try:
@@ -432,6 +452,25 @@ class Store:
     def _get_sync(self, key: bytes, views: list[memoryview], layers: list[int] | None,
                   lengths: list[int] | None, byte_range: tuple[int, int] | None, *,
                   remove_bad: bool = True, count: bool = True) -> GetResult:
+        hd = self._acquire_handle(key) if count else None
+        if hd is not None:  # open and verified moments ago: read just the segments
+            try:
+                h = hd.header
+                if lengths is not None and (h.segment_count != len(lengths) or any(
+                        h.segment(i)[1] != n for i, n in enumerate(lengths))):
+                    raise ObjectFormatError("segment lengths differ from the expected layout")
+                self._read_verify(hd.file, h.object_bytes, key, views, layers, None, byte_range,
+                                  known=h)
+            except ObjectFormatError as e:
+                self._retire_handle(key, hd)
+                return self._corrupt(key, hd.ino, str(e), remove_bad, count)
+            except OSError as e:
+                self._retire_handle(key, hd)
+                return self._miss(key, e, count)
+            finally:
+                self._release_handle(hd)
+            self._bump("open_handle_hits")
+            return self._hit(key, views, h, count)
         try:
             f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=self._nsfd)
         except OSError as e:
@@ -452,15 +491,62 @@ class Store:
         except OSError as e:
             f.close()
             return self._miss(key, e, count)
-        f.close()
+        if not (count and self._adopt_handle(key, f, h, ino)):
+            f.close()
+        return self._hit(key, views, h, count)
+
+    def _hit(self, key: bytes, views: list[memoryview], h: Any, count: bool) -> GetResult:
         nbytes = sum(v.nbytes for v in views)
-        now = time.monotonic()
         with self._lock:
             if count:
                 self._stats["hits"] += 1
                 self._stats["bytes_read"] += nbytes
-            self._index_add_locked(key, now)
+            self._index_add_locked(key, time.monotonic())
         return GetResult(True, key, "", h)
+
+    # -- open objects ---------------------------------------------------------------------------
+    def _acquire_handle(self, key: bytes) -> _Handle | None:
+        with self._lock:
+            hd = self._handles.get(key)
+            if hd is None:
+                return None
+            if time.monotonic() - hd.opened > self.handle_ttl:
+                self._retire_locked(key, hd)
+                return None
+            hd.users += 1
+            self._handles.move_to_end(key)
+            return hd
+
+    def _release_handle(self, hd: _Handle) -> None:
+        with self._lock:
+            hd.users -= 1
+            close = hd.retired and hd.users == 0
+        if close:
+            hd.file.close()
+
+    def _adopt_handle(self, key: bytes, f: Any, h: Any, ino: int) -> bool:
+        if self.handle_ttl <= 0 or self._max_handles <= 0:
+            return False
+        with self._lock:
+            if key in self._handles or self._closed:
+                return False
+            self._handles[key] = _Handle(f, h, ino, time.monotonic())
+            while len(self._handles) > self._max_handles:
+                k, old = next(iter(self._handles.items()))
+                self._retire_locked(k, old)
+        return True
+
+    def _retire_handle(self, key: bytes, hd: _Handle) -> None:
+        with self._lock:
+            self._retire_locked(key, hd)
+
+    def _retire_locked(self, key: bytes, hd: _Handle) -> None:
+        if self._handles.get(key) is hd:
+            del self._handles[key]
+        if not hd.retired:
+            hd.retired = True
+            if hd.users == 0:
+                hd.file.close()  # marks it closed; descriptors go when in-flight reads finish
 
     def _corrupt(self, key: bytes, ino: int, why: str, remove: bool, count: bool) -> GetResult:
         if count:
@@ -475,11 +561,12 @@ class Store:
 
     def _read_verify(self, f: Any, size: int, key: bytes, views: list[memoryview],
                      layers: list[int] | None, lengths: list[int] | None,
-                     byte_range: tuple[int, int] | None) -> Any:
+                     byte_range: tuple[int, int] | None, *, known: Any = None) -> Any:
         idx = layers if layers is not None else list(range(len(views)))
-        h = None
-        if lengths is None:  # no expected layout: header first, then the segments
-            h = self._read_header(f, key)
+        h = known
+        if lengths is None:  # no expected layout: header first (unless known), then the segments
+            if h is None:
+                h = self._read_header(f, key)
             lengths = [h.segment(i)[1] for i in range(h.segment_count)]
             if any(i >= len(lengths) for i in idx):
                 raise ObjectFormatError("object has fewer segments than asked for")
@@ -637,6 +724,9 @@ class Store:
     def _forget(self, key: bytes) -> None:
         with self._lock:
             self._index.pop(key, None)
+            hd = self._handles.get(key)
+            if hd is not None:
+                self._retire_locked(key, hd)
 
     def _index_add_locked(self, key: bytes, t: float) -> None:
         self._index.pop(key, None)
