@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,21 @@ from .format import ObjectFormatError, parse_header
 
 logger = logging.getLogger(__name__)
 
-HOST_TAG = __import__("hashlib").blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+def _host_tag() -> str:
+    """Names this host's process-id space in temp-file names: hostname, boot id and pid namespace,
+    so that "its pid is gone" is only concluded about writers whose pids we can actually see
+    (containers sharing a root and a hostname have separate pid namespaces)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append(os.urandom(8).hex())  # unknown: never matches, temp files age out instead
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=4).hexdigest()
+
+
+HOST_TAG = _host_tag()
 _USAGE = "usage.json"
 _USAGE_LOCK = "usage.lock"
 _JANITOR_LOCK = "janitor.lock"
