@@ -56,5 +56,7 @@ PYBIND11_MODULE(_C, m) {
   yrc::bind_io(io);
   auto store = m.def_submodule("store", "object format, checksums, batched existence checks");
   yrc::bind_store(store);
+  auto copy = m.def_submodule("copy", "gather/scatter of KV between engine memory and staging");
+  yrc::bind_copy(copy);
   m.def("build_info", &yrc::build_info, "What was compiled into this extension.");
 }
