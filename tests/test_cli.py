@@ -182,10 +182,11 @@ def test_fsck_reports_foreign_dirs_young_orphans_and_macs(root, capsys, tmp_path
     chains, _ = make_root(root, mac_key=key, chains=1, chunks=2)
     keyfile = tmp_path / "mac.key"
     keyfile.write_text(key.hex() + "\n")
-    assert cli.main(["fsck", str(root), "--mac-key-file", str(keyfile)]) == 0
+    assert cli.main(["fsck", str(root), "--mac-key-file", str(keyfile)]) == 2  # needs --ns
+    assert cli.main(["fsck", str(root), "--ns", NS.hex, "--mac-key-file", str(keyfile)]) == 0
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(os.urandom(32))
-    doc = cli_json(capsys, "fsck", str(root), "--mac-key-file", str(wrong), rc=1)
+    doc = cli_json(capsys, "fsck", str(root), "--ns", NS.hex, "--mac-key-file", str(wrong), rc=1)
     assert len(doc["corrupt"]) == 2 and "MAC mismatch" in doc["corrupt"][0]["reason"]
 
     (root / NS.hex / "junk").mkdir()

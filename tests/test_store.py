@@ -386,3 +386,108 @@ def test_open_handles_per_layer(store: Store) -> None:
     store.delete(keys[1])
     r = store.get(keys[1], [np.zeros(SEG, np.uint8)], layers=[0], lengths=[SEG] * 4).result()
     assert not r and r.reason == "missing"
+
+
+def test_concurrent_flushes_do_not_block(store: Store) -> None:
+    import threading
+    keys = chain(store.namespace, 8)
+    done = []
+
+    def worker(part: list[bytes]) -> None:
+        for k in part:
+            store.put(k, segs_for(k), parent=store.ns, chunk_index=0, token_count=256,
+                      dtype="bfloat16")
+            store.flush()
+        done.append(1)
+
+    ts = [threading.Thread(target=worker, args=(keys[i::2],)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=30)
+    assert len(done) == 2 and store.lookup(keys[:1]) == 1
+
+
+def test_eviction_takes_chains_from_the_tail(data_dir: Path, ns: Namespace) -> None:
+    """Parents are published (and touched) before their children: eviction must still remove a
+    chain's tail first, so the prefix stays reachable."""
+    obj = 4096 + 4 * SEG
+    keys = chain(ns, 8)
+    with Store(data_dir / "root", ns, capacity_bytes=8 * obj, low_watermark=0.6,
+               janitor_period=0, orphan_grace=0) as st:
+        for i, k in enumerate(keys):
+            st.put(k, segs_for(k), parent=keys[i - 1] if i else ns.digest, chunk_index=i,
+                   token_count=256, dtype="bfloat16").result()
+            time.sleep(0.02)
+        rep = st.run_janitor()
+        assert rep.evicted >= 3 and rep.orphans == 0
+        assert st.lookup(keys) == 8 - rep.evicted
+
+
+@pytest.mark.parametrize("garbage", ["null", "dir", "text"])
+def test_ledger_garbage_never_fails_the_caller(data_dir: Path, ns: Namespace,
+                                               garbage: str) -> None:
+    root = data_dir / "root"
+    meta = root / ".yrcache"
+    meta.mkdir(parents=True)
+    if garbage == "dir":
+        (meta / "usage.json").mkdir()
+    else:
+        (meta / "usage.json").write_text('{"bytes": null, "added": "x"}' if garbage == "null"
+                                         else "not json")
+    obj = 4096 + 4 * SEG
+    with Store(root, ns, capacity_bytes=64 * obj, janitor_period=0) as st:
+        st.usage._flushed_at = -1e9
+        assert put_chain(st, chain(ns, 3)) == [True] * 3
+        assert st.stats()["usage_estimate_bytes"] >= 0
+        assert st.run_janitor().ran
+
+
+def test_janitor_leaves_other_format_versions_alone(data_dir: Path, ns: Namespace) -> None:
+    """Another yrcache version (its own namespace) may share the root: its objects are never
+    removed as corrupt or orphaned."""
+    from yrcache._native import _C
+    from yrcache.janitor import _UNREADABLE
+    other = make_ns(format_version=2)
+    with Store(data_dir / "root", other, janitor_period=0) as st:
+        k = chain(other, 1)[0]
+        put_chain(st, [k])
+        p = Path(st.path_of(k))
+    raw = bytearray(p.read_bytes())
+    raw[8:12] = (2).to_bytes(4, "little")                   # a version-2 header...
+    raw[248:256] = bytes(8)
+    raw[248:256] = _C.store.checksum(bytes(raw[:4096])).to_bytes(8, "little")  # ...self-consistent
+    p.write_bytes(bytes(raw))
+    with Store(data_dir / "root", ns, janitor_period=0, orphan_grace=0) as st:
+        rep = st.run_janitor()
+        assert rep.corrupt == 0 and p.exists()
+        assert st.janitor._parent_of(next(L.walk_objects(st._rootfd))) is _UNREADABLE
+
+
+def test_fifo_never_blocks_touch_or_header_reads(store: Store) -> None:
+    from yrcache._native import _C
+    k = chain(store.namespace, 1)[0]
+    p = Path(store.path_of(k))
+    p.parent.mkdir(parents=True)
+    os.mkfifo(p)
+    t = time.monotonic()
+    assert _C.store.touch_keys(store._nsfd, k) >= 0
+    with pytest.raises(Exception):
+        store.read_header(k)
+    assert time.monotonic() - t < 5
+
+
+def test_bytearray_keys_and_bad_put_args(store: Store) -> None:
+    k = chain(store.namespace, 1)[0]
+    assert store.put(bytearray(k), segs_for(k), parent=bytearray(store.ns), chunk_index=0,
+                     token_count=256, dtype="bfloat16").result()
+    assert store.lookup([bytearray(k)]) == 1
+    assert store.get(bytearray(k), empty()).result()
+    with pytest.raises(ValueError, match="dtype"):
+        store.put(k, [b"x"], parent=store.ns, chunk_index=0, token_count=1,
+                  dtype="torch.float8_e4m3fnuz")
+    with pytest.raises(ValueError, match="shape"):
+        store.put(k, [b"x"], parent=store.ns, chunk_index=0, token_count=1, dtype="u8",
+                  shape=[1] * 9)
+    with pytest.raises(ValueError, match="out of range"):
+        store.get(k, [np.zeros(SEG, np.uint8)], layers=[4])

@@ -515,8 +515,11 @@ def test_object_with_other_geometry_is_a_miss_not_an_exception(data_dir):
         assert rr.ok  # 50 bytes of a 100-byte segment: fine
         bufs = [np.zeros(n, np.uint8) for n in U.geometry(k)]
         r = s.get(k, bufs).result(timeout=30)
-        assert not r.ok and r.reason.startswith("corrupt")  # not the namespace's geometry
-        assert not os.path.exists(s.path_of(k))             # so it is removed
+        assert not r.ok and r.reason.startswith("mismatch")  # not what this caller expects,
+        assert os.path.exists(s.path_of(k))                   # but valid: it stays
+        r = s.get(k, bufs, lengths=U.geometry(k)).result(timeout=30)
+        assert not r.ok and r.reason.startswith("corrupt")   # not the namespace's geometry
+        assert not os.path.exists(s.path_of(k))              # so it is removed
 
 
 # ------------------------------------------------------------------------------------------------
@@ -953,11 +956,12 @@ def test_put_result_is_bool_when_the_ledger_flush_hits_enospc(small_tmpfs):
     root = small_tmpfs / "root"
     with _open_store(root) as s:
         k0 = U.make_key("ledger", 0)
+        s.usage._flushed_at = -1e9  # a ledger flush is due (as it is a second after the last)
         assert U.put(s, k0).result()  # the first publish writes usage.json
         free = os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize
         with open(small_tmpfs / "filler", "wb") as f:  # leave room for exactly one 8 KiB object
             f.write(bytes(free - 8192))
-        s.usage._read_at = -1e9  # the ledger refresh is due (as it is a second after the last)
+        s.usage._flushed_at = -1e9  # the next flush is due, and will hit ENOSPC
         k = U.make_key("ledger", 1)
         fut = s.put(k, [np.ones(100, np.uint8)], **U.put_kwargs(k))
         ok = fut.result(timeout=60)  # raises OSError(ENOSPC) today

@@ -627,6 +627,8 @@ def _check_object(rootfd: int, o: L.ObjectEntry, mac_key: bytes | None
                 return "corrupt", f"segment {i} truncated ({got} of {n} bytes)", h
             verify_segments(h, [(i, buf)], mac_key=mac_key)
     except ObjectFormatError as e:
+        if str(e).startswith("unsupported format version"):  # another yrcache version's object
+            return "unreadable", str(e), h
         return "corrupt", str(e), h
     except OSError as e:
         if e.errno in (errno.ENOENT, errno.ESTALE):
@@ -638,6 +640,8 @@ def _check_object(rootfd: int, o: L.ObjectEntry, mac_key: bytes | None
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
+    if args.mac_key_file and not args.ns:
+        raise UsageError("--mac-key-file needs --ns: MAC keys are per namespace")
     mac_key = _load_mac_key(args.mac_key_file)
     now = time.time()
     with _open_root(args.root) as rootfd:

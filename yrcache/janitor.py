@@ -64,12 +64,16 @@ _JANITOR_LOCK = "janitor.lock"
 
 
 def _read_json(dirfd: int, name: str) -> dict[str, Any]:
+    """The ledger as a dict; {} when it is missing, unreadable or not ours (it lives in a shared
+    directory: never trust it, never fail a caller over it)."""
     try:
         fd = L.open_beneath(dirfd, name, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:
         return {}
     try:
         raw = os.read(fd, 1 << 16)
+    except OSError:
+        return {}
     finally:
         os.close(fd)
     try:
@@ -77,6 +81,11 @@ def _read_json(dirfd: int, name: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return d if isinstance(d, dict) else {}
+
+
+def _int(d: dict[str, Any], name: str) -> int:
+    v = d.get(name, 0)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 def _write_json(dirfd: int, name: str, d: dict[str, Any]) -> None:
@@ -129,6 +138,7 @@ class Usage:
         self._pending = 0       # bytes this process published and has not yet added
         self._reserved = 0      # bytes of publishes admitted and still in flight
         self._read_at = 0.0
+        self._flushed_at = time.monotonic()
 
     def estimate(self) -> int:
         with self._lock:
@@ -143,7 +153,7 @@ class Usage:
 
     def _refresh_locked(self) -> None:
         d = _read_json(self.metafd, _USAGE)
-        self._ledger = int(d.get("bytes", 0)) if isinstance(d.get("bytes", 0), int) else 0
+        self._ledger = _int(d, "bytes")
         self._read_at = time.monotonic()
 
     def admit(self, nbytes: int) -> tuple[bool, bool]:
@@ -171,7 +181,7 @@ class Usage:
                 self._reserved -= nbytes
             self._pending += nbytes
             due = self._pending >= self.flush_bytes or \
-                time.monotonic() - self._read_at > self.refresh_s
+                time.monotonic() - self._flushed_at > self.refresh_s
         if due:
             self.flush()
 
@@ -190,8 +200,8 @@ class Usage:
                 return
             try:
                 d = _read_json(self.metafd, _USAGE)
-                d["bytes"] = int(d.get("bytes", 0)) + pending
-                d["added"] = int(d.get("added", 0)) + pending
+                d["bytes"] = _int(d, "bytes") + pending
+                d["added"] = _int(d, "added") + pending
                 if self.capacity:
                     d["capacity"] = self.capacity
                 _write_json(self.metafd, _USAGE, d)
@@ -203,7 +213,7 @@ class Usage:
             with self._lock:
                 self._pending -= pending
                 self._ledger = d["bytes"]
-                self._read_at = time.monotonic()
+                self._read_at = self._flushed_at = time.monotonic()
 
 
 @dataclass
@@ -301,13 +311,11 @@ class Janitor:
             # wake the janitor early (Usage.admit), so there is room for writes during a pass.
             if self.capacity is not None and total > self.capacity * self.low_watermark:
                 target = int(self.capacity * self.low_watermark)
-                # Least recently used first; among equals, deeper chunks (children) first.
-                order = sorted(objs, key=lambda o: (o.mtime, -self._chunk_index(o)))
-                for o in order:
+                for o in self._eviction_order(objs):
                     if total <= target:
                         break
                     r = self._remove(o)
-                    if r == "replaced":  # published again meanwhile: alive, and recently used
+                    if r in ("replaced", "error"):  # alive (published again) or not removable
                         continue
                     total -= o.size
                     if r == "removed":
@@ -333,7 +341,7 @@ class Janitor:
                 if idx == 0 or parent in alive[o.ns_hex] or now - o.mtime <= self.orphan_grace:
                     continue
                 r = self._remove(o)
-                if r == "replaced":
+                if r in ("replaced", "error"):
                     continue
                 if r == "removed":
                     rep.orphans += 1
@@ -342,7 +350,10 @@ class Janitor:
             rep.bytes = total
             rep.objects = sum(len(v) for v in alive.values())
             rep.by_namespace = {k: len(v) for k, v in alive.items() if v}
-            self._write_ledger(total, added0, rep)
+            try:
+                self._write_ledger(total, added0, rep)
+            except OSError as e:  # a broken ledger must not stop eviction
+                logger.warning("yrcache janitor: cannot write the usage ledger: %s", e)
         finally:
             lk.release()
         rep.seconds = time.monotonic() - t0
@@ -356,7 +367,7 @@ class Janitor:
     def _ledger_added(self) -> int:
         lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
         try:
-            return int(_read_json(self.metafd, _USAGE).get("added", 0))
+            return _int(_read_json(self.metafd, _USAGE), "added")
         finally:
             lk.release()
 
@@ -366,7 +377,7 @@ class Janitor:
         lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
         try:
             d = _read_json(self.metafd, _USAGE)
-            added = int(d.get("added", 0))
+            added = _int(d, "added")
             d.update(bytes=scanned + max(0, added - added0), objects=rep.objects,
                      scanned_at=time.time(), scanned_by=f"{socket.gethostname()}:{os.getpid()}",
                      capacity=self.capacity)
@@ -374,9 +385,27 @@ class Janitor:
         finally:
             lk.release()
 
+    def _eviction_order(self, objs: list[L.ObjectEntry]) -> list[L.ObjectEntry]:
+        """Least recently used first, a chain from its tail: an object's age is that of its newest
+        descendant (so a prefix outlives every chain that extends it), children before parents."""
+        info = {(o.ns_hex, o.key_hex): self._parent_of(o) for o in objs}
+        recent = {(o.ns_hex, o.key_hex): o.mtime for o in objs}
+
+        def depth(o: L.ObjectEntry) -> int:
+            i = info[(o.ns_hex, o.key_hex)]
+            return i[1] if isinstance(i, tuple) else 0
+
+        for o in sorted(objs, key=depth, reverse=True):  # deepest first: push ages up the chain
+            i = info[(o.ns_hex, o.key_hex)]
+            if isinstance(i, tuple) and i[1] > 0:
+                p = (o.ns_hex, i[0])
+                if p in recent:
+                    recent[p] = max(recent[p], recent[(o.ns_hex, o.key_hex)])
+        return sorted(objs, key=lambda o: (recent[(o.ns_hex, o.key_hex)], -depth(o)))
+
     def _chunk_index(self, o: L.ObjectEntry) -> int:
         info = self._parent_of(o)
-        return info[1] if info else 0
+        return info[1] if isinstance(info, tuple) else 0
 
     def _parent_of(self, o: L.ObjectEntry) -> Any:
         """(parent hex, chunk index); None for an invalid header; _UNREADABLE on a read error."""
@@ -392,8 +421,9 @@ class Janitor:
                 finally:
                     os.close(fd)
             h = parse_header(raw, key=bytes.fromhex(o.key_hex), ns=bytes.fromhex(o.ns_hex))
-        except ObjectFormatError:
-            return None
+        except ObjectFormatError as e:
+            # Another format version shares the root (its own namespace): not ours to judge.
+            return _UNREADABLE if str(e).startswith("unsupported format version") else None
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ESTALE):
                 logger.debug("janitor: cannot read %s: %s", o.key_hex, e)

@@ -11,7 +11,6 @@ several tenants.
 >>> ns = Namespace(model="llama-3-8b@abc123", dtype="bfloat16", num_layers=32, kv_heads=8,
 ...                head_size=128, layout="vllm-cuda-paged", block_tokens=16, page_bytes=65536)
 >>> keys = chain_keys(ns.digest, list(range(600)), ns.chunk_tokens)   # 2 full chunks of 256
->>> len(keys), keys[0].hex()[:8]
 """
 from __future__ import annotations
 
@@ -91,6 +90,9 @@ class Namespace:
             raise ValueError("Namespace.extra must map str to str")
         object.__setattr__(self, "extra", dict(sorted(self.extra.items())))
 
+    def __hash__(self) -> int:  # `extra` is a dict: hash the digest, which covers every field
+        return hash(self.digest)
+
     def canonical(self) -> bytes:
         """The bytes the digest is taken over: JSON, sorted keys, no whitespace, ASCII only."""
         d: dict[str, Any] = asdict(self)
@@ -132,6 +134,8 @@ def fold_extras(root: bytes, extras: Mapping[str, bytes | str] | None) -> bytes:
         if not isinstance(name, str):
             raise TypeError(f"extra names must be str, got {type(name).__name__}")
         v = extras[name]
+        if not isinstance(v, (str, bytes, bytearray)):  # bytes(3) would be b"\0\0\0"
+            raise TypeError(f"extra {name!r} must be str or bytes, got {type(v).__name__}")
         vb = v.encode() if isinstance(v, str) else bytes(v)
         nb = name.encode()
         parts += [len(nb).to_bytes(4, "little"), nb, len(vb).to_bytes(4, "little"), vb]
@@ -149,7 +153,7 @@ def as_token_array(token_ids: Sequence[int] | np.ndarray | Any) -> np.ndarray:
         return np.empty(0, dtype="<u4")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"token_ids must be integers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "i" and int(arr.min()) < 0 or int(arr.max()) > 0xFFFFFFFF:
+    if (arr.dtype.kind == "i" and int(arr.min()) < 0) or int(arr.max()) > 0xFFFFFFFF:
         raise ValueError("token ids must be in [0, 2**32)")
     return np.ascontiguousarray(arr, dtype="<u4")
 

@@ -161,7 +161,8 @@ def _maybe_dir(dirfd: int, name: str) -> Iterator[int | None]:
     try:
         fd = open_beneath(dirfd, name, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ESTALE, errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+        if e.errno in (errno.ENOENT, errno.ESTALE, errno.ELOOP, errno.EXDEV, errno.ENOTDIR,
+                       errno.EACCES, errno.EPERM):  # vanished, foreign, or not ours to read
             yield None
             return
         raise

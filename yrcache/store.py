@@ -29,6 +29,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
+import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,10 @@ class GetResult:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+class _Mismatch(ObjectFormatError):
+    """The object is valid but does not fit the request (the caller's buffers or range)."""
 
 
 class _Handle:
@@ -127,6 +132,13 @@ class Store:
             raise ValueError("mac_key must be 16-64 bytes")
         if capacity_bytes is not None and (not isinstance(capacity_bytes, int) or capacity_bytes <= 0):
             raise ValueError(f"capacity_bytes must be a positive int, got {capacity_bytes!r}")
+        if not 0 < low_watermark <= high_watermark <= 1:
+            raise ValueError(f"need 0 < low_watermark <= high_watermark <= 1, got "
+                             f"{low_watermark}, {high_watermark}")
+        for name, v in (("lookup_threads", lookup_threads), ("load_threads", load_threads),
+                        ("store_threads", store_threads)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.root = os.path.abspath(os.fspath(root))
         self.namespace = namespace
         self.ns = namespace.digest
@@ -138,10 +150,16 @@ class Store:
         self._mac = mac_key
         os.makedirs(self.root, mode=L.DIR_MODE, exist_ok=True)
         self._fds: list[int] = []
-        self._rootfd = self._keep_fd(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-        self._nsfd = self._keep_fd(L.open_dir(self._rootfd, self.ns_hex, create=True))
-        self._tmpfd = self._keep_fd(L.open_dir(self._rootfd, L.TMP_DIR, create=True))
-        self._write_namespace_json()
+        try:
+            self._rootfd = self._keep_fd(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY |
+                                                 os.O_CLOEXEC))
+            self._nsfd = self._keep_fd(L.open_dir(self._rootfd, self.ns_hex, create=True))
+            self._tmpfd = self._keep_fd(L.open_dir(self._rootfd, L.TMP_DIR, create=True))
+            self._write_namespace_json()
+        except BaseException:
+            for fd in self._fds:
+                os.close(fd)
+            raise
         self._own_engine = engine is None
         self.engine = engine or IoEngine()
         self._lock = threading.Lock()
@@ -155,6 +173,7 @@ class Store:
         self._max_handles = max_handles
         self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
         self._logged: set[tuple[str, str]] = set()
+        self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._tmp_ids = itertools.count()
         self._stat = _C.store.StatBatch(lookup_threads)
         # Warm the lookup path once (threads parked, code paved): a scheduler's first lookup
@@ -200,10 +219,16 @@ class Store:
             raise ValueError(f"chunk_index must be a non-negative int, got {chunk_index!r}")
         if not isinstance(token_count, int) or token_count <= 0:
             raise ValueError(f"token_count must be a positive int, got {token_count!r}")
+        if not isinstance(dtype, str) or not 1 <= len(dtype) <= 16 or not dtype.isascii() or \
+                not dtype.isprintable() or " " in dtype:
+            raise ValueError(f"dtype must be 1-16 printable ASCII characters, got {dtype!r}")
+        if len(shape) > 8 or any(not isinstance(d, int) or d < 0 for d in shape):
+            raise ValueError(f"shape must be at most 8 non-negative ints, got {shape!r}")
+        key, parent = bytes(key), bytes(parent)
         views = [memoryview(s).cast("B") for s in segments]
         fut: Future[bool] = Future(what="put")
-        self._stores.submit(self._run, fut, self._put_sync, key, views, parent, chunk_index,
-                            token_count, dtype, tuple(shape), dedup)
+        self._submit(self._stores, self._run, fut, self._put_sync, key, views, parent,
+                     chunk_index, token_count, dtype, tuple(shape), dedup)
         return fut
 
     def get(self, key: bytes, bufs: Sequence[Buffer], *, layers: Sequence[int] | None = None,
@@ -217,6 +242,7 @@ class Store:
         range inside a chunk): the whole segment is read and verified, then the range copied."""
         self._check_open()
         self._check_key(key, "key")
+        key = bytes(key)
         views = [memoryview(b).cast("B") for b in bufs]
         for v in views:
             if v.readonly:
@@ -227,6 +253,9 @@ class Store:
                 raise ValueError(f"{len(layers)} layers but {len(views)} buffers")
             if len(set(layers)) != len(layers) or any(i < 0 for i in layers):
                 raise ValueError(f"layers must be distinct non-negative ints, got {layers}")
+            if any(i >= self.namespace.num_layers for i in layers):
+                raise ValueError(f"layers {layers} out of range: the namespace has "
+                                 f"{self.namespace.num_layers} layers")
         if byte_range is not None:
             start, n = byte_range
             if start < 0 or n <= 0:
@@ -248,14 +277,15 @@ class Store:
             elif any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
                 raise ValueError(f"byte_range {byte_range} exceeds a segment")
         fut: Future[GetResult] = Future(what="get")
-        self._loads.submit(self._run, fut, self._get_sync, key, views, layers, lengths, byte_range)
+        self._submit(self._loads, self._run, fut, self._get_sync, key, views, layers, lengths,
+                     byte_range)
         return fut
 
     def lookup(self, keys: Sequence[bytes]) -> int:
         """How many leading keys of this chain exist. Never raises for file-system trouble (an
         unreachable root answers 0). Hits refresh the matched objects' LRU age in the background."""
         self._check_open()
-        keys = list(keys)
+        keys = [bytes(k) for k in keys]
         for k in keys:
             self._check_key(k, "key")
         self._bump("lookups")
@@ -291,7 +321,7 @@ class Store:
         """:meth:`lookup` on the load pool: a scheduler can poll ``done()`` and ask again later."""
         self._check_open()
         fut: Future[int] = Future(what="lookup")
-        self._loads.submit(self._run, fut, self.lookup, list(keys))
+        self._submit(self._loads, self._run, fut, self.lookup, list(keys))
         return fut
 
     def contains(self, key: bytes) -> bool:
@@ -346,15 +376,10 @@ class Store:
         return d
 
     def flush(self) -> None:
-        """Wait for every put and get submitted so far (does not close)."""
-        for pool in (self._stores, self._loads):
-            pool.submit(lambda: None).result()
-        # Executors run tasks concurrently; a barrier per worker makes "so far" exact.
-        for pool in (self._stores, self._loads):
-            n = pool._max_workers
-            barrier = threading.Barrier(n)
-            for f in [pool.submit(barrier.wait) for _ in range(n)]:
-                f.result()
+        """Wait for every put, get and background touch submitted so far (does not close)."""
+        with self._lock:
+            pending = list(self._inflight)
+        concurrent.futures.wait(pending)
         self.usage.flush()
 
     def close(self) -> None:
@@ -371,19 +396,23 @@ class Store:
                 self._retire_locked(k, hd)
         if self._janitor_thread is not None:
             self._janitor_thread.join()
-        try:
-            self.usage.flush()
-        except OSError:
-            pass
-        self.janitor.close()
-        if self._own_engine:
-            self.engine.close()
+        for step in (self.usage.flush, self.janitor.close, self._stat_close,
+                     self.engine.close if self._own_engine else None):
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - close releases everything it can
+                logger.warning("yrcache: while closing the store: %s", e)
         for fd in self._fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self._fds.clear()
+
+    def _stat_close(self) -> None:
+        self._stat = None  # joins the lookup threads
 
     def __enter__(self) -> Store:
         return self
@@ -406,7 +435,7 @@ class Store:
                          token_count=token_count, dtype=dtype, shape=shape, segments=views,
                          created_unix_ns=time.time_ns(), mac_key=self._mac)
         object_bytes = h.object_bytes
-        admit, wake = self.usage.admit(object_bytes)
+        admit, wake = self.usage.admit(object_bytes)  # never raises: the ledger is only advice
         if wake:
             self._janitor_wake.set()
         if not admit:
@@ -466,6 +495,8 @@ class Store:
                     raise ObjectFormatError("segment lengths differ from the expected layout")
                 self._read_verify(hd.file, h.object_bytes, key, views, layers, None, byte_range,
                                   known=h)
+            except _Mismatch as e:
+                return self._mismatch(key, str(e), count)
             except ObjectFormatError as e:
                 self._retire_handle(key, hd)
                 return self._corrupt(key, hd.ino, str(e), remove_bad, count)
@@ -490,6 +521,9 @@ class Store:
             if not stat.S_ISREG(st.st_mode):
                 raise ObjectFormatError("not a regular file")
             h = self._read_verify(f, st.st_size, key, views, layers, lengths, byte_range)
+        except _Mismatch as e:
+            f.close()
+            return self._mismatch(key, str(e), count)
         except ObjectFormatError as e:
             f.close()
             return self._corrupt(key, ino, str(e), remove_bad, count)
@@ -553,6 +587,14 @@ class Store:
             if hd.users == 0:
                 hd.file.close()  # marks it closed; descriptors go when in-flight reads finish
 
+    def _mismatch(self, key: bytes, why: str, count: bool) -> GetResult:
+        # A valid object that does not fit what the caller asked for: a miss; the object stays.
+        if count:
+            self._bump("misses")
+        self._log_once("mismatch", key.hex(), "yrcache: object %s does not match the request (%s)",
+                       key.hex(), why)
+        return GetResult(False, key, f"mismatch: {why}")
+
     def _corrupt(self, key: bytes, ino: int, why: str, remove: bool, count: bool) -> GetResult:
         if count:
             self._bump("corrupt")
@@ -577,13 +619,13 @@ class Store:
                 raise ObjectFormatError("object has fewer segments than asked for")
         if byte_range is None:
             targets = views
-            for t, i in zip(targets, idx):  # lengths came from the object: its geometry is wrong
+            for t, i in zip(targets, idx):  # lengths came from the object, not the caller
                 if t.nbytes != lengths[i]:
-                    raise ObjectFormatError(f"segment {i} is {lengths[i]} bytes, the caller "
-                                            f"expects {t.nbytes}")
+                    raise _Mismatch(f"segment {i} is {lengths[i]} bytes, the caller expects "
+                                    f"{t.nbytes}")
         else:  # whole segments into scratch, verify, then copy the range out
             if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
-                raise ObjectFormatError(f"byte_range {byte_range} exceeds a segment")
+                raise _Mismatch(f"byte_range {byte_range} exceeds a segment")
             scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
             targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
         hb, offs, _ = segment_offsets(lengths)
@@ -635,6 +677,16 @@ class Store:
         return GetResult(False, key, "missing")
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _submit(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
+        f = pool.submit(fn, *args)
+        with self._lock:
+            self._inflight.add(f)
+        f.add_done_callback(self._inflight_done)
+
+    def _inflight_done(self, f: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._inflight.discard(f)
+
     def _run(self, fut: Future[Any], fn: Any, *args: Any) -> None:
         try:
             r = fn(*args)
@@ -681,7 +733,7 @@ class Store:
                 self._touched.clear()
         if due and not self._closed:
             try:
-                self._stores.submit(self._touch, due)
+                self._submit(self._stores, self._touch, due)
             except RuntimeError:  # shutting down
                 pass
 

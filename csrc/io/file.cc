@@ -63,12 +63,22 @@ int open_retry(int dirfd, const char* path, int flags, int mode) {
 }  // namespace
 
 int open_beneath(int dirfd, const std::string& path, int flags, int mode) {
+  // O_NONBLOCK while opening: a FIFO planted in a shared root must not block the caller (cleared
+  // afterwards unless asked for; callers check the file type).
+  const int open_flags = (flags & O_PATH) ? flags : flags | O_NONBLOCK;
   struct open_how how {};
-  how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC);
+  how.flags = static_cast<std::uint64_t>(open_flags | O_CLOEXEC);
   how.mode = (flags & (O_CREAT | O_TMPFILE)) ? static_cast<std::uint64_t>(mode) : 0;
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   long fd = ::syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof(how));
-  if (fd < 0 && errno == ENOSYS) return open_walk(dirfd, path, flags | O_CLOEXEC, mode);
+  // No openat2: kernels before 5.6 (ENOSYS), or a seccomp profile that refuses system calls it
+  // does not know with EPERM (older container runtimes).
+  if (fd < 0 && (errno == ENOSYS || errno == EPERM))
+    fd = open_walk(dirfd, path, open_flags | O_CLOEXEC, mode);
+  if (fd >= 0 && open_flags != flags) {
+    const int fl = ::fcntl(static_cast<int>(fd), F_GETFL);
+    if (fl >= 0) ::fcntl(static_cast<int>(fd), F_SETFL, fl & ~O_NONBLOCK);
+  }
   return static_cast<int>(fd);
 }
 

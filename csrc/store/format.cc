@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "store/checksum.h"
 
@@ -26,14 +27,12 @@ T get(const std::uint8_t* p, std::size_t at) {
 }
 
 std::uint64_t header_checksum(const std::uint8_t* p, std::size_t n) {
-  // Checksum of the header with its own checksum field taken as zero.
-  std::uint8_t saved[8];
-  std::memcpy(saved, p + off::header_checksum, 8);
-  std::uint8_t* w = const_cast<std::uint8_t*>(p);  // restored before return
-  std::memset(w + off::header_checksum, 0, 8);
-  std::uint64_t c = checksum(p, n);
-  std::memcpy(w + off::header_checksum, saved, 8);
-  return c;
+  // Checksum of the header with its own checksum field taken as zero, over a copy: the input may
+  // be read-only memory, or shared with another thread.
+  std::vector<std::uint8_t> copy(std::max(n, kFixedBytes), 0);  // callers pass a whole header
+  std::memcpy(copy.data(), p, n);
+  std::fill_n(copy.begin() + off::header_checksum, 8, 0);
+  return checksum(copy.data(), n);
 }
 
 bool printable_dtype(const std::uint8_t* p, std::string* out) {
