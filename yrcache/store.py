@@ -324,6 +324,13 @@ class Store:
         self._submit(self._loads, self._run, fut, self.lookup, list(keys))
         return fut
 
+    def exists(self, key: bytes) -> bool:
+        """Whether the object is known to exist (in-process index, else one fstatat); no LRU
+        touch. For dedup decisions."""
+        self._check_open()
+        self._check_key(key, "key")
+        return self._exists(bytes(key))
+
     def contains(self, key: bytes) -> bool:
         return self.lookup([key]) == 1
 

@@ -1,0 +1,239 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Cache API on CPU: store/load of paged and dense KV, per-layer futures, sync/async,
+backpressure, partial loads, loads of chunks still being stored, bad inputs."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import yrcache
+from yrcache.cache import Cache
+from yrcache.layout import KVLayout
+
+L, BT, HEADS, HD, CHUNK = 4, 16, 2, 8, 64
+PAGE = 2 * BT * HEADS * HD * 2          # [2 (K,V), BT, HEADS, HD] float16
+LAYOUT = KVLayout.paged("test-paged", num_layers=L, dtype="float16", kv_heads=HEADS,
+                        head_size=HD, block_tokens=BT, page_bytes=PAGE)
+NS = LAYOUT.namespace("test-model", chunk_tokens=CHUNK)
+PER = CHUNK // BT
+
+
+def paged_kv(rng: np.random.Generator, blocks: int = 64) -> list[np.ndarray]:
+    return [rng.integers(0, 2**16, (blocks, 2, BT, HEADS, HD), dtype=np.uint16).view(np.float16)
+            for _ in range(L)]
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool((a.view(np.uint16) == b.view(np.uint16)).all())
+
+
+@pytest.fixture
+def root(data_dir: Path) -> Path:
+    return data_dir / "root"
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("chunks", [1, 3, 7])
+def test_paged_roundtrip(root: Path, mode: str, chunks: int) -> None:
+    rng = np.random.default_rng(chunks)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 50_000, CHUNK * chunks + 5)     # a partial tail chunk is not stored
+    src_ids = rng.permutation(64)[:PER * chunks + 1]
+    with Cache(root, NS, LAYOUT, mode=mode, staging_bytes=4 << 20, janitor_period=0) as c:
+        sf = c.store(toks, kv, src_ids)
+        if mode == "sync":
+            assert sf.done()
+        assert sf.source_released.done()
+        assert sf.result() == yrcache.cache.StoreResult(chunks, chunks, 0, 0, 0)
+        assert c.lookup(toks) == CHUNK * chunks
+        dst = [np.zeros_like(x) for x in kv]
+        dst_ids = rng.permutation(64)[:PER * chunks]
+        lf = c.load(toks[:c.lookup(toks)], dst, dst_ids)
+        r = lf.result(timeout=30)
+        assert (r.tokens, r.loaded) == (CHUNK * chunks, chunks)
+        n = PER * chunks
+        for layer in range(L):
+            assert same(dst[layer][dst_ids[:n]], kv[layer][src_ids[:n]])
+            others = np.setdiff1d(np.arange(64), dst_ids[:n])
+            assert not dst[layer][others].view(np.uint16).any()
+        again = c.store(toks, kv, src_ids).result()          # dedup
+        assert again.existing == chunks and again.stored == 0
+
+
+def test_dense_roundtrip(root: Path) -> None:
+    layout = KVLayout.dense(num_layers=2, dtype="float32", kv_heads=3, head_size=4)
+    ns = layout.namespace("hf-test", chunk_tokens=32)
+    rng = np.random.default_rng(1)
+    kv = [(rng.standard_normal((2, 3, 100, 4)).astype(np.float32),
+           rng.standard_normal((2, 3, 100, 4)).astype(np.float32)) for _ in range(2)]
+    toks = rng.integers(0, 1000, 100)
+    with Cache(root, ns, layout, staging_bytes=1 << 20, janitor_period=0) as c:
+        assert c.store(toks, kv, batch=1).result().stored == 3
+        out = [(np.zeros_like(k), np.zeros_like(v)) for k, v in kv]
+        assert c.load(toks, out, batch=0).result().tokens == 96
+        for (k, v), (k2, v2) in zip(kv, out):
+            assert np.array_equal(k2[0, :, :96], k[1, :, :96])
+            assert np.array_equal(v2[0, :, :96], v[1, :, :96])
+            assert not k2[0, :, 96:].any() and not k2[1].any()
+
+
+def test_layer_futures_complete_in_order(root: Path) -> None:
+    rng = np.random.default_rng(2)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 6)
+    ids = np.arange(PER * 6)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        c.store(toks, kv, ids).result()
+        dst = [np.zeros_like(x) for x in kv]
+        order: list[int] = []
+        lock = threading.Lock()
+        lf = c.load(toks, dst, ids)
+        for i in range(L):
+            lf.layer(i).add_done_callback(lambda _, i=i: (lock.acquire(), order.append(i),
+                                                          lock.release()))
+        lf.layer(0).result(timeout=30)
+        assert same(dst[0][ids], kv[0][ids])     # layer 0 is in place when its future says so
+        lf.result(timeout=30)
+        assert order == list(range(L))
+        assert all(lf.layer(i).done() for i in range(L))
+
+
+def test_backpressure_drops_stores(root: Path) -> None:
+    """One store slab: the second chunk of an async store finds staging full and is dropped."""
+    rng = np.random.default_rng(3)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 4)
+    obj = LAYOUT.num_layers * max(4096, LAYOUT.segment_bytes(CHUNK))
+    with Cache(root, NS, LAYOUT, staging_bytes=obj + obj, janitor_period=0) as c:
+        r = c.store(toks, kv, np.arange(PER * 4)).result()
+        assert r.dropped >= 1 and r.stored + r.dropped == 4
+        assert c.stats()["store_dropped_staging"] == r.dropped
+        assert c.lookup(toks) >= CHUNK
+
+
+def test_partial_load_after_missing_and_corrupt(root: Path) -> None:
+    rng = np.random.default_rng(4)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 5)
+    ids = np.arange(PER * 5)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        c.store(toks, kv, ids).result()
+        keys = c.keys(toks)
+        os.unlink(c.store_.path_of(keys[3]))                  # evicted elsewhere
+        p = c.store_.path_of(keys[1])                         # damaged: chunk 1 fails first
+        with open(p, "r+b") as f:
+            f.seek(4096 + 100)
+            b = f.read(1)
+            f.seek(4096 + 100)
+            f.write(bytes([b[0] ^ 0x10]))
+        dst = [np.zeros_like(x) for x in kv]
+        r = c.load(toks, dst, ids).result(timeout=30)
+        assert (r.tokens, r.loaded) == (CHUNK, 1) and r.reason.startswith("corrupt")
+        for layer in range(L):
+            assert same(dst[layer][ids[:PER]], kv[layer][ids[:PER]])   # chunk 0 is right
+            # the damaged chunk's blocks are never written with bad data
+            assert not dst[layer][ids[PER:2 * PER]].view(np.uint16).any()
+        assert c.stats()["load_partial"] == 1
+
+
+def test_load_of_a_chunk_still_being_stored(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 2)
+    ids = np.arange(PER * 2)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        held: list[yrcache.Future[bool]] = []
+        real_put = c.store_.put
+
+        def slow_put(*a: object, **kw: object) -> yrcache.Future[bool]:
+            f: yrcache.Future[bool] = yrcache.Future()
+            held.append((f, a, kw))  # type: ignore[arg-type]
+            return f
+
+        monkeypatch.setattr(c.store_, "put", slow_put)
+        sf = c.store(toks, kv, ids)
+        assert sf.source_released.done() and not sf.done()     # writes still pending
+        dst = [np.zeros_like(x) for x in kv]
+        r = c.load(toks, dst, ids).result(timeout=30)
+        assert r.tokens == 2 * CHUNK and c.stats()["load_from_inflight"] == 2 * L
+        for layer in range(L):
+            assert same(dst[layer][ids], kv[layer][ids])
+        for f, a, kw in held:                                   # let the writes finish
+            f.set_result(real_put(*a, **kw).result())
+        assert sf.result().stored == 2
+
+
+def test_concurrent_stores_and_loads(root: Path) -> None:
+    rng = np.random.default_rng(6)
+    kv = paged_kv(rng, 256)
+    prompts = [rng.integers(0, 1000, CHUNK * 3) for _ in range(6)]
+    errors: list[BaseException] = []
+    with Cache(root, NS, LAYOUT, staging_bytes=8 << 20, janitor_period=0) as c:
+        def worker(i: int) -> None:
+            try:
+                ids = np.arange(PER * 3) + i * PER * 3
+                c.store(prompts[i], kv, ids).result()
+                dst = [np.zeros_like(x) for x in kv]
+                r = c.load(prompts[i], dst, ids).result(timeout=60)
+                assert r.tokens == 3 * CHUNK
+                for layer in range(L):
+                    assert same(dst[layer][ids], kv[layer][ids])
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        ts = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+    assert not errors, errors
+
+
+def test_asyncio(root: Path) -> None:
+    rng = np.random.default_rng(7)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 2)
+    ids = np.arange(PER * 2)
+
+    async def main() -> int:
+        with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+            await c.store(toks, kv, ids)
+            dst = [np.zeros_like(x) for x in kv]
+            lf = c.load(toks, dst, ids)
+            await lf.layer(0)
+            return (await lf).tokens
+
+    assert asyncio.run(main()) == 2 * CHUNK
+
+
+def test_bad_inputs(root: Path) -> None:
+    rng = np.random.default_rng(8)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 2)
+    ids = np.arange(PER * 2)
+    with pytest.raises(ValueError, match="disagree"):
+        Cache(root, dataclasses.replace(NS, num_layers=5), LAYOUT)
+    with pytest.raises(ValueError, match="mode"):
+        Cache(root, NS, LAYOUT, mode="lazy")
+    c = Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0)
+    with pytest.raises(ValueError, match="layers"):
+        c.store(toks, kv[:3], ids)
+    with pytest.raises(ValueError, match="byte blocks"):
+        c.store(toks, [x[:, :, :8] for x in kv], ids)
+    with pytest.raises(ValueError, match="needs block_ids"):
+        c.store(toks, kv)
+    with pytest.raises(ValueError, match="at least 8 blocks"):
+        c.store(toks, kv, ids[:5])
+    with pytest.raises(ValueError, match="out of range"):
+        c.store(toks, kv, ids + 100)
+    with pytest.raises(ValueError, match="token ids"):
+        c.store([-1] * CHUNK, kv, ids)
+    c.close()
+    with pytest.raises(yrcache.ClosedError):
+        c.load(toks, kv, ids)

@@ -1,0 +1,459 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The Cache API for serving loops: KV in an engine's memory <-> objects in a (shared) cache root.
+
+>>> layout = KVLayout.paged("vllm-cpu-paged", num_layers=32, dtype="bfloat16", kv_heads=8,
+...                         head_size=128, block_tokens=16, page_bytes=65536)
+>>> cache = Cache("/mnt/shared/kv", layout.namespace("llama-3-8b@rev"), layout, mode="async")
+>>> n = cache.lookup(token_ids)                         # leading tokens present (whole chunks)
+>>> lf = cache.load(token_ids[:n], kv, block_ids)       # per-layer futures
+>>> for i, layer in enumerate(model.layers):
+...     lf.layer(i).result(); h = layer(h)              # layer i computes while later ones load
+>>> sf = cache.store(token_ids, kv, block_ids)          # async: returns once the KV is copied out
+>>> sf.source_released.result()                         # the caller may reuse the blocks now
+
+Async store gathers each chunk into a staging slab in the calling thread (CPU: a memcpy per page,
+no extra threads competing with the model), then the file writes continue in the background;
+sync store returns when the objects are durable. A load reads layer-major (layer 0 of every chunk,
+then layer 1, ...), and scatters each verified segment as it arrives; layer i's future completes
+when every chunk's layer i is in place. Staging memory is bounded: a store that finds no free slab
+is dropped and counted (never blocks, never grows memory); loads have their own slabs, so they
+never wait behind stores. A fault (missing or corrupt object, I/O error) makes a load partial:
+``result().tokens`` says how many leading tokens arrived; the caller recomputes the rest.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import copy as C
+from .format import align_up
+from .futures import Future
+from .keys import Namespace, chain_keys, fold_extras
+from .layout import KVLayout
+from .mem import BufferPool
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    chunks: int      # full chunks in the request
+    stored: int      # written by this call
+    existing: int    # already stored (by this process or visible on disk): not written again
+    dropped: int     # not stored: no free staging slab
+    failed: int      # not stored: the root was full, or a write failed (see stats)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    tokens: int      # leading tokens whose KV is in place in every layer
+    chunks: int      # chunks asked for
+    loaded: int      # leading chunks loaded (tokens = loaded * chunk_tokens)
+    reason: str = ""  # why a chunk failed ("missing", "corrupt: ...", "error: ...")
+
+
+class StoreFuture(Future[StoreResult]):
+    """A store's outcome; ``source_released`` completes when the caller's KV may be reused."""
+
+    __slots__ = ("source_released",)
+
+    def __init__(self) -> None:
+        super().__init__(what="cache.store")
+        self.source_released: Future[None] = Future(what="cache.store.source_released")
+
+
+class LoadFuture(Future[LoadResult]):
+    """A load's outcome, with one future per layer (``layer(i)``), completed as soon as that
+    layer's segments of every chunk are in place (or known missing)."""
+
+    __slots__ = ("_layers",)
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__(what="cache.load")
+        self._layers: list[Future[None]] = [Future(what=f"cache.load.layer{i}")
+                                            for i in range(num_layers)]
+
+    def layer(self, i: int) -> Future[None]:
+        return self._layers[i]
+
+
+_COUNTERS = ("stores", "store_chunks", "store_existing", "store_dropped_staging",
+             "store_dropped_full", "store_failed", "loads", "load_chunks", "load_partial",
+             "load_from_inflight", "bytes_gathered", "bytes_scattered")
+
+
+class Cache:
+    """KV cache offload for one model worker (one namespace) on one cache root.
+
+    Args:
+        root: the cache directory (local or shared file system).
+        namespace: what the objects' bytes depend on; see :meth:`KVLayout.namespace`. Must agree
+            with ``layout``.
+        layout: how the engine holds its KV (:class:`~yrcache.layout.KVLayout`).
+        mode: ``"async"`` (store returns once the KV is copied out; load returns at once with
+            per-layer futures) or ``"sync"`` (store returns when durable; load when complete).
+        staging_bytes: bound on staging memory, split between stores and loads.
+        copy_threads: threads per gather/scatter call (0: the calling thread).
+        **store_args: passed to :class:`~yrcache.store.Store` (capacity_bytes, durable, ...).
+    """
+
+    def __init__(self, root: Any, namespace: Namespace, layout: KVLayout, *, mode: str = "async",
+                 staging_bytes: int = 256 << 20, copy_threads: int = 0,
+                 **store_args: Any) -> None:
+        if mode not in ("async", "sync"):
+            raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+        if not isinstance(layout, KVLayout):
+            raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
+        _check_agrees(namespace, layout)
+        self.namespace, self.layout, self.mode = namespace, layout, mode
+        self.chunk_tokens = namespace.chunk_tokens
+        self.copy_threads = copy_threads
+        self.seg_bytes = layout.segment_bytes(self.chunk_tokens)
+        self._stride = align_up(self.seg_bytes)
+        self._lengths = [self.seg_bytes] * layout.num_layers
+        self.store_ = Store(root, namespace, **store_args)
+        engine = self.store_.engine
+        obj = self._stride * layout.num_layers
+        if staging_bytes < obj + self._stride:
+            raise ValueError(f"staging_bytes ({staging_bytes}) must hold at least one object "
+                             f"({obj} bytes) and one segment")
+        store_slabs = max(1, (staging_bytes // 2) // obj)
+        self._spool = BufferPool(obj, store_slabs, engine)
+        self._lpool = BufferPool(self._stride, max(1, (staging_bytes - store_slabs * obj)
+                                                   // self._stride), engine)
+        self._lcond = threading.Condition()
+        self._lock = threading.Lock()
+        self._stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._inflight: dict[bytes, list[memoryview]] = {}   # chunks staged, not yet published
+        self._pending: set[Future[Any]] = set()
+        self._loader = ThreadPoolExecutor(2, thread_name_prefix="yrcache-cache-load")
+        self._closed = False
+
+    # -- keys -------------------------------------------------------------------------------------
+    def keys(self, token_ids: Any, *, extras: Mapping[str, Any] | None = None) -> list[bytes]:
+        """Chain keys of the full chunks of ``token_ids`` (extras: LoRA, multimodal, salt...)."""
+        return chain_keys(self._root(extras), token_ids, self.chunk_tokens)
+
+    def lookup(self, token_ids: Any, *, extras: Mapping[str, Any] | None = None) -> int:
+        """Leading tokens whose KV is stored (a multiple of chunk_tokens)."""
+        return self.store_.lookup(self.keys(token_ids, extras=extras)) * self.chunk_tokens
+
+    # -- store ------------------------------------------------------------------------------------
+    def store(self, token_ids: Any, kv: Sequence[Any], block_ids: Any = None, *,
+              extras: Mapping[str, Any] | None = None, batch: int = 0) -> StoreFuture:
+        """Store the KV of the full chunks of ``token_ids``. ``kv``: one entry per layer (paged: the
+        layer's block tensor; dense: a (K, V) pair). ``block_ids`` (paged): the blocks holding the
+        tokens in order, at least one per ``block_tokens`` tokens."""
+        self._check_open()
+        keys = self.keys(token_ids, extras=extras)
+        ids = self._check_kv(kv, block_ids, len(keys))
+        root = self._root(extras)
+        fut = StoreFuture()
+        puts: list[tuple[bytes, Future[bool], memoryview]] = []
+        existing = dropped = 0
+        for i, key in enumerate(keys):
+            with self._lock:
+                staged = key in self._inflight
+            if staged or self.store_.exists(key):
+                existing += 1
+                continue
+            slab = self._spool.acquire()
+            if slab is None:  # staging full: drop, never block the caller or grow memory
+                dropped += 1
+                continue
+            views = [slab[l * self._stride:l * self._stride + self.seg_bytes]
+                     for l in range(self.layout.num_layers)]
+            try:
+                for l, layer in enumerate(kv):
+                    self._gather(layer, ids, i, views[l], batch)
+            except BaseException:
+                self._spool.release(slab)
+                raise
+            with self._lock:
+                self._inflight[key] = views
+            put = self.store_.put(key, views, parent=keys[i - 1] if i else root, chunk_index=i,
+                                  token_count=self.chunk_tokens, dtype=self.layout.dtype,
+                                  shape=[self.seg_bytes], dedup=False)
+            puts.append((key, put, slab))
+        fut.source_released.set_result(None)   # every gather above ran in this thread
+        self._bump(stores=1, store_chunks=len(keys), store_existing=existing,
+                   store_dropped_staging=dropped,
+                   bytes_gathered=len(puts) * self.seg_bytes * self.layout.num_layers)
+        self._finish_store(fut, puts, len(keys), existing, dropped)
+        if self.mode == "sync":
+            fut.result()
+        return fut
+
+    def _finish_store(self, fut: StoreFuture, puts: list[tuple[bytes, Future[bool], Any]],
+                      n: int, existing: int, dropped: int) -> None:
+        left = [len(puts)]
+        tally = {"stored": 0, "failed": 0}
+        lock = threading.Lock()
+
+        def one(key: bytes, slab: Any, f: Future[bool]) -> None:
+            ok = f.exception() is None and f.result()
+            with self._lock:
+                self._inflight.pop(key, None)
+            self._spool.release(slab)
+            with lock:
+                tally["stored" if ok else "failed"] += 1
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._complete_store(fut, n, existing, dropped, tally)
+
+        if not puts:
+            self._complete_store(fut, n, existing, dropped, tally)
+            return
+        self._track(fut)
+        for key, put, slab in puts:
+            put.add_done_callback(lambda f, k=key, s=slab: one(k, s, f))
+
+    def _complete_store(self, fut: StoreFuture, n: int, existing: int, dropped: int,
+                        tally: dict[str, int]) -> None:
+        full = tally["failed"]  # a put returns False for a full root or an I/O error
+        self._bump(store_failed=full)
+        fut.set_result(StoreResult(n, tally["stored"], existing, dropped, full))
+
+    # -- load -------------------------------------------------------------------------------------
+    def load(self, token_ids: Any, kv: Sequence[Any], block_ids: Any = None, *,
+             extras: Mapping[str, Any] | None = None, batch: int = 0) -> LoadFuture:
+        """Load the KV of the full chunks of ``token_ids`` (normally the prefix :meth:`lookup`
+        matched) into ``kv`` at ``block_ids``. Returns a LoadFuture (per-layer futures); in sync
+        mode it is complete on return."""
+        self._check_open()
+        keys = self.keys(token_ids, extras=extras)
+        ids = self._check_kv(kv, block_ids, len(keys))
+        lf = LoadFuture(self.layout.num_layers)
+        self._bump(loads=1, load_chunks=len(keys))
+        self._track(lf)
+        self._loader.submit(self._load_run, lf, keys, kv, ids, batch)
+        if self.mode == "sync":
+            lf.result()
+        return lf
+
+    def _load_run(self, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any], ids: Any,
+                  batch: int) -> None:
+        n = len(keys)
+        first_bad = [n]        # chunks from here on are not (all) in place
+        reason = [""]
+        state = threading.Lock()
+        try:
+            for l in range(self.layout.num_layers):
+                left = [0]
+                done = threading.Event()
+                todo = [c for c in range(n) if c < first_bad[0]]
+                if not todo:
+                    lf.layer(l).set_result(None)
+                    continue
+                left[0] = len(todo)
+
+                def finish(c: int, ok: bool, why: str, slab: Any, l: int = l,
+                           left: list[int] = left, done: threading.Event = done) -> None:
+                    if slab is not None:
+                        self._release_load_slab(slab)
+                    with state:
+                        if not ok and c < first_bad[0]:
+                            first_bad[0], reason[0] = c, why
+                        left[0] -= 1
+                        last = left[0] == 0
+                    if last:
+                        done.set()
+
+                for c in todo:
+                    if c >= first_bad[0]:
+                        finish(c, True, "", None)
+                        continue
+                    with self._lock:
+                        staged = self._inflight.get(keys[c])
+                    if staged is not None:  # being stored by this process: its staging is whole
+                        self._scatter(kv[l], ids, c, staged[l], batch)
+                        self._bump(load_from_inflight=1)
+                        finish(c, True, "", None)
+                        continue
+                    slab = self._acquire_load_slab()
+                    seg = slab[:self.seg_bytes]
+                    g = self.store_.get(keys[c], [seg], layers=[l], lengths=self._lengths)
+                    g.add_done_callback(lambda f, c=c, seg=seg, slab=slab, l=l:
+                                        self._on_segment(f, kv[l], ids, c, seg, slab, batch,
+                                                         finish))
+                done.wait()
+                lf.layer(l).set_result(None)
+            loaded = first_bad[0]
+            if loaded < n:
+                self._bump(load_partial=1)
+            lf.set_result(LoadResult(loaded * self.chunk_tokens, n, loaded, reason[0]))
+        except BaseException as e:  # a bug: surface on the futures, never hang the caller
+            for f in lf._layers:
+                if not f.done():
+                    f.set_exception(e)
+            lf.set_exception(e)
+
+    def _on_segment(self, f: Future[Any], layer: Any, ids: Any, c: int, seg: memoryview,
+                    slab: Any, batch: int, finish: Any) -> None:
+        exc = f.exception()
+        r = None if exc is not None else f.result()
+        if r:
+            try:
+                self._scatter(layer, ids, c, seg, batch)
+            except Exception as e:  # noqa: BLE001 - reported as this chunk's failure
+                finish(c, False, f"error: {e}", slab)
+                return
+            finish(c, True, "", slab)
+        else:
+            finish(c, False, str(exc) if exc is not None else r.reason, slab)
+
+    def _acquire_load_slab(self) -> memoryview:
+        with self._lcond:
+            while True:
+                slab = self._lpool.acquire()
+                if slab is not None:
+                    return slab
+                self._lcond.wait()
+
+    def _release_load_slab(self, slab: memoryview) -> None:
+        with self._lcond:
+            self._lpool.release(slab)
+            self._lcond.notify()
+
+    # -- copy -------------------------------------------------------------------------------------
+    def _gather(self, layer: Any, ids: Any, c: int, dst: memoryview, batch: int) -> None:
+        self._copy(True, layer, ids, c, dst, batch)
+
+    def _scatter(self, layer: Any, ids: Any, c: int, src: memoryview, batch: int) -> None:
+        self._copy(False, layer, ids, c, src, batch)
+        self._bump(bytes_scattered=self.seg_bytes)
+
+    def _copy(self, gather: bool, layer: Any, ids: Any, c: int, seg: memoryview,
+              batch: int) -> None:
+        """Chunk c of one layer <-> its segment (paged: its blocks' pages; dense: K then V)."""
+        if self.layout.kind == "paged":
+            per = self.chunk_tokens // self.layout.block_tokens
+            fn = C.gather_paged if gather else C.scatter_paged
+            fn(layer, ids[c * per:(c + 1) * per], seg, threads=self.copy_threads)
+            return
+        half, t0 = self.seg_bytes // 2, c * self.chunk_tokens
+        dense = C.gather_dense if gather else C.scatter_dense
+        for t, part in zip(layer, (seg[:half], seg[half:])):
+            dense(t, t0, self.chunk_tokens, part, batch=batch)
+
+    def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int) -> Any:
+        if len(kv) != self.layout.num_layers:
+            raise ValueError(f"kv has {len(kv)} layers, the layout {self.layout.num_layers}")
+        if self.layout.kind == "dense":
+            for i, pair in enumerate(kv):
+                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                    raise ValueError(f"dense kv[{i}] must be a (K, V) pair")
+                for t in pair:
+                    info = C.tensor_info(t)
+                    if len(info.shape) != 4 or info.shape[1] != self.layout.kv_heads or \
+                            info.shape[3] != self.layout.head_size or \
+                            info.elem_bytes != self.layout.elem_bytes:
+                        raise ValueError(f"dense kv[{i}] has shape {info.shape} and "
+                                         f"{info.elem_bytes}-byte elements; the layout wants "
+                                         f"[batch, {self.layout.kv_heads}, seq, "
+                                         f"{self.layout.head_size}] of {self.layout.dtype}")
+                    if info.shape[2] < n_chunks * self.chunk_tokens:
+                        raise ValueError(f"dense kv[{i}] holds {info.shape[2]} tokens, "
+                                         f"{n_chunks * self.chunk_tokens} needed")
+            return None
+        blocks = None
+        for i, t in enumerate(kv):
+            info = C.tensor_info(t)
+            page = info.elem_bytes * int(np.prod(info.shape[1:], dtype=np.int64))
+            if page != self.layout.page_bytes:
+                raise ValueError(f"kv[{i}] has {page}-byte blocks, the layout "
+                                 f"{self.layout.page_bytes}")
+            blocks = info.shape[0] if blocks is None else min(blocks, info.shape[0])
+        if block_ids is None:
+            raise ValueError("a paged layout needs block_ids")
+        ids = np.ascontiguousarray(np.asarray(block_ids), dtype=np.int64)
+        need = n_chunks * (self.chunk_tokens // self.layout.block_tokens)
+        if ids.ndim != 1 or ids.size < need:
+            raise ValueError(f"block_ids must list at least {need} blocks for {n_chunks} chunks, "
+                             f"got shape {ids.shape}")
+        ids = ids[:need]
+        if need and (int(ids.min()) < 0 or int(ids.max()) >= (blocks or 0)):
+            raise ValueError(f"block ids out of range [0, {blocks})")
+        return ids
+
+    # -- misc -------------------------------------------------------------------------------------
+    def _root(self, extras: Mapping[str, Any] | None) -> bytes:
+        return fold_extras(self.namespace.digest, extras)
+
+    def _track(self, f: Future[Any]) -> None:
+        with self._lock:
+            self._pending.add(f)
+
+        def done(_: Future[Any]) -> None:
+            with self._lock:
+                self._pending.discard(f)
+        f.add_done_callback(done)
+
+    def _bump(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                self._stats[k] += v
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            d: dict[str, Any] = dict(self._stats)
+        d["staging_free_store_slabs"] = self._spool.available
+        d["staging_free_load_slabs"] = self._lpool.available
+        d["store"] = self.store_.stats()
+        return d
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain in-flight stores and loads (up to ``timeout`` s; what does not finish is counted
+        as dropped), then close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = list(self._pending)
+            if not pending or time.monotonic() > deadline:
+                break
+            pending[0]._wait(max(0.0, deadline - time.monotonic()))
+        if pending:
+            logger.warning("yrcache: %d cache operations did not finish within %.0fs of close()",
+                           len(pending), timeout)
+            self._bump(store_dropped_staging=len(pending))
+        self._loader.shutdown(wait=False)
+        self.store_.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from ._native import _C
+            raise _C.ClosedError("cache is closed")
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_agrees(ns: Namespace, layout: KVLayout) -> None:
+    pairs = [("num_layers", ns.num_layers, layout.num_layers), ("dtype", ns.dtype, layout.dtype),
+             ("kv_heads", ns.kv_heads, layout.kv_heads), ("head_size", ns.head_size,
+                                                          layout.head_size),
+             ("layout", ns.layout, layout.name), ("block_tokens", ns.block_tokens,
+                                                  layout.block_tokens),
+             ("page_bytes", ns.page_bytes, layout.page_bytes)]
+    bad = [f"{n}: namespace {a!r} vs layout {b!r}" for n, a, b in pairs if a != b]
+    if bad:
+        raise ValueError("namespace and layout disagree (" + "; ".join(bad) + "); use "
+                         "layout.namespace(model)")
+
+
+__all__ = ["Cache", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult"]
