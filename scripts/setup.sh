@@ -28,7 +28,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "==> building yrcache (YRCACHE_LIBURING=${YRCACHE_LIBURING:-auto} YRCACHE_CUDA=${YRCACHE_CUDA:-auto})"
-.venv/bin/python -m pip install -q -e ".[test,bench]"
+# torch for the Hugging Face example and its tests: the CPU build, pinned (a newer torch on PyPI
+# would be a multi-GB CUDA build); then the package with its extras.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test,bench,hf]"
 # pyuring is a benchmark baseline only; its sdist does not build against Debian's liburing 2.3,
 # so take the prebuilt wheel or do without (the benchmark then reports it as not comparable).
 .venv/bin/python -m pip install -q --only-binary=:all: pyuring 2>/dev/null || true
