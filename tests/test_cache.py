@@ -237,3 +237,74 @@ def test_bad_inputs(root: Path) -> None:
     c.close()
     with pytest.raises(yrcache.ClosedError):
         c.load(toks, kv, ids)
+
+
+def test_host_tier_serves_hot_chunks(root: Path) -> None:
+    rng = np.random.default_rng(9)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 3)
+    ids = np.arange(PER * 3)
+    obj = L * max(4096, LAYOUT.segment_bytes(CHUNK))
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, host_tier_bytes=2 * obj,
+               janitor_period=0) as c:
+        c.store(toks, kv, ids).result()
+        assert c.stats()["host_tier_chunks"] == 2          # bounded: LRU of 2 chunks
+        for p in map(c.store_.path_of, c.keys(toks)):    # files gone: the tier still serves
+            os.unlink(p)
+        keys = c.keys(toks)
+        with c._lock:
+            hot = set(c._tier)
+        lead = next((i for i, k in enumerate(keys) if k not in hot), len(keys))
+        dst = [np.zeros_like(x) for x in kv]
+        r = c.load(toks, dst, ids).result(timeout=30)
+        # the leading chunks still in the tier load; the first one evicted (its file is gone
+        # too) ends the match (puts finish in any order, so which one that is varies)
+        assert r.tokens == lead * CHUNK and lead < 3
+        for layer in range(L):
+            assert same(dst[layer][ids[:lead * PER]], kv[layer][ids[:lead * PER]])
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, host_tier_bytes=4 * obj,
+               janitor_period=0) as c:
+        c.store(toks, kv, ids).result()
+        dst = [np.zeros_like(x) for x in kv]
+        assert c.load(toks, dst, ids).result().tokens == 3 * CHUNK
+        for layer in range(L):
+            assert same(dst[layer][ids], kv[layer][ids])
+        assert c.stats()["load_tier_hits"] == 3
+
+
+def test_stats_latencies_and_prometheus(root: Path) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client") if not os.environ.get("CI") \
+        else __import__("prometheus_client")
+    rng = np.random.default_rng(10)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 2)
+    ids = np.arange(PER * 2)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        c.store(toks, kv, ids).result()
+        c.load(toks, [np.zeros_like(x) for x in kv], ids).result()
+        s = c.stats()
+        assert s["store_latency_p50_s"] > 0 and s["load_latency_p99_s"] > 0
+        reg = prometheus_client.CollectorRegistry()
+        c.prometheus_collector(reg)
+        text = prometheus_client.generate_latest(reg).decode()
+        assert f'yrcache_loads_total{{ns="{NS.hex}"}} 1.0' in text
+        assert "yrcache_store_objects_stored_total" in text
+
+
+def test_exit_drains_async_stores(root: Path) -> None:
+    from .conftest import run_child
+    code = f"""
+import numpy as np
+from tests.test_cache import NS, LAYOUT, paged_kv, PER, CHUNK
+from yrcache.cache import Cache
+rng = np.random.default_rng(11)
+c = Cache({str(root)!r}, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0)
+f = c.store(rng.integers(0, 1000, CHUNK * 3), paged_kv(rng), np.arange(PER * 3))
+print(f.done())   # exits without close(): the atexit hook drains the writes
+"""
+    out = run_child(code, env={"PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    rng = np.random.default_rng(11)
+    toks = rng.integers(0, 1000, CHUNK * 3)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        assert c.lookup(toks) == 3 * CHUNK

@@ -22,9 +22,12 @@ never wait behind stores. A fault (missing or corrupt object, I/O error) makes a
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,8 +89,8 @@ class LoadFuture(Future[LoadResult]):
 
 
 _COUNTERS = ("stores", "store_chunks", "store_existing", "store_dropped_staging",
-             "store_dropped_full", "store_failed", "loads", "load_chunks", "load_partial",
-             "load_from_inflight", "bytes_gathered", "bytes_scattered")
+             "store_failed", "loads", "load_chunks", "load_partial", "load_from_inflight",
+             "load_tier_hits", "bytes_gathered", "bytes_scattered")
 
 
 class Cache:
@@ -102,12 +105,15 @@ class Cache:
             per-layer futures) or ``"sync"`` (store returns when durable; load when complete).
         staging_bytes: bound on staging memory, split between stores and loads.
         copy_threads: threads per gather/scatter call (0: the calling thread).
+        host_tier_bytes: a bounded LRU of recently stored/loaded chunks in host memory in front
+            of the files (0: off). Only chunks that were published or read back verified enter
+            it, so it never holds KV that does not exist (or did not exist) as a valid object.
         **store_args: passed to :class:`~yrcache.store.Store` (capacity_bytes, durable, ...).
     """
 
     def __init__(self, root: Any, namespace: Namespace, layout: KVLayout, *, mode: str = "async",
                  staging_bytes: int = 256 << 20, copy_threads: int = 0,
-                 **store_args: Any) -> None:
+                 host_tier_bytes: int = 0, **store_args: Any) -> None:
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         if not isinstance(layout, KVLayout):
@@ -135,7 +141,13 @@ class Cache:
         self._inflight: dict[bytes, list[memoryview]] = {}   # chunks staged, not yet published
         self._pending: set[Future[Any]] = set()
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="yrcache-cache-load")
+        self._tier_max = host_tier_bytes
+        self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
+        self._tier_bytes = 0
+        self._lat: dict[str, deque[float]] = {"store": deque(maxlen=2048),
+                                              "load": deque(maxlen=2048)}
         self._closed = False
+        _OPEN.add(self)
 
     # -- keys -------------------------------------------------------------------------------------
     def keys(self, token_ids: Any, *, extras: Mapping[str, Any] | None = None) -> list[bytes]:
@@ -198,8 +210,12 @@ class Cache:
         tally = {"stored": 0, "failed": 0}
         lock = threading.Lock()
 
+        t0 = time.perf_counter()
+
         def one(key: bytes, slab: Any, f: Future[bool]) -> None:
             ok = f.exception() is None and f.result()
+            if ok:
+                self._tier_put(key, slab)
             with self._lock:
                 self._inflight.pop(key, None)
             self._spool.release(slab)
@@ -208,6 +224,7 @@ class Cache:
                 left[0] -= 1
                 last = left[0] == 0
             if last:
+                self._lat["store"].append(time.perf_counter() - t0)
                 self._complete_store(fut, n, existing, dropped, tally)
 
         if not puts:
@@ -246,6 +263,9 @@ class Cache:
         first_bad = [n]        # chunks from here on are not (all) in place
         reason = [""]
         state = threading.Lock()
+        t0 = time.perf_counter()
+        tiered = [self._tier_get(k) for k in keys]
+        filling = [None if tiered[c] is not None else self._tier_slot() for c in range(n)]
         try:
             for l in range(self.layout.num_layers):
                 left = [0]
@@ -272,6 +292,12 @@ class Cache:
                     if c >= first_bad[0]:
                         finish(c, True, "", None)
                         continue
+                    hot = tiered[c]
+                    if hot is not None:  # in the host tier: no file read
+                        seg = memoryview(hot)[l * self._stride:l * self._stride + self.seg_bytes]
+                        self._scatter(kv[l], ids, c, seg, batch)
+                        finish(c, True, "", None)
+                        continue
                     with self._lock:
                         staged = self._inflight.get(keys[c])
                     if staged is not None:  # being stored by this process: its staging is whole
@@ -284,12 +310,17 @@ class Cache:
                     g = self.store_.get(keys[c], [seg], layers=[l], lengths=self._lengths)
                     g.add_done_callback(lambda f, c=c, seg=seg, slab=slab, l=l:
                                         self._on_segment(f, kv[l], ids, c, seg, slab, batch,
-                                                         finish))
+                                                         finish, filling[c], l))
                 done.wait()
                 lf.layer(l).set_result(None)
             loaded = first_bad[0]
             if loaded < n:
                 self._bump(load_partial=1)
+            for c in range(loaded):  # verified in every layer: into the host tier
+                if filling[c] is not None:
+                    self._tier_insert(keys[c], filling[c])
+            self._bump(load_tier_hits=sum(t is not None for t in tiered[:loaded]))
+            self._lat["load"].append(time.perf_counter() - t0)
             lf.set_result(LoadResult(loaded * self.chunk_tokens, n, loaded, reason[0]))
         except BaseException as e:  # a bug: surface on the futures, never hang the caller
             for f in lf._layers:
@@ -298,12 +329,15 @@ class Cache:
             lf.set_exception(e)
 
     def _on_segment(self, f: Future[Any], layer: Any, ids: Any, c: int, seg: memoryview,
-                    slab: Any, batch: int, finish: Any) -> None:
+                    slab: Any, batch: int, finish: Any, fill: Any, l: int) -> None:
         exc = f.exception()
         r = None if exc is not None else f.result()
         if r:
             try:
                 self._scatter(layer, ids, c, seg, batch)
+                if fill is not None:
+                    fill[l * self._stride:l * self._stride + self.seg_bytes] = \
+                        np.frombuffer(seg, np.uint8)
             except Exception as e:  # noqa: BLE001 - reported as this chunk's failure
                 finish(c, False, f"error: {e}", slab)
                 return
@@ -344,6 +378,34 @@ class Cache:
         dense = C.gather_dense if gather else C.scatter_dense
         for t, part in zip(layer, (seg[:half], seg[half:])):
             dense(t, t0, self.chunk_tokens, part, batch=batch)
+
+    # -- host tier --------------------------------------------------------------------------------
+    def _tier_get(self, key: bytes) -> np.ndarray | None:
+        if not self._tier_max:
+            return None
+        with self._lock:
+            hot = self._tier.get(key)
+            if hot is not None:
+                self._tier.move_to_end(key)
+            return hot
+
+    def _tier_slot(self) -> np.ndarray | None:
+        obj = self._stride * self.layout.num_layers
+        return np.empty(obj, np.uint8) if 0 < obj <= self._tier_max else None
+
+    def _tier_put(self, key: bytes, slab: Any) -> None:
+        if self._tier_max and self._stride * self.layout.num_layers <= self._tier_max:
+            self._tier_insert(key, np.frombuffer(slab, np.uint8).copy())
+
+    def _tier_insert(self, key: bytes, data: np.ndarray) -> None:
+        with self._lock:
+            if key in self._tier:
+                return
+            self._tier[key] = data
+            self._tier_bytes += data.nbytes
+            while self._tier_bytes > self._tier_max:
+                _, old = self._tier.popitem(last=False)
+                self._tier_bytes -= old.nbytes
 
     def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int) -> Any:
         if len(kv) != self.layout.num_layers:
@@ -404,12 +466,51 @@ class Cache:
                 self._stats[k] += v
 
     def stats(self) -> dict[str, Any]:
+        """Counters, latencies (p50/p99 of recent operations, seconds), staging and tier state,
+        and the store's own stats under "store"."""
         with self._lock:
             d: dict[str, Any] = dict(self._stats)
+            d["host_tier_bytes"], d["host_tier_chunks"] = self._tier_bytes, len(self._tier)
+            for op, q in self._lat.items():
+                xs = sorted(q)
+                d[f"{op}_latency_p50_s"] = xs[len(xs) // 2] if xs else None
+                d[f"{op}_latency_p99_s"] = xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else None
         d["staging_free_store_slabs"] = self._spool.available
         d["staging_free_load_slabs"] = self._lpool.available
         d["store"] = self.store_.stats()
         return d
+
+    def prometheus_collector(self, registry: Any = None, *, prefix: str = "yrcache") -> Any:
+        """Register (and return) a prometheus_client collector exporting :meth:`stats`: counters
+        as ``<prefix>_<name>_total``, the rest as gauges, with the namespace as a label."""
+        from prometheus_client import REGISTRY
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        cache, ns = self, self.namespace.hex
+
+        class _Collector:
+            def collect(self) -> Any:
+                st = cache.stats()
+                store = st.pop("store")
+                flat = {**st, **{f"store_{k}": v for k, v in store.items()}}
+                for name, v in sorted(flat.items()):
+                    if isinstance(v, dict):
+                        fam = CounterMetricFamily(f"{prefix}_{name}", name, labels=["ns", "key"])
+                        for k, n in v.items():
+                            fam.add_metric([ns, str(k)], n)
+                        yield fam
+                    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                        gauge = name.startswith(("staging_", "host_tier_", "store_index",
+                                                 "store_usage", "store_capacity")) or \
+                            name.endswith("_s")
+                        fam = (GaugeMetricFamily if gauge else CounterMetricFamily)(
+                            f"{prefix}_{name}", name, labels=["ns"])
+                        fam.add_metric([ns], v)
+                        yield fam
+
+        collector = _Collector()
+        (registry or REGISTRY).register(collector)
+        return collector
 
     def close(self, timeout: float = 30.0) -> None:
         """Drain in-flight stores and loads (up to ``timeout`` s; what does not finish is counted
@@ -430,6 +531,7 @@ class Cache:
             self._bump(store_dropped_staging=len(pending))
         self._loader.shutdown(wait=False)
         self.store_.close()
+        _OPEN.discard(self)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -441,6 +543,19 @@ class Cache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_OPEN: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """A short-lived process does not silently lose its last stores: drain them at exit."""
+    for c in list(_OPEN):
+        try:
+            c.close()
+        except Exception as e:  # noqa: BLE001
+            logger.warning("yrcache: closing a cache at exit failed: %s", e)
 
 
 def _check_agrees(ns: Namespace, layout: KVLayout) -> None:
