@@ -284,6 +284,7 @@ def test_stats_latencies_and_prometheus(root: Path) -> None:
         c.load(toks, [np.zeros_like(x) for x in kv], ids).result()
         s = c.stats()
         assert s["store_latency_p50_s"] > 0 and s["load_latency_p99_s"] > 0
+        assert s["load_bandwidth_Bps"] > 0 and s["chunks_being_stored"] == 0
         reg = prometheus_client.CollectorRegistry()
         c.prometheus_collector(reg)
         text = prometheus_client.generate_latest(reg).decode()

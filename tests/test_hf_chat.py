@@ -30,11 +30,10 @@ def model():
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_loaded_kv_matches_memory_and_recompute(model, data_dir: Path, mode: str) -> None:
     import yrcache
-    from yrcache.examples.hf_chat import ChatLoop, kv_layout
+    from yrcache.examples.hf_chat import ChatLoop, build_tokenizer, kv_layout, synthetic_turns
     layout = kv_layout(model, "float32")
     ns = layout.namespace("tiny-random-llama", chunk_tokens=16)
-    rng = np.random.default_rng(0)
-    turns = [rng.integers(0, 1000, n).tolist() for n in (40, 23, 30)]
+    turns = synthetic_turns(build_tokenizer(1000), [40, 23, 30])
 
     with yrcache.Cache(data_dir / "root", ns, layout, mode=mode, staging_bytes=1 << 20,
                        janitor_period=0) as cache:

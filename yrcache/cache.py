@@ -144,8 +144,9 @@ class Cache:
         self._tier_max = host_tier_bytes
         self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
         self._tier_bytes = 0
-        self._lat: dict[str, deque[float]] = {"store": deque(maxlen=2048),
-                                              "load": deque(maxlen=2048)}
+        # recent operations: (seconds, bytes moved)
+        self._lat: dict[str, deque[tuple[float, int]]] = {"store": deque(maxlen=2048),
+                                                          "load": deque(maxlen=2048)}
         self._closed = False
         _OPEN.add(self)
 
@@ -211,6 +212,7 @@ class Cache:
         lock = threading.Lock()
 
         t0 = time.perf_counter()
+        obj_bytes = self.seg_bytes * self.layout.num_layers
 
         def one(key: bytes, slab: Any, f: Future[bool]) -> None:
             ok = f.exception() is None and f.result()
@@ -224,7 +226,7 @@ class Cache:
                 left[0] -= 1
                 last = left[0] == 0
             if last:
-                self._lat["store"].append(time.perf_counter() - t0)
+                self._lat["store"].append((time.perf_counter() - t0, tally["stored"] * obj_bytes))
                 self._complete_store(fut, n, existing, dropped, tally)
 
         if not puts:
@@ -320,7 +322,8 @@ class Cache:
                 if filling[c] is not None:
                     self._tier_insert(keys[c], filling[c])
             self._bump(load_tier_hits=sum(t is not None for t in tiered[:loaded]))
-            self._lat["load"].append(time.perf_counter() - t0)
+            self._lat["load"].append((time.perf_counter() - t0,
+                                      loaded * self.seg_bytes * self.layout.num_layers))
             lf.set_result(LoadResult(loaded * self.chunk_tokens, n, loaded, reason[0]))
         except BaseException as e:  # a bug: surface on the futures, never hang the caller
             for f in lf._layers:
@@ -472,9 +475,13 @@ class Cache:
             d: dict[str, Any] = dict(self._stats)
             d["host_tier_bytes"], d["host_tier_chunks"] = self._tier_bytes, len(self._tier)
             for op, q in self._lat.items():
-                xs = sorted(q)
+                xs = sorted(t for t, _ in q)
                 d[f"{op}_latency_p50_s"] = xs[len(xs) // 2] if xs else None
                 d[f"{op}_latency_p99_s"] = xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else None
+                secs = sum(t for t, _ in q)
+                d[f"{op}_bandwidth_Bps"] = sum(b for _, b in q) / secs if secs > 0 else None
+            d["chunks_being_stored"] = len(self._inflight)   # the store queue depth
+            d["operations_in_flight"] = len(self._pending)
         d["staging_free_store_slabs"] = self._spool.available
         d["staging_free_load_slabs"] = self._lpool.available
         d["store"] = self.store_.stats()
@@ -501,8 +508,9 @@ class Cache:
                         yield fam
                     elif isinstance(v, (int, float)) and not isinstance(v, bool):
                         gauge = name.startswith(("staging_", "host_tier_", "store_index",
-                                                 "store_usage", "store_capacity")) or \
-                            name.endswith("_s")
+                                                 "store_usage", "store_capacity", "chunks_being",
+                                                 "operations_in")) or \
+                            name.endswith(("_s", "_Bps"))
                         fam = (GaugeMetricFamily if gauge else CounterMetricFamily)(
                             f"{prefix}_{name}", name, labels=["ns"])
                         fam.add_metric([ns], v)

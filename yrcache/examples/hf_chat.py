@@ -46,6 +46,25 @@ def build_model(shape: str = "tiny", dtype: str = "float32", seed: int = 0,
     return model
 
 
+def build_tokenizer(vocab: int, seed: int = 0) -> Any:
+    """A word-level tokenizer built locally with the tokenizers library (no downloads): words
+    "w0".."w{vocab-2}" plus [UNK]. Turns are sentences of such words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    words = {f"w{i}": i for i in range(vocab - 1)}
+    words["[UNK]"] = vocab - 1
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+def synthetic_turns(tok: Any, sizes: list[int], seed: int = 0) -> list[list[int]]:
+    """Token ids of one conversation's user turns: random sentences, encoded by ``tok``."""
+    rng = np.random.default_rng(seed)
+    vocab = tok.get_vocab_size()
+    texts = [" ".join(f"w{w}" for w in rng.integers(0, vocab - 1, n)) for n in sizes]
+    return [tok.encode(t).ids for t in texts]
+
+
 def kv_layout(model: Any, dtype: str) -> Any:
     from yrcache.layout import KVLayout
     c = model.config
@@ -173,6 +192,11 @@ class _EmptyKV:
 
 # ------------------------------------------------------------------------------------------------
 def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
+    """The same conversation served three ways, interleaved turn by turn (recompute, sync, async
+    each serve turn i before any serves turn i+1), so that drift on a shared machine hits all
+    modes alike."""
+    import shutil
+
     import torch
 
     import yrcache
@@ -180,39 +204,43 @@ def run_benchmark(a: argparse.Namespace) -> dict[str, Any]:
     model = build_model(a.shape, a.dtype)
     layout = kv_layout(model, a.dtype)
     ns = layout.namespace(f"random-llama-{a.shape}-seed0", chunk_tokens=a.chunk_tokens)
-    rng = np.random.default_rng(0)
     sizes = [a.first_tokens or a.turn_tokens] + [a.turn_tokens] * (a.turns - 1)
-    turns = [rng.integers(0, model.config.vocab_size, n).tolist() for n in sizes]
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for mode in a.modes.split(","):
-        root = tempfile.mkdtemp(prefix=f"hfchat-{mode}-", dir=a.dir)
-        cache = None if mode == "recompute" else yrcache.Cache(
-            root, ns, layout, mode=mode, staging_bytes=a.staging_mib << 20, janitor_period=0)
-        loop = ChatLoop(model, cache)
-        out = []
-        for i, new in enumerate(turns):
+    turns = synthetic_turns(build_tokenizer(model.config.vocab_size), sizes)
+    modes = a.modes.split(",")
+    roots, loops, caches = {}, {}, {}
+    for mode in modes:
+        roots[mode] = tempfile.mkdtemp(prefix=f"hfchat-{mode}-", dir=a.dir)
+        caches[mode] = None if mode == "recompute" else yrcache.Cache(
+            roots[mode], ns, layout, mode=mode, staging_bytes=a.staging_mib << 20,
+            janitor_period=0)
+        loops[mode] = ChatLoop(model, caches[mode])
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    loop_modes = modes
+    for i, new in enumerate(turns):
+        for mode in loop_modes:
+            cache = caches[mode]
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-            t = loop.turn(new, a.gen)
+            t = loops[mode].turn(new, a.gen)
             if cache is not None:
-                cache.store_.flush()  # writes of this turn finish before the next (fair timing)
+                cache.store_.flush()  # this turn's writes end before the next mode's turn
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
             row = {k: v for k, v in asdict(t).items() if k not in ("first_logits", "tokens")}
             row["turn"] = i
             row["cpu_s"] = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-            out.append(row)
+            rows[mode].append(row)
             print(f"{mode:>9} turn {i}: ttft {t.ttft_s * 1e3:8.1f} ms  hit {t.prefix_hit_tokens:6d}"
                   f"  prefill {t.prefill_tokens:6d}  load wait {t.load_wait_s * 1e3:7.1f} ms",
                   file=sys.stderr)
-        loop.close()
-        if cache is not None:
-            cache.close()
-        import shutil
-        shutil.rmtree(root, ignore_errors=True)
-        rows[mode] = out
+        loop_modes = loop_modes[1:] + loop_modes[:1]  # rotate who goes first
+    for mode in modes:
+        loops[mode].close()
+        if caches[mode] is not None:
+            caches[mode].close()
+        shutil.rmtree(roots[mode], ignore_errors=True)
     return {"shape": a.shape, "dtype": a.dtype, "first_tokens": sizes[0],
-            "turn_tokens": a.turn_tokens, "turns": a.turns,
-            "gen": a.gen, "chunk_tokens": a.chunk_tokens, "threads": torch.get_num_threads(),
-            "results": rows}
+            "turn_tokens": a.turn_tokens, "turns": a.turns, "gen": a.gen,
+            "chunk_tokens": a.chunk_tokens, "threads": torch.get_num_threads(),
+            "interleaved": True, "results": rows}
 
 
 def print_table(doc: dict[str, Any]) -> None:
