@@ -309,3 +309,27 @@ print(f.done())   # exits without close(): the atexit hook drains the writes
     toks = rng.integers(0, 1000, CHUNK * 3)
     with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
         assert c.lookup(toks) == 3 * CHUNK
+
+
+def test_bad_tensors(root: Path) -> None:
+    torch = pytest.importorskip("torch") if not os.environ.get("CI") else __import__("torch")
+    rng = np.random.default_rng(12)
+    toks = rng.integers(0, 1000, CHUNK)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        meta = [torch.empty((64, 2, BT, HEADS, HD), dtype=torch.float16, device="meta")] * L
+        with pytest.raises(ValueError, match="only CPU tensors"):
+            c.store(toks, meta, np.arange(PER))
+        wrong = [torch.zeros((64, 2, BT, HEADS, HD), dtype=torch.float32)] * L  # 2x the page
+        with pytest.raises(ValueError, match="byte blocks"):
+            c.store(toks, wrong, np.arange(PER))
+    dense = KVLayout.dense(num_layers=1, dtype="bfloat16", kv_heads=2, head_size=4)
+    with Cache(root, dense.namespace("d", chunk_tokens=16), dense, staging_bytes=1 << 20,
+               janitor_period=0) as c:
+        k = torch.zeros((1, 2, 16, 4), dtype=torch.float32)                    # not bf16
+        with pytest.raises(ValueError, match="2-byte elements|bfloat16"):
+            c.store(rng.integers(0, 9, 16), [(k, k)])
+        short = torch.zeros((1, 2, 8, 4), dtype=torch.bfloat16)                # too few tokens
+        with pytest.raises(ValueError, match="tokens"):
+            c.store(rng.integers(0, 9, 16), [(short, short)])
+        good = torch.randn((1, 2, 16, 4)).to(torch.bfloat16)
+        assert c.store(rng.integers(0, 9, 16), [(good, good)]).result().stored == 1

@@ -38,6 +38,7 @@ import numpy as np
 from . import copy as C
 from .format import align_up
 from .futures import Future
+from .io import HostBuffer
 from .keys import Namespace, chain_keys, fold_extras
 from .layout import KVLayout
 from .mem import BufferPool
@@ -393,12 +394,15 @@ class Cache:
             return hot
 
     def _tier_slot(self) -> np.ndarray | None:
+        # Page-aligned host memory (HostBuffer): what the GPU path registers with CUDA (pinned).
         obj = self._stride * self.layout.num_layers
-        return np.empty(obj, np.uint8) if 0 < obj <= self._tier_max else None
+        return np.frombuffer(HostBuffer(obj), np.uint8) if 0 < obj <= self._tier_max else None
 
     def _tier_put(self, key: bytes, slab: Any) -> None:
-        if self._tier_max and self._stride * self.layout.num_layers <= self._tier_max:
-            self._tier_insert(key, np.frombuffer(slab, np.uint8).copy())
+        slot = self._tier_slot() if self._tier_max else None
+        if slot is not None:
+            slot[:] = np.frombuffer(slab, np.uint8)
+            self._tier_insert(key, slot)
 
     def _tier_insert(self, key: bytes, data: np.ndarray) -> None:
         with self._lock:
