@@ -64,6 +64,17 @@ class LoadResult:
     reason: str = ""  # why a chunk failed ("missing", "corrupt: ...", "error: ...")
 
 
+class _Staged:
+    """A chunk gathered into a store slab, until its object is published."""
+
+    __slots__ = ("readers", "slab", "stored", "views")
+
+    def __init__(self, views: list[memoryview], slab: Any) -> None:
+        self.views, self.slab = views, slab
+        self.readers = 0      # loads copying from it right now
+        self.stored = False   # the store is done with it
+
+
 class StoreFuture(Future[StoreResult]):
     """A store's outcome; ``source_released`` completes when the caller's KV may be reused."""
 
@@ -139,7 +150,7 @@ class Cache:
         self._lcond = threading.Condition()
         self._lock = threading.Lock()
         self._stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
-        self._inflight: dict[bytes, list[memoryview]] = {}   # chunks staged, not yet published
+        self._inflight: dict[bytes, _Staged] = {}   # chunks staged, not yet published
         self._pending: set[Future[Any]] = set()
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="yrcache-cache-load")
         self._tier_max = host_tier_bytes
@@ -192,7 +203,7 @@ class Cache:
                 self._spool.release(slab)
                 raise
             with self._lock:
-                self._inflight[key] = views
+                self._inflight[key] = _Staged(views, slab)
             put = self.store_.put(key, views, parent=keys[i - 1] if i else root, chunk_index=i,
                                   token_count=self.chunk_tokens, dtype=self.layout.dtype,
                                   shape=[self.seg_bytes], dedup=False)
@@ -220,8 +231,12 @@ class Cache:
             if ok:
                 self._tier_put(key, slab)
             with self._lock:
-                self._inflight.pop(key, None)
-            self._spool.release(slab)
+                st = self._inflight.pop(key, None)
+                if st is not None:
+                    st.stored = True
+                free = st is None or st.readers == 0
+            if free:
+                self._spool.release(slab)
             with lock:
                 tally["stored" if ok else "failed"] += 1
                 left[0] -= 1
@@ -268,7 +283,13 @@ class Cache:
         state = threading.Lock()
         t0 = time.perf_counter()
         tiered = [self._tier_get(k) for k in keys]
-        filling = [None if tiered[c] is not None else self._tier_slot() for c in range(n)]
+        # Copies for the host tier of chunks read from files: no more than the tier can hold.
+        room = self._tier_max // (self._stride * self.layout.num_layers)
+        filling: list[np.ndarray | None] = []
+        for c in range(n):
+            want = tiered[c] is None and room > 0
+            room -= want
+            filling.append(self._tier_slot() if want else None)
         try:
             for l in range(self.layout.num_layers):
                 left = [0]
@@ -298,15 +319,16 @@ class Cache:
                     hot = tiered[c]
                     if hot is not None:  # in the host tier: no file read
                         seg = memoryview(hot)[l * self._stride:l * self._stride + self.seg_bytes]
-                        self._scatter(kv[l], ids, c, seg, batch)
-                        finish(c, True, "", None)
+                        finish(c, *self._scatter_safe(kv[l], ids, c, seg, batch), None)
                         continue
-                    with self._lock:
-                        staged = self._inflight.get(keys[c])
+                    staged = self._pin_staged(keys[c])
                     if staged is not None:  # being stored by this process: its staging is whole
-                        self._scatter(kv[l], ids, c, staged[l], batch)
+                        try:
+                            ok, why = self._scatter_safe(kv[l], ids, c, staged.views[l], batch)
+                        finally:
+                            self._unpin_staged(staged)
                         self._bump(load_from_inflight=1)
-                        finish(c, True, "", None)
+                        finish(c, ok, why, None)
                         continue
                     slab = self._acquire_load_slab()
                     seg = slab[:self.seg_bytes]
@@ -331,6 +353,30 @@ class Cache:
                 if not f.done():
                     f.set_exception(e)
             lf.set_exception(e)
+
+    def _scatter_safe(self, layer: Any, ids: Any, c: int, seg: memoryview,
+                      batch: int) -> tuple[bool, str]:
+        try:
+            self._scatter(layer, ids, c, seg, batch)
+        except Exception as e:  # noqa: BLE001 - this chunk fails; the load goes on
+            return False, f"error: {e}"
+        return True, ""
+
+    # A chunk staged for a store may be read by loads meanwhile: its slab goes back to the pool
+    # only when the store is done with it and no load is still copying from it.
+    def _pin_staged(self, key: bytes) -> _Staged | None:
+        with self._lock:
+            st = self._inflight.get(key)
+            if st is not None:
+                st.readers += 1
+            return st
+
+    def _unpin_staged(self, st: _Staged) -> None:
+        with self._lock:
+            st.readers -= 1
+            free = st.readers == 0 and st.stored
+        if free:
+            self._spool.release(st.slab)
 
     def _on_segment(self, f: Future[Any], layer: Any, ids: Any, c: int, seg: memoryview,
                     slab: Any, batch: int, finish: Any, fill: Any, l: int) -> None:

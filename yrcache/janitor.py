@@ -43,6 +43,7 @@ from .format import ObjectFormatError, parse_header
 
 logger = logging.getLogger(__name__)
 
+
 def _host_tag() -> str:
     """Names this host's process-id space in temp-file names: hostname, boot id and pid namespace,
     so that "its pid is gone" is only concluded about writers whose pids we can actually see
