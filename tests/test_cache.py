@@ -319,17 +319,62 @@ def test_bad_tensors(root: Path) -> None:
         meta = [torch.empty((64, 2, BT, HEADS, HD), dtype=torch.float16, device="meta")] * L
         with pytest.raises(ValueError, match="only CPU tensors"):
             c.store(toks, meta, np.arange(PER))
-        wrong = [torch.zeros((64, 2, BT, HEADS, HD), dtype=torch.float32)] * L  # 2x the page
-        with pytest.raises(ValueError, match="byte blocks"):
+        wrong = [torch.zeros((64, 2, BT, HEADS, HD), dtype=torch.float32)] * L
+        with pytest.raises(ValueError, match="float32, the layout is float16"):
             c.store(toks, wrong, np.arange(PER))
     dense = KVLayout.dense(num_layers=1, dtype="bfloat16", kv_heads=2, head_size=4)
     with Cache(root, dense.namespace("d", chunk_tokens=16), dense, staging_bytes=1 << 20,
                janitor_period=0) as c:
-        k = torch.zeros((1, 2, 16, 4), dtype=torch.float32)                    # not bf16
-        with pytest.raises(ValueError, match="2-byte elements|bfloat16"):
+        k = torch.zeros((1, 2, 16, 4), dtype=torch.float16)                    # not bf16
+        with pytest.raises(ValueError, match="float16, the layout is bfloat16"):
             c.store(rng.integers(0, 9, 16), [(k, k)])
         short = torch.zeros((1, 2, 8, 4), dtype=torch.bfloat16)                # too few tokens
         with pytest.raises(ValueError, match="tokens"):
             c.store(rng.integers(0, 9, 16), [(short, short)])
         good = torch.randn((1, 2, 16, 4)).to(torch.bfloat16)
         assert c.store(rng.integers(0, 9, 16), [(good, good)]).result().stored == 1
+
+
+def test_load_refuses_repeated_destinations_and_float_ids(root: Path) -> None:
+    rng = np.random.default_rng(13)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 2)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        c.store(toks, kv, np.arange(PER * 2)).result()
+        with pytest.raises(ValueError, match="repeat a block"):
+            c.load(toks, kv, np.array([0, 1, 2, 3] * 2))
+        with pytest.raises(TypeError, match="integers"):
+            c.load(toks, kv, np.arange(PER * 2) + 0.5)
+
+
+def test_lookup_sees_chunks_being_stored(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(14)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 2)
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as c:
+        held: list = []
+        real_put = c.store_.put
+
+        def slow_put(*a: object, **kw: object) -> yrcache.Future[bool]:
+            f: yrcache.Future[bool] = yrcache.Future()
+            held.append((f, a, kw))
+            return f
+
+        monkeypatch.setattr(c.store_, "put", slow_put)
+        sf = c.store(toks, kv, np.arange(PER * 2))
+        assert c.lookup(toks) == 2 * CHUNK and c.store_.lookup(c.keys(toks)) == 0
+        again = c.store(toks, kv, np.arange(PER * 2)).result()   # same chunks, in flight
+        assert again.existing == 2 and again.stored == 0
+        for f, a, kw in held:
+            f.set_result(real_put(*a, **kw).result())
+        assert sf.result().stored == 2 and c.stats()["staging_free_store_slabs"] > 0
+
+
+def test_close_gives_up_after_its_timeout(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(15)
+    kv = paged_kv(rng)
+    c = Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0)
+    monkeypatch.setattr(c.store_, "put", lambda *a, **kw: yrcache.Future())   # never completes
+    c.store(rng.integers(0, 1000, CHUNK), kv, np.arange(PER))
+    c.close(timeout=0.3)
+    assert c.stats()["store_dropped_close"] == 1 and c.store_._closed

@@ -67,10 +67,11 @@ class LoadResult:
 class _Staged:
     """A chunk gathered into a store slab, until its object is published."""
 
-    __slots__ = ("readers", "slab", "stored", "views")
+    __slots__ = ("readers", "ready", "slab", "stored", "views")
 
     def __init__(self, views: list[memoryview], slab: Any) -> None:
         self.views, self.slab = views, slab
+        self.ready = False    # gathered: its slab holds the whole chunk
         self.readers = 0      # loads copying from it right now
         self.stored = False   # the store is done with it
 
@@ -101,7 +102,8 @@ class LoadFuture(Future[LoadResult]):
 
 
 _COUNTERS = ("stores", "store_chunks", "store_existing", "store_dropped_staging",
-             "store_failed", "loads", "load_chunks", "load_partial", "load_from_inflight",
+             "store_failed", "store_dropped_close", "loads", "load_chunks", "load_partial",
+             "load_from_inflight",
              "load_tier_hits", "bytes_gathered", "bytes_scattered")
 
 
@@ -130,6 +132,9 @@ class Cache:
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         if not isinstance(layout, KVLayout):
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
+        for name, v in (("copy_threads", copy_threads), ("host_tier_bytes", host_tier_bytes)):
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
         _check_agrees(namespace, layout)
         self.namespace, self.layout, self.mode = namespace, layout, mode
         self.chunk_tokens = namespace.chunk_tokens
@@ -160,6 +165,7 @@ class Cache:
         self._lat: dict[str, deque[tuple[float, int]]] = {"store": deque(maxlen=2048),
                                                           "load": deque(maxlen=2048)}
         self._closed = False
+        self._closed_hard = False   # close() gave up waiting: loads stop issuing reads
         _OPEN.add(self)
 
     # -- keys -------------------------------------------------------------------------------------
@@ -168,8 +174,17 @@ class Cache:
         return chain_keys(self._root(extras), token_ids, self.chunk_tokens)
 
     def lookup(self, token_ids: Any, *, extras: Mapping[str, Any] | None = None) -> int:
-        """Leading tokens whose KV is stored (a multiple of chunk_tokens)."""
-        return self.store_.lookup(self.keys(token_ids, extras=extras)) * self.chunk_tokens
+        """Leading tokens whose KV can be loaded (a multiple of chunk_tokens): chunks in the host
+        tier or still being stored by this process, then the store."""
+        keys = self.keys(token_ids, extras=extras)
+        n = 0
+        with self._lock:
+            while n < len(keys) and (keys[n] in self._tier or (
+                    keys[n] in self._inflight and self._inflight[keys[n]].ready)):
+                n += 1
+        if n < len(keys):
+            n += self.store_.lookup(keys[n:])
+        return n * self.chunk_tokens
 
     # -- store ------------------------------------------------------------------------------------
     def store(self, token_ids: Any, kv: Sequence[Any], block_ids: Any = None, *,
@@ -179,78 +194,97 @@ class Cache:
         tokens in order, at least one per ``block_tokens`` tokens."""
         self._check_open()
         keys = self.keys(token_ids, extras=extras)
-        ids = self._check_kv(kv, block_ids, len(keys))
+        ids = self._check_kv(kv, block_ids, len(keys), load=False)
         root = self._root(extras)
         fut = StoreFuture()
-        puts: list[tuple[bytes, Future[bool], memoryview]] = []
+        puts: list[tuple[bytes, Future[bool], _Staged]] = []
         existing = dropped = 0
-        for i, key in enumerate(keys):
-            with self._lock:
-                staged = key in self._inflight
-            if staged or self.store_.exists(key):
-                existing += 1
-                continue
-            slab = self._spool.acquire()
-            if slab is None:  # staging full: drop, never block the caller or grow memory
-                dropped += 1
-                continue
-            views = [slab[l * self._stride:l * self._stride + self.seg_bytes]
-                     for l in range(self.layout.num_layers)]
-            try:
-                for l, layer in enumerate(kv):
-                    self._gather(layer, ids, i, views[l], batch)
-            except BaseException:
-                self._spool.release(slab)
-                raise
-            with self._lock:
-                self._inflight[key] = _Staged(views, slab)
-            put = self.store_.put(key, views, parent=keys[i - 1] if i else root, chunk_index=i,
-                                  token_count=self.chunk_tokens, dtype=self.layout.dtype,
-                                  shape=[self.seg_bytes], dedup=False)
-            puts.append((key, put, slab))
-        fut.source_released.set_result(None)   # every gather above ran in this thread
-        self._bump(stores=1, store_chunks=len(keys), store_existing=existing,
-                   store_dropped_staging=dropped,
-                   bytes_gathered=len(puts) * self.seg_bytes * self.layout.num_layers)
-        self._finish_store(fut, puts, len(keys), existing, dropped)
+        try:
+            for i, key in enumerate(keys):
+                with self._lock:  # claim the key: one store per chunk in this process
+                    claimed = key not in self._inflight
+                    if claimed:
+                        self._inflight[key] = _Staged([], None)
+                if not claimed or self.store_.exists(key):
+                    existing += 1
+                    if claimed:
+                        self._unclaim(key)
+                    continue
+                slab = self._spool.acquire()
+                if slab is None:  # staging full: drop, never block the caller or grow memory
+                    dropped += 1
+                    self._unclaim(key)
+                    continue
+                st = self._inflight[key]
+                st.slab = slab
+                st.views = [slab[l * self._stride:l * self._stride + self.seg_bytes]
+                            for l in range(self.layout.num_layers)]
+                try:
+                    for l, layer in enumerate(kv):
+                        self._gather(layer, ids, i, st.views[l], batch)
+                    put = self.store_.put(key, st.views, parent=keys[i - 1] if i else root,
+                                          chunk_index=i, token_count=self.chunk_tokens,
+                                          dtype=self.layout.dtype, shape=[self.seg_bytes],
+                                          dedup=False)
+                except BaseException:
+                    self._unclaim(key)
+                    self._spool.release(slab)
+                    raise
+                st.ready = True
+                puts.append((key, put, st))
+        finally:
+            # every gather above ran in this thread; puts already issued complete the future
+            fut.source_released.set_result(None)
+            self._bump(stores=1, store_chunks=len(keys), store_existing=existing,
+                       store_dropped_staging=dropped,
+                       bytes_gathered=len(puts) * self.seg_bytes * self.layout.num_layers)
+            self._finish_store(fut, puts, len(keys), existing, dropped)
         if self.mode == "sync":
             fut.result()
         return fut
 
-    def _finish_store(self, fut: StoreFuture, puts: list[tuple[bytes, Future[bool], Any]],
+    def _unclaim(self, key: bytes) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+
+    def _finish_store(self, fut: StoreFuture, puts: list[tuple[bytes, Future[bool], _Staged]],
                       n: int, existing: int, dropped: int) -> None:
         left = [len(puts)]
         tally = {"stored": 0, "failed": 0}
         lock = threading.Lock()
-
         t0 = time.perf_counter()
         obj_bytes = self.seg_bytes * self.layout.num_layers
 
-        def one(key: bytes, slab: Any, f: Future[bool]) -> None:
-            ok = f.exception() is None and f.result()
-            if ok:
-                self._tier_put(key, slab)
-            with self._lock:
-                st = self._inflight.pop(key, None)
-                if st is not None:
+        def one(key: bytes, st: _Staged, f: Future[bool]) -> None:
+            ok = False
+            try:
+                ok = f.exception() is None and bool(f.result())
+                if ok:
+                    self._tier_put(key, st.slab)
+            finally:
+                with self._lock:
+                    if self._inflight.get(key) is st:
+                        del self._inflight[key]
                     st.stored = True
-                free = st is None or st.readers == 0
-            if free:
-                self._spool.release(slab)
-            with lock:
-                tally["stored" if ok else "failed"] += 1
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self._lat["store"].append((time.perf_counter() - t0, tally["stored"] * obj_bytes))
-                self._complete_store(fut, n, existing, dropped, tally)
+                    free = st.readers == 0
+                if free:
+                    self._spool.release(st.slab)
+                with lock:
+                    tally["stored" if ok else "failed"] += 1
+                    left[0] -= 1
+                    last = left[0] == 0
+                if last:
+                    with self._lock:
+                        self._lat["store"].append((time.perf_counter() - t0,
+                                                   tally["stored"] * obj_bytes))
+                    self._complete_store(fut, n, existing, dropped, tally)
 
         if not puts:
             self._complete_store(fut, n, existing, dropped, tally)
             return
-        self._track(fut)
-        for key, put, slab in puts:
-            put.add_done_callback(lambda f, k=key, s=slab: one(k, s, f))
+        self._track(fut, store=True)
+        for key, put, st in puts:
+            put.add_done_callback(lambda f, k=key, s=st: one(k, s, f))
 
     def _complete_store(self, fut: StoreFuture, n: int, existing: int, dropped: int,
                         tally: dict[str, int]) -> None:
@@ -266,93 +300,120 @@ class Cache:
         mode it is complete on return."""
         self._check_open()
         keys = self.keys(token_ids, extras=extras)
-        ids = self._check_kv(kv, block_ids, len(keys))
+        ids = self._check_kv(kv, block_ids, len(keys), load=True)
         lf = LoadFuture(self.layout.num_layers)
         self._bump(loads=1, load_chunks=len(keys))
         self._track(lf)
-        self._loader.submit(self._load_run, lf, keys, kv, ids, batch)
+        try:
+            self._loader.submit(self._load_guarded, lf, keys, kv, ids, batch)
+        except RuntimeError as e:  # the loader was shut down by a concurrent close()
+            from ._native import _C
+            self._fail_load(lf, _C.ClosedError(f"cache is closed ({e})"))
+            raise _C.ClosedError("cache is closed") from e
         if self.mode == "sync":
             lf.result()
         return lf
 
+    def _load_guarded(self, lf: LoadFuture, *args: Any) -> None:
+        try:
+            self._load_run(lf, *args)
+        except BaseException as e:  # a bug: surface it on the futures, never hang the caller
+            logger.exception("yrcache: load failed")
+            self._fail_load(lf, e)
+
+    @staticmethod
+    def _fail_load(lf: LoadFuture, e: BaseException) -> None:
+        for f in [*lf._layers, lf]:
+            if not f.done():
+                f.set_exception(e)
+
     def _load_run(self, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any], ids: Any,
                   batch: int) -> None:
-        n = len(keys)
-        first_bad = [n]        # chunks from here on are not (all) in place
-        reason = [""]
+        """Reads go out layer-major (layer 0 of every chunk, then layer 1...), as many at once as
+        there are load slabs; each verified segment is scattered as it arrives, and layer futures
+        complete in order as soon as every chunk's segment of that layer is in place."""
+        n, nl = len(keys), self.layout.num_layers
         state = threading.Lock()
+        first_bad, reason = [n], [""]      # chunks from here on are not (all) in place
+        left = [n] * nl                    # segments of each layer still outstanding
+        next_layer = [0]                   # layer futures are completed in order
+        all_done = threading.Event()
         t0 = time.perf_counter()
         tiered = [self._tier_get(k) for k in keys]
-        # Copies for the host tier of chunks read from files: no more than the tier can hold.
-        room = self._tier_max // (self._stride * self.layout.num_layers)
+        # Copies for the host tier of chunks not in it: at most what the tier can hold, and a
+        # copy enters the tier only when every layer of it was filled from verified bytes.
+        room = self._tier_max // (self._stride * nl)
         filling: list[np.ndarray | None] = []
         for c in range(n):
             want = tiered[c] is None and room > 0
             room -= want
             filling.append(self._tier_slot() if want else None)
-        try:
-            for l in range(self.layout.num_layers):
-                left = [0]
-                done = threading.Event()
-                todo = [c for c in range(n) if c < first_bad[0]]
-                if not todo:
-                    lf.layer(l).set_result(None)
-                    continue
-                left[0] = len(todo)
+        filled = [0] * n
 
-                def finish(c: int, ok: bool, why: str, slab: Any, l: int = l,
-                           left: list[int] = left, done: threading.Event = done) -> None:
-                    if slab is not None:
-                        self._release_load_slab(slab)
-                    with state:
-                        if not ok and c < first_bad[0]:
-                            first_bad[0], reason[0] = c, why
-                        left[0] -= 1
-                        last = left[0] == 0
-                    if last:
-                        done.set()
+        def finish(l: int, c: int, ok: bool, why: str, src: memoryview | None) -> None:
+            if ok and src is not None and filling[c] is not None:
+                filling[c][l * self._stride:l * self._stride + self.seg_bytes] = \
+                    np.frombuffer(src, np.uint8)
+            ready: list[int] = []
+            with state:
+                if ok:
+                    filled[c] += 1
+                elif c < first_bad[0]:
+                    first_bad[0], reason[0] = c, why
+                left[l] -= 1
+                while next_layer[0] < nl and left[next_layer[0]] == 0:
+                    ready.append(next_layer[0])
+                    next_layer[0] += 1
+                if next_layer[0] == nl:
+                    all_done.set()
+            for r in ready:
+                lf.layer(r).set_result(None)
 
-                for c in todo:
-                    if c >= first_bad[0]:
-                        finish(c, True, "", None)
-                        continue
-                    hot = tiered[c]
-                    if hot is not None:  # in the host tier: no file read
-                        seg = memoryview(hot)[l * self._stride:l * self._stride + self.seg_bytes]
-                        finish(c, *self._scatter_safe(kv[l], ids, c, seg, batch), None)
-                        continue
-                    staged = self._pin_staged(keys[c])
-                    if staged is not None:  # being stored by this process: its staging is whole
-                        try:
-                            ok, why = self._scatter_safe(kv[l], ids, c, staged.views[l], batch)
-                        finally:
-                            self._unpin_staged(staged)
-                        self._bump(load_from_inflight=1)
-                        finish(c, ok, why, None)
-                        continue
-                    slab = self._acquire_load_slab()
-                    seg = slab[:self.seg_bytes]
-                    g = self.store_.get(keys[c], [seg], layers=[l], lengths=self._lengths)
-                    g.add_done_callback(lambda f, c=c, seg=seg, slab=slab, l=l:
-                                        self._on_segment(f, kv[l], ids, c, seg, slab, batch,
-                                                         finish, filling[c], l))
-                done.wait()
+        if n == 0:
+            for l in range(nl):
                 lf.layer(l).set_result(None)
-            loaded = first_bad[0]
-            if loaded < n:
-                self._bump(load_partial=1)
-            for c in range(loaded):  # verified in every layer: into the host tier
-                if filling[c] is not None:
-                    self._tier_insert(keys[c], filling[c])
-            self._bump(load_tier_hits=sum(t is not None for t in tiered[:loaded]))
-            self._lat["load"].append((time.perf_counter() - t0,
-                                      loaded * self.seg_bytes * self.layout.num_layers))
-            lf.set_result(LoadResult(loaded * self.chunk_tokens, n, loaded, reason[0]))
-        except BaseException as e:  # a bug: surface on the futures, never hang the caller
-            for f in lf._layers:
-                if not f.done():
-                    f.set_exception(e)
-            lf.set_exception(e)
+            all_done.set()
+        for l in range(nl):
+            for c in range(n):
+                if self._closed_hard or c > first_bad[0]:  # beyond the first failure: skip
+                    finish(l, c, False, reason[0] or "skipped", None)
+                    continue
+                hot = tiered[c]
+                if hot is not None:  # in the host tier: no file read
+                    seg = memoryview(hot)[l * self._stride:l * self._stride + self.seg_bytes]
+                    finish(l, c, *self._scatter_safe(kv[l], ids, c, seg, batch), seg)
+                    continue
+                st = self._pin_staged(keys[c])
+                if st is not None:  # being stored by this process: its staging is whole
+                    try:
+                        ok, why = self._scatter_safe(kv[l], ids, c, st.views[l], batch)
+                        finish(l, c, ok, why, st.views[l])
+                    finally:
+                        self._unpin_staged(st)
+                    self._bump(load_from_inflight=1)
+                    continue
+                slab = self._acquire_load_slab()
+                seg = slab[:self.seg_bytes]
+                try:
+                    g = self.store_.get(keys[c], [seg], layers=[l], lengths=self._lengths)
+                except BaseException as e:  # e.g. closed meanwhile: this chunk fails
+                    self._release_load_slab(slab)
+                    finish(l, c, False, f"error: {e}", None)
+                    continue
+                g.add_done_callback(lambda f, l=l, c=c, seg=seg, slab=slab:
+                                    self._on_segment(f, kv[l], ids, l, c, seg, slab, batch,
+                                                     finish))
+        all_done.wait()
+        loaded = first_bad[0]
+        if loaded < n:
+            self._bump(load_partial=1)
+        for c in range(loaded):
+            if filling[c] is not None and filled[c] == nl:
+                self._tier_insert(keys[c], filling[c])
+        with self._lock:
+            self._stats["load_tier_hits"] += sum(t is not None for t in tiered[:loaded])
+            self._lat["load"].append((time.perf_counter() - t0, loaded * self.seg_bytes * nl))
+        lf.set_result(LoadResult(loaded * self.chunk_tokens, n, loaded, reason[0]))
 
     def _scatter_safe(self, layer: Any, ids: Any, c: int, seg: memoryview,
                       batch: int) -> tuple[bool, str]:
@@ -367,8 +428,9 @@ class Cache:
     def _pin_staged(self, key: bytes) -> _Staged | None:
         with self._lock:
             st = self._inflight.get(key)
-            if st is not None:
-                st.readers += 1
+            if st is None or not st.ready or st.stored:
+                return None
+            st.readers += 1
             return st
 
     def _unpin_staged(self, st: _Staged) -> None:
@@ -378,22 +440,21 @@ class Cache:
         if free:
             self._spool.release(st.slab)
 
-    def _on_segment(self, f: Future[Any], layer: Any, ids: Any, c: int, seg: memoryview,
-                    slab: Any, batch: int, finish: Any, fill: Any, l: int) -> None:
-        exc = f.exception()
-        r = None if exc is not None else f.result()
-        if r:
-            try:
-                self._scatter(layer, ids, c, seg, batch)
-                if fill is not None:
-                    fill[l * self._stride:l * self._stride + self.seg_bytes] = \
-                        np.frombuffer(seg, np.uint8)
-            except Exception as e:  # noqa: BLE001 - reported as this chunk's failure
-                finish(c, False, f"error: {e}", slab)
-                return
-            finish(c, True, "", slab)
-        else:
-            finish(c, False, str(exc) if exc is not None else r.reason, slab)
+    def _on_segment(self, f: Future[Any], layer: Any, ids: Any, l: int, c: int,
+                    seg: memoryview, slab: Any, batch: int, finish: Any) -> None:
+        try:
+            exc = f.exception()
+            r = None if exc is not None else f.result()
+            if r:
+                ok, why = self._scatter_safe(layer, ids, c, seg, batch)
+            else:
+                ok, why = False, str(exc) if exc is not None else r.reason
+            if ok:
+                finish(l, c, True, "", seg)   # copies seg into a tier slot first, if any
+            else:
+                finish(l, c, False, why, None)
+        finally:
+            self._release_load_slab(slab)
 
     def _acquire_load_slab(self) -> memoryview:
         with self._lcond:
@@ -460,9 +521,18 @@ class Cache:
                 _, old = self._tier.popitem(last=False)
                 self._tier_bytes -= old.nbytes
 
-    def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int) -> Any:
+    def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int, *, load: bool) -> Any:
         if len(kv) != self.layout.num_layers:
             raise ValueError(f"kv has {len(kv)} layers, the layout {self.layout.num_layers}")
+        for i, entry in enumerate(kv):
+            for t in (entry if self.layout.kind == "dense" and isinstance(entry, (tuple, list))
+                      else [entry]):
+                name = _dtype_name(t)
+                if name is not None and name != self.layout.dtype and \
+                        not (self.layout.kind == "paged" and name == "uint8"):
+                    raise ValueError(f"kv[{i}] is {name}, the layout is {self.layout.dtype}")
+                if load and isinstance(t, np.ndarray) and not t.flags.writeable:
+                    raise ValueError(f"kv[{i}] is read-only: a load writes into it")
         if self.layout.kind == "dense":
             for i, pair in enumerate(kv):
                 if not isinstance(pair, (tuple, list)) or len(pair) != 2:
@@ -490,7 +560,10 @@ class Cache:
             blocks = info.shape[0] if blocks is None else min(blocks, info.shape[0])
         if block_ids is None:
             raise ValueError("a paged layout needs block_ids")
-        ids = np.ascontiguousarray(np.asarray(block_ids), dtype=np.int64)
+        raw = np.asarray(block_ids)
+        if raw.dtype.kind not in "iu":
+            raise TypeError(f"block_ids must be integers, got {raw.dtype}")
+        ids = np.ascontiguousarray(raw, dtype=np.int64)
         need = n_chunks * (self.chunk_tokens // self.layout.block_tokens)
         if ids.ndim != 1 or ids.size < need:
             raise ValueError(f"block_ids must list at least {need} blocks for {n_chunks} chunks, "
@@ -498,13 +571,15 @@ class Cache:
         ids = ids[:need]
         if need and (int(ids.min()) < 0 or int(ids.max()) >= (blocks or 0)):
             raise ValueError(f"block ids out of range [0, {blocks})")
+        if load and np.unique(ids).size != ids.size:
+            raise ValueError("block_ids repeat a block: two chunks would land in one place")
         return ids
 
     # -- misc -------------------------------------------------------------------------------------
     def _root(self, extras: Mapping[str, Any] | None) -> bytes:
         return fold_extras(self.namespace.digest, extras)
 
-    def _track(self, f: Future[Any]) -> None:
+    def _track(self, f: Future[Any], store: bool = False) -> None:
         with self._lock:
             self._pending.add(f)
 
@@ -571,25 +646,32 @@ class Cache:
         return collector
 
     def close(self, timeout: float = 30.0) -> None:
-        """Drain in-flight stores and loads (up to ``timeout`` s; what does not finish is counted
-        as dropped), then close the store."""
+        """Drain in-flight stores and loads (up to ``timeout`` s; stores that do not finish are
+        counted as dropped), then close the store."""
         if self._closed:
             return
         self._closed = True
         deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                pending = list(self._pending)
-            if not pending or time.monotonic() > deadline:
-                break
-            pending[0]._wait(max(0.0, deadline - time.monotonic()))
-        if pending:
-            logger.warning("yrcache: %d cache operations did not finish within %.0fs of close()",
-                           len(pending), timeout)
-            self._bump(store_dropped_staging=len(pending))
-        self._loader.shutdown(wait=False)
-        self.store_.close()
-        _OPEN.discard(self)
+        try:
+            while True:
+                with self._lock:
+                    pending = list(self._pending)
+                if not pending or time.monotonic() >= deadline:
+                    break
+                try:
+                    pending[0]._wait(max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    break
+            if pending:
+                stores = sum(isinstance(f, StoreFuture) for f in pending)
+                logger.warning("yrcache: %d cache operations (%d stores) did not finish within "
+                               "%.0fs of close()", len(pending), stores, timeout)
+                self._bump(store_dropped_close=stores)
+                self._closed_hard = True
+        finally:
+            self._loader.shutdown(wait=False)
+            self.store_.close()
+            _OPEN.discard(self)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -603,10 +685,18 @@ class Cache:
         self.close()
 
 
+def _dtype_name(t: Any) -> str | None:
+    """"bfloat16" for torch.bfloat16 or a numpy float16 array's "float16"; None if unknown."""
+    dt = getattr(t, "dtype", None)
+    if dt is None:
+        return None
+    name = str(dt)
+    return name[6:] if name.startswith("torch.") else getattr(dt, "name", name)
+
+
 _OPEN: weakref.WeakSet[Cache] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_all() -> None:
     """A short-lived process does not silently lose its last stores: drain them at exit."""
     for c in list(_OPEN):
@@ -614,6 +704,15 @@ def _close_all() -> None:
             c.close()
         except Exception as e:  # noqa: BLE001
             logger.warning("yrcache: closing a cache at exit failed: %s", e)
+
+
+# Runs before concurrent.futures' own exit hook (which joins worker threads without a bound), so
+# close()'s 30 s limit holds at exit too; plain atexit where that hook does not exist.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_close_all)
+else:  # pragma: no cover
+    atexit.register(_close_all)
 
 
 def _check_agrees(ns: Namespace, layout: KVLayout) -> None:

@@ -39,6 +39,9 @@ class KVLayout:
                 raise ValueError(f"KVLayout.{f} must be a positive int, got {v!r}")
         if self.kind == "paged" and (self.block_tokens <= 0 or self.page_bytes <= 0):
             raise ValueError("a paged layout needs block_tokens > 0 and page_bytes > 0")
+        if not (isinstance(self.dtype, str) and 1 <= len(self.dtype) <= 16 and
+                self.dtype.isascii() and self.dtype.isprintable() and " " not in self.dtype):
+            raise ValueError(f"dtype must be a name of 1-16 ASCII characters, got {self.dtype!r}")
         if self.kind == "dense" and self.dtype not in _DTYPE_BYTES:
             raise ValueError(f"unknown dtype {self.dtype!r} (one of {sorted(_DTYPE_BYTES)})")
 

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -43,12 +44,19 @@ void parallel_for(std::size_t n, unsigned threads, Fn fn) {
     fn(std::size_t{0}, n);
     return;
   }
-  const std::size_t parts = std::min<std::size_t>(threads, n);
+  const std::size_t parts = std::min<std::size_t>({threads, n, 64});
   std::vector<std::thread> pool;
   pool.reserve(parts - 1);
-  for (std::size_t p = 1; p < parts; ++p)
-    pool.emplace_back([&, p] { fn(n * p / parts, n * (p + 1) / parts); });
+  std::size_t started = 1;
+  for (; started < parts; ++started) {
+    try {
+      pool.emplace_back([&fn, n, parts, p = started] { fn(n * p / parts, n * (p + 1) / parts); });
+    } catch (const std::system_error&) {
+      break;  // no more threads: the calling thread copies the rest
+    }
+  }
   fn(0, n / parts);
+  for (std::size_t p = started; p < parts; ++p) fn(n * p / parts, n * (p + 1) / parts);
   for (auto& t : pool) t.join();
 }
 
@@ -62,6 +70,10 @@ void check_dense(const DenseView& v, std::int64_t batch, std::int64_t t0, std::i
   for (int d = 0; d < 4; ++d)
     if (v.shape[d] <= 0) bad("dense view: every dimension must be > 0");
   if (v.strides[3] != v.elem_bytes) bad("dense view: head_dim must be contiguous");
+  // Rows must not overlap (an expanded or broadcast tensor has zero strides): a scatter into such
+  // a view would write several tokens to one place.
+  if (v.strides[2] < v.shape[3] * v.elem_bytes || v.strides[1] <= 0 || v.strides[0] < 0)
+    bad("dense view: strides overlap (an expanded or broadcast tensor?)");
   if (batch < 0 || batch >= v.shape[0])
     bad("batch index " + std::to_string(batch) + " out of range [0, " + std::to_string(v.shape[0]) + ")");
   if (len <= 0 || t0 < 0 || t0 > v.shape[2] - len)
