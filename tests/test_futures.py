@@ -113,6 +113,11 @@ def test_cancel_queued_request(backend, data_dir):
             assert second.cancelled() and second.done()
             with pytest.raises(yrcache.CancelledError):
                 second.result()
+            # a loaded machine may not have started the first request yet: wait until it has
+            # written something (8192 requests of 4 KiB at depth 1 take far longer than that)
+            deadline = time.monotonic() + 30
+            while os.path.getsize(data_dir / "x.bin") == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)
             assert not first.cancel()  # already started
             assert first.result(timeout=120) == 32 << 20
             assert os.path.getsize(data_dir / "x.bin") == 32 << 20  # the cancelled write never ran
