@@ -73,6 +73,16 @@ class GetResult:
         return self.ok
 
 
+#: seconds after its last change during which a short object is taken for one not yet fully
+#: visible on this client (a miss) rather than a truncated one (removed)
+RECENT_S = 10.0
+
+
+def _short(e: ObjectFormatError) -> bool:
+    m = str(e)
+    return m.startswith(("truncated", "file is ", "header is "))
+
+
 class _Mismatch(ObjectFormatError):
     """The object is valid but does not fit the request (the caller's buffers or range)."""
 
@@ -89,7 +99,7 @@ class _Handle:
 
 
 _COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
-             "hits", "misses", "corrupt", "bytes_read", "open_handle_hits", "lookups", "lookup_keys", "evictions",
+             "hits", "misses", "corrupt", "incomplete", "bytes_read", "open_handle_hits", "lookups", "lookup_keys", "evictions",
              "orphans_removed", "tmp_reclaimed", "touches")
 
 
@@ -533,6 +543,14 @@ class Store:
             return self._mismatch(key, str(e), count)
         except ObjectFormatError as e:
             f.close()
+            if _short(e) and time.time() - st.st_mtime < RECENT_S:
+                # A short view of a just-published object: another client of a shared file system
+                # may not see all of it yet (seen once on MooseFS: a fresh object read as 0
+                # bytes). A miss now; an object that stays short is removed by a later load,
+                # the janitor or fsck.
+                self._bump("incomplete")
+                return self._miss(key, FileNotFoundError(errno.ENOENT, "not fully visible yet"),
+                                  count)
             return self._corrupt(key, ino, str(e), remove_bad, count)
         except OSError as e:
             f.close()
@@ -644,13 +662,15 @@ class Store:
             extents.insert(0, (f, hdr, 0))
             want += hb
         got = self.engine.read_batch(extents).result()
-        if got != want:
-            raise ObjectFormatError(f"truncated object ({got} of {want} bytes read)")
-        if hdr is not None:
+        if hdr is not None and got >= hb:  # the header first: a wrong geometry is not a short read
             h = parse_header(memoryview(hdr), ns=self.ns, key=key, mac_key=self._mac)
             if h.segment_count != len(lengths) or any(
                     h.segment(i)[1] != n for i, n in enumerate(lengths)):
                 raise ObjectFormatError("segment lengths differ from the expected layout")
+        if got != want:
+            raise ObjectFormatError(f"truncated object ({got} of {want} bytes read)")
+        if hdr is not None:
+            h = parse_header(memoryview(hdr), ns=self.ns, key=key, mac_key=self._mac)
         if size != h.object_bytes:
             raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
         verify_segments(h, list(zip(idx, targets)), mac_key=self._mac)
