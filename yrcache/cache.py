@@ -282,7 +282,7 @@ class Cache:
         if not puts:
             self._complete_store(fut, n, existing, dropped, tally)
             return
-        self._track(fut, store=True)
+        self._track(fut)
         for key, put, st in puts:
             put.add_done_callback(lambda f, k=key, s=st: one(k, s, f))
 
@@ -579,7 +579,7 @@ class Cache:
     def _root(self, extras: Mapping[str, Any] | None) -> bytes:
         return fold_extras(self.namespace.digest, extras)
 
-    def _track(self, f: Future[Any], store: bool = False) -> None:
+    def _track(self, f: Future[Any]) -> None:
         with self._lock:
             self._pending.add(f)
 
