@@ -384,3 +384,48 @@ def test_close_gives_up_after_its_timeout(root: Path, monkeypatch: pytest.Monkey
     c.store(rng.integers(0, 1000, CHUNK), kv, np.arange(PER))
     c.close(timeout=0.3)
     assert c.stats()["store_dropped_close"] == 1 and c.store_._closed
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_begin_store_layer_by_layer_and_partial_chunk_load(root: Path, mode: str) -> None:
+    """The engine-facing path: keys from the caller, one gather per layer as a forward pass writes
+    it, a second store continuing the chain; then a load that starts inside a chunk (-1 skips the
+    blocks the engine already holds) leaves those blocks untouched."""
+    rng = np.random.default_rng(11)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 50_000, CHUNK * 3)
+    ids = rng.permutation(64)[:PER * 3]
+    with Cache(root, NS, LAYOUT, mode=mode, staging_bytes=4 << 20, janitor_period=0) as c:
+        keys = c.keys(toks)
+        w = c.begin_store(keys[:2], kv, ids[:PER * 2], parent=NS.digest)
+        assert w.chunks == 2
+        for layer in range(L):
+            w.gather(layer)
+        assert w.commit().result().stored == 2
+        w2 = c.begin_store(keys, kv, ids, parent=NS.digest)   # chunks 0, 1 exist: only chunk 2
+        assert (w2.chunks, w2.existing) == (1, 2)
+        with pytest.raises(ValueError, match="not gathered"):
+            w2.commit()                       # no layer gathered: dropped, keys released
+        assert c.stats()["store_aborted"] == 1
+        w3 = c.begin_store(keys[2:], kv, ids[PER * 2:], parent=keys[1], first_index=2)
+        for layer in reversed(range(L)):      # any order
+            w3.gather(layer)
+        assert w3.commit().result().stored == 1
+        assert c.lookup_keys(keys) == 3 and c.lookup(toks) == 3 * CHUNK
+        hdr = c.store_.read_header(keys[2])
+        assert hdr is not None and hdr.chunk_index == 2 and hdr.parent == keys[1]
+
+        dst = [np.full_like(x, 7) for x in kv]
+        out = rng.permutation(64)[:PER * 3].astype(np.int64)
+        skip = out.copy()
+        skip[:PER + 1] = -1                   # the engine holds chunk 0 and one block of chunk 1
+        r = c.load_chunks(keys, dst, skip).result(timeout=30)
+        assert r.loaded == 3
+        for layer in range(L):
+            assert same(dst[layer][out[PER + 1:]], kv[layer][ids[PER + 1:]])
+            assert (dst[layer][out[:PER + 1]].view(np.uint16) == np.float16(7).view(
+                np.uint16)).all()
+        with pytest.raises(ValueError, match="out of range"):
+            c.load_chunks(keys, dst, np.full(PER * 3, -2))
+        with pytest.raises(ValueError, match="out of range"):
+            c.begin_store(keys, kv, skip, parent=NS.digest)   # a store cannot skip blocks

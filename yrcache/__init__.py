@@ -17,7 +17,7 @@ from .errors import BackendUnavailableError, ClosedError, CudaUnavailableError
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError, Future,
                       gather, wait)
 from .io import File, HostBuffer, IoEngine
-from .cache import Cache, LoadFuture, LoadResult, StoreFuture, StoreResult
+from .cache import Cache, LoadFuture, LoadResult, StoreFuture, StoreResult, StoreWriter
 from .keys import Namespace, chain_keys, fold_extras
 from .layout import KVLayout
 from .mem import BufferPool
@@ -48,7 +48,7 @@ def build_info(directory: str | os.PathLike[str] | None = None) -> dict[str, Any
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BackendUnavailableError", "BufferPool",
-    "Cache", "KVLayout", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult",
+    "Cache", "KVLayout", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult", "StoreWriter",
     "CancelledError", "ClosedError", "CudaUnavailableError", "File", "Future", "GetResult",
     "HostBuffer", "IoEngine", "Namespace", "Store", "__version__", "build_info", "chain_keys",
     "fold_extras", "gather", "wait",

@@ -101,10 +101,119 @@ class LoadFuture(Future[LoadResult]):
         return self._layers[i]
 
 
+class StoreWriter:
+    """A store in progress (:meth:`Cache.begin_store`): chunks are claimed and given staging slabs
+    up front, each layer is gathered by :meth:`gather` (in the calling thread, as soon as the engine
+    has written it), and :meth:`commit` hands the whole chunks to the store. :meth:`abort` (or a
+    commit before every layer was gathered) drops them. Not thread-safe: one caller drives it."""
+
+    def __init__(self, cache: Cache, keys: list[bytes], kv: Sequence[Any], ids: Any,
+                 parent: bytes, first_index: int, batch: int) -> None:
+        self._c, self._keys, self._kv, self._ids = cache, keys, kv, ids
+        self._parent, self._first, self._batch = parent, first_index, batch
+        self._chunks: list[tuple[int, bytes, _Staged]] = []   # (position in keys, key, staging)
+        self._gathered: set[int] = set()
+        self._open = True
+        self.existing = self.dropped = 0
+        self.future = StoreFuture()
+        try:
+            for i, key in enumerate(keys):
+                with cache._lock:  # claim the key: one store per chunk in this process
+                    claimed = key not in cache._inflight
+                    if claimed:
+                        cache._inflight[key] = _Staged([], None)
+                if not claimed or cache.store_.exists(key):
+                    self.existing += 1
+                    if claimed:
+                        cache._unclaim(key)
+                    continue
+                slab = cache._spool.acquire()
+                if slab is None:  # staging full: drop, never block the caller or grow memory
+                    self.dropped += 1
+                    cache._unclaim(key)
+                    continue
+                st = cache._inflight[key]
+                st.slab = slab
+                st.views = [slab[l * cache._stride:l * cache._stride + cache.seg_bytes]
+                            for l in range(cache.layout.num_layers)]
+                self._chunks.append((i, key, st))
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def chunks(self) -> int:
+        """Chunks this writer will write (not already stored, not dropped)."""
+        return len(self._chunks)
+
+    def gather(self, layer: int) -> None:
+        """Copy layer ``layer`` of every claimed chunk into staging."""
+        c = self._c
+        if not self._open:
+            raise ValueError("this store was already committed or aborted")
+        if not 0 <= layer < c.layout.num_layers:
+            raise ValueError(f"layer {layer} out of range [0, {c.layout.num_layers})")
+        for i, _, st in self._chunks:
+            c._gather(self._kv[layer], self._ids, i, st.views[layer], self._batch)
+        self._gathered.add(layer)
+
+    def commit(self) -> StoreFuture:
+        """Publish the chunks (in the background in async mode; durable on return in sync mode).
+        The caller's KV may be reused at once: every gather ran in :meth:`gather`."""
+        c = self._c
+        if not self._open:
+            raise ValueError("this store was already committed or aborted")
+        missing = c.layout.num_layers - len(self._gathered)
+        if missing:
+            self.abort()
+            raise ValueError(f"commit with {missing} layers not gathered: the store is dropped")
+        self._open = False
+        puts: list[tuple[bytes, Future[bool], _Staged]] = []
+        chunks, self._chunks = self._chunks, []
+        try:
+            for j, (i, key, st) in enumerate(chunks):
+                try:
+                    put = c.store_.put(key, st.views,
+                                       parent=self._keys[i - 1] if i else self._parent,
+                                       chunk_index=self._first + i,
+                                       token_count=c.chunk_tokens, dtype=c.layout.dtype,
+                                       shape=[c.seg_bytes], dedup=False)
+                except BaseException:
+                    for _, k, s in chunks[j:]:
+                        c._unclaim(k)
+                        c._spool.release(s.slab)
+                    raise
+                st.ready = True
+                puts.append((key, put, st))
+        finally:
+            self.future.source_released.set_result(None)
+            c._bump(stores=1, store_chunks=len(self._keys), store_existing=self.existing,
+                    store_dropped_staging=self.dropped,
+                    bytes_gathered=len(puts) * c.seg_bytes * c.layout.num_layers)
+            c._finish_store(self.future, puts, len(self._keys), self.existing, self.dropped)
+        if c.mode == "sync":
+            self.future.result()
+        return self.future
+
+    def abort(self) -> None:
+        """Drop the chunks not yet committed (their keys and slabs are released)."""
+        if not self._open:
+            return
+        self._open = False
+        c = self._c
+        for _, key, st in self._chunks:
+            c._unclaim(key)
+            c._spool.release(st.slab)
+        c._bump(store_aborted=len(self._chunks))
+        self._chunks = []
+        self.future.source_released.set_result(None)
+        self.future.set_result(StoreResult(len(self._keys), 0, self.existing, self.dropped, 0))
+
+
 _COUNTERS = ("stores", "store_chunks", "store_existing", "store_dropped_staging",
-             "store_failed", "store_dropped_close", "loads", "load_chunks", "load_partial",
-             "load_from_inflight",
-             "load_tier_hits", "bytes_gathered", "bytes_scattered")
+             "store_failed", "store_aborted", "store_dropped_close", "loads", "load_chunks",
+             "load_partial", "load_from_inflight", "load_tier_hits", "bytes_gathered",
+             "bytes_scattered")
 
 
 class Cache:
@@ -176,15 +285,7 @@ class Cache:
     def lookup(self, token_ids: Any, *, extras: Mapping[str, Any] | None = None) -> int:
         """Leading tokens whose KV can be loaded (a multiple of chunk_tokens): chunks in the host
         tier or still being stored by this process, then the store."""
-        keys = self.keys(token_ids, extras=extras)
-        n = 0
-        with self._lock:
-            while n < len(keys) and (keys[n] in self._tier or (
-                    keys[n] in self._inflight and self._inflight[keys[n]].ready)):
-                n += 1
-        if n < len(keys):
-            n += self.store_.lookup(keys[n:])
-        return n * self.chunk_tokens
+        return self.lookup_keys(self.keys(token_ids, extras=extras)) * self.chunk_tokens
 
     # -- store ------------------------------------------------------------------------------------
     def store(self, token_ids: Any, kv: Sequence[Any], block_ids: Any = None, *,
@@ -193,55 +294,38 @@ class Cache:
         layer's block tensor; dense: a (K, V) pair). ``block_ids`` (paged): the blocks holding the
         tokens in order, at least one per ``block_tokens`` tokens."""
         self._check_open()
-        keys = self.keys(token_ids, extras=extras)
-        ids = self._check_kv(kv, block_ids, len(keys), load=False)
-        root = self._root(extras)
-        fut = StoreFuture()
-        puts: list[tuple[bytes, Future[bool], _Staged]] = []
-        existing = dropped = 0
+        w = self.begin_store(self.keys(token_ids, extras=extras), kv, block_ids,
+                             parent=self._root(extras), batch=batch)
         try:
-            for i, key in enumerate(keys):
-                with self._lock:  # claim the key: one store per chunk in this process
-                    claimed = key not in self._inflight
-                    if claimed:
-                        self._inflight[key] = _Staged([], None)
-                if not claimed or self.store_.exists(key):
-                    existing += 1
-                    if claimed:
-                        self._unclaim(key)
-                    continue
-                slab = self._spool.acquire()
-                if slab is None:  # staging full: drop, never block the caller or grow memory
-                    dropped += 1
-                    self._unclaim(key)
-                    continue
-                st = self._inflight[key]
-                st.slab = slab
-                st.views = [slab[l * self._stride:l * self._stride + self.seg_bytes]
-                            for l in range(self.layout.num_layers)]
-                try:
-                    for l, layer in enumerate(kv):
-                        self._gather(layer, ids, i, st.views[l], batch)
-                    put = self.store_.put(key, st.views, parent=keys[i - 1] if i else root,
-                                          chunk_index=i, token_count=self.chunk_tokens,
-                                          dtype=self.layout.dtype, shape=[self.seg_bytes],
-                                          dedup=False)
-                except BaseException:
-                    self._unclaim(key)
-                    self._spool.release(slab)
-                    raise
-                st.ready = True
-                puts.append((key, put, st))
-        finally:
-            # every gather above ran in this thread; puts already issued complete the future
-            fut.source_released.set_result(None)
-            self._bump(stores=1, store_chunks=len(keys), store_existing=existing,
-                       store_dropped_staging=dropped,
-                       bytes_gathered=len(puts) * self.seg_bytes * self.layout.num_layers)
-            self._finish_store(fut, puts, len(keys), existing, dropped)
-        if self.mode == "sync":
-            fut.result()
-        return fut
+            for l in range(self.layout.num_layers):
+                w.gather(l)
+        except BaseException:
+            w.abort()
+            raise
+        return w.commit()
+
+    def begin_store(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
+                    parent: bytes, first_index: int = 0, batch: int = 0) -> StoreWriter:
+        """Store chunks ``keys`` (chunk ``first_index`` onwards of a chain whose previous key, or
+        root, is ``parent``) layer by layer: ``gather(l)`` as soon as layer ``l`` is written (an
+        engine calls it from its forward pass), then ``commit()``. ``block_ids`` (paged) hold the
+        chunks' blocks in order, ``chunk_tokens // block_tokens`` per chunk."""
+        self._check_open()
+        if not isinstance(first_index, int) or first_index < 0:
+            raise ValueError(f"first_index must be a non-negative int, got {first_index!r}")
+        ids = self._check_kv(kv, block_ids, len(keys), load=False)
+        return StoreWriter(self, list(keys), kv, ids, parent, first_index, batch)
+
+    def lookup_keys(self, keys: Sequence[bytes]) -> int:
+        """Leading chunks of ``keys`` that can be loaded (host tier, staged, or stored)."""
+        n = 0
+        with self._lock:
+            while n < len(keys) and (keys[n] in self._tier or (
+                    keys[n] in self._inflight and self._inflight[keys[n]].ready)):
+                n += 1
+        if n < len(keys):
+            n += self.store_.lookup(keys[n:])
+        return n
 
     def _unclaim(self, key: bytes) -> None:
         with self._lock:
@@ -298,8 +382,15 @@ class Cache:
         """Load the KV of the full chunks of ``token_ids`` (normally the prefix :meth:`lookup`
         matched) into ``kv`` at ``block_ids``. Returns a LoadFuture (per-layer futures); in sync
         mode it is complete on return."""
+        return self.load_chunks(self.keys(token_ids, extras=extras), kv, block_ids, batch=batch)
+
+    def load_chunks(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
+                    batch: int = 0) -> LoadFuture:
+        """Load chunks ``keys`` into ``kv``. Paged: ``block_ids`` holds each chunk's blocks in
+        order; a block id of -1 leaves that block untouched (its tokens are already in place, e.g.
+        computed by the engine), so a load may start or end inside a chunk."""
         self._check_open()
-        keys = self.keys(token_ids, extras=extras)
+        keys = list(keys)
         ids = self._check_kv(kv, block_ids, len(keys), load=True)
         lf = LoadFuture(self.layout.num_layers)
         self._bump(loads=1, load_chunks=len(keys))
@@ -474,21 +565,33 @@ class Cache:
         self._copy(True, layer, ids, c, dst, batch)
 
     def _scatter(self, layer: Any, ids: Any, c: int, src: memoryview, batch: int) -> None:
-        self._copy(False, layer, ids, c, src, batch)
-        self._bump(bytes_scattered=self.seg_bytes)
+        self._bump(bytes_scattered=self._copy(False, layer, ids, c, src, batch))
 
     def _copy(self, gather: bool, layer: Any, ids: Any, c: int, seg: memoryview,
-              batch: int) -> None:
+              batch: int) -> int:
         """Chunk c of one layer <-> its segment (paged: its blocks' pages; dense: K then V)."""
         if self.layout.kind == "paged":
             per = self.chunk_tokens // self.layout.block_tokens
             fn = C.gather_paged if gather else C.scatter_paged
-            fn(layer, ids[c * per:(c + 1) * per], seg, threads=self.copy_threads)
-            return
+            mine = ids[c * per:(c + 1) * per]
+            if mine.min() >= 0:
+                return fn(layer, mine, seg, threads=self.copy_threads)
+            page = self.layout.page_bytes   # a load that skips blocks (-1): copy the runs
+            j = n = 0
+            while j < per:
+                if mine[j] < 0:
+                    j += 1
+                    continue
+                k = j
+                while k < per and mine[k] >= 0:
+                    k += 1
+                n += fn(layer, mine[j:k], seg[j * page:k * page], threads=self.copy_threads)
+                j = k
+            return n
         half, t0 = self.seg_bytes // 2, c * self.chunk_tokens
         dense = C.gather_dense if gather else C.scatter_dense
-        for t, part in zip(layer, (seg[:half], seg[half:])):
-            dense(t, t0, self.chunk_tokens, part, batch=batch)
+        return sum(dense(t, t0, self.chunk_tokens, part, batch=batch)
+                   for t, part in zip(layer, (seg[:half], seg[half:])))
 
     # -- host tier --------------------------------------------------------------------------------
     def _tier_get(self, key: bytes) -> np.ndarray | None:
@@ -569,9 +672,11 @@ class Cache:
             raise ValueError(f"block_ids must list at least {need} blocks for {n_chunks} chunks, "
                              f"got shape {ids.shape}")
         ids = ids[:need]
-        if need and (int(ids.min()) < 0 or int(ids.max()) >= (blocks or 0)):
-            raise ValueError(f"block ids out of range [0, {blocks})")
-        if load and np.unique(ids).size != ids.size:
+        lo = -1 if load else 0   # a load may skip blocks (-1)
+        if need and (int(ids.min()) < lo or int(ids.max()) >= (blocks or 0)):
+            raise ValueError(f"block ids out of range [{lo}, {blocks})")
+        real = ids[ids >= 0]
+        if load and np.unique(real).size != real.size:
             raise ValueError("block_ids repeat a block: two chunks would land in one place")
         return ids
 
@@ -728,4 +833,4 @@ def _check_agrees(ns: Namespace, layout: KVLayout) -> None:
                          "layout.namespace(model)")
 
 
-__all__ = ["Cache", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult"]
+__all__ = ["Cache", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult", "StoreWriter"]
