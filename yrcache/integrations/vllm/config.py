@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The connector's settings: ``kv_connector_extra_config`` keys, each overridable by an environment
+variable ``YRCACHE_<KEY>`` (upper case), so an operator can change one without editing a launch
+command. Parsed once per process, with errors that name the key."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    #: the cache directory (local or shared file system); required
+    root: str
+    #: "async": loads pipeline layer by layer under the forward pass, stores write in the
+    #: background; "sync": loads finish before the forward pass, stores are durable before the
+    #: step returns (the baseline that shows what async buys)
+    mode: str = "async"
+    #: tokens per object; rounded up to a multiple of the engine's block size
+    chunk_tokens: int = 256
+    #: byte budget of the whole root (0: unbounded); a janitor evicts least recently used objects
+    capacity_bytes: int = 0
+    #: host memory for staging stores and loads
+    staging_bytes: int = 512 << 20
+    #: I/O backend: auto | uring | psync
+    backend: str = "auto"
+    #: tenant salt: roots shared between tenants stay disjoint (requests may add ``cache_salt``)
+    salt: str = ""
+    #: hits shorter than this many tokens are not loaded (recomputing them is as cheap)
+    min_load_tokens: int = 0
+    #: hits of at least this many tokens load with the request parked (other requests keep
+    #: running, vLLM's ``load_async``); shorter hits load under the forward pass. 0: never park
+    park_load_tokens: int = 0
+    #: how long a scheduler step waits for a file-system lookup before answering "ask again
+    #: later" (the request is considered again next step, the lookup still running)
+    lookup_wait_ms: float = 5.0
+    #: model identity in the namespace (default: the model path or name plus its revision)
+    model_id: str = ""
+    #: at shutdown, wait this long for in-flight stores to publish
+    drain_timeout_s: float = 30.0
+    #: a host-memory LRU of recent chunks in front of the files (0: off)
+    host_tier_bytes: int = 0
+    #: what vLLM does when a load fails: "recompute" the missing blocks (the connector sets
+    #: vLLM's kv_load_failure_policy to this; vLLM 0.32's own default, "fail", ends the request)
+    load_failure_policy: str = "recompute"
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("yrcache connector: 'root' (kv_connector_extra_config) or "
+                             "YRCACHE_ROOT must name the cache directory")
+        if self.mode not in ("async", "sync"):
+            raise ValueError(f"yrcache connector: mode must be 'async' or 'sync', got "
+                             f"{self.mode!r}")
+        if self.load_failure_policy not in ("recompute", "fail"):
+            raise ValueError(f"yrcache connector: load_failure_policy must be 'recompute' or "
+                             f"'fail', got {self.load_failure_policy!r}")
+        if self.backend not in ("auto", "uring", "psync"):
+            raise ValueError(f"yrcache connector: backend must be auto, uring or psync, got "
+                             f"{self.backend!r}")
+        for f in ("chunk_tokens", "staging_bytes"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"yrcache connector: {f} must be positive, got "
+                                 f"{getattr(self, f)}")
+        for f in ("capacity_bytes", "min_load_tokens", "park_load_tokens", "lookup_wait_ms",
+                  "drain_timeout_s", "host_tier_bytes"):
+            if getattr(self, f) < 0:
+                raise ValueError(f"yrcache connector: {f} must be >= 0, got {getattr(self, f)}")
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any] | None,
+                   environ: Mapping[str, str] | None = None) -> ConnectorConfig:
+        extra = dict(extra or {})
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(extra) - set(fields))
+        if unknown:
+            raise ValueError(f"yrcache connector: unknown kv_connector_extra_config keys "
+                             f"{unknown}; known: {sorted(fields)}")
+        kw: dict[str, Any] = {}
+        for name, f in fields.items():
+            raw: Any = extra.get(name)
+            src = f"kv_connector_extra_config[{name!r}]"
+            env = environ.get(f"YRCACHE_{name.upper()}")
+            if env not in (None, ""):
+                raw, src = env, f"YRCACHE_{name.upper()}"
+            if raw is None:
+                continue
+            kw[name] = _parse(f.type, raw, src)
+        if "root" not in kw:
+            kw["root"] = ""
+        return cls(**kw)
+
+
+def _parse(typ: Any, raw: Any, src: str) -> Any:
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if t == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError("not an integer")
+            return int(raw)
+        if t == "float":
+            return float(raw)
+        if not isinstance(raw, str):
+            raise ValueError(f"expected a string, got {type(raw).__name__}")
+        return raw
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"yrcache connector: {src}={raw!r} is invalid ({e})") from None
+
+
+__all__ = ["ConnectorConfig"]

@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What travels between the connector's roles each step (pickled by vLLM): the scheduler's plan to
+the workers, and the workers' report back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compat import KVConnectorMetadata, KVConnectorStats, KVConnectorWorkerMetadata
+
+
+@dataclass
+class LoadOp:
+    req_id: str
+    #: namespace hex -> keys of the chunks to load (chunk ``first_chunk`` onwards)
+    keys: dict[str, list[bytes]]
+    first_chunk: int
+    #: blocks of those chunks in order (chunk_tokens // block_tokens each); -1: the engine
+    #: already holds that block (local prefix hit) or it lies past the hit: left untouched
+    block_ids: list[int]
+    #: vLLM load_async: the request waits parked until the load is done (reported in
+    #: finished_recving); else the load runs under this step's forward pass, layer by layer
+    park: bool
+
+
+@dataclass
+class StoreOp:
+    req_id: str
+    keys: dict[str, list[bytes]]        # namespace hex -> keys of chunks first_chunk onwards
+    parents: dict[str, bytes]           # namespace hex -> key before first_chunk (or the root)
+    first_chunk: int
+    block_ids: list[int]
+
+
+@dataclass
+class YRCacheMetadata(KVConnectorMetadata):
+    loads: list[LoadOp] = field(default_factory=list)
+    stores: list[StoreOp] = field(default_factory=list)
+    #: requests whose blocks the scheduler keeps until a worker reports them in finished_sending
+    delayed: list[str] = field(default_factory=list)
+    #: requests preempted this step: their blocks are about to be reused
+    preempted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
+    #: namespace hex -> keys now published (stored, or found already stored)
+    published: dict[str, list[bytes]] = field(default_factory=dict)
+    #: namespace hex -> keys a planned store did not publish (staging full, I/O error, aborted)
+    unpublished: dict[str, list[bytes]] = field(default_factory=dict)
+    #: request -> first chunk whose load failed this step (its later chunks get recomputed)
+    load_failed: dict[str, int] = field(default_factory=dict)
+    #: requests with gathers still reading their blocks (GPU copy streams; never on CPU)
+    gathering: set[str] = field(default_factory=set)
+    #: gathers complete asynchronously (after the step's output) on this worker
+    async_gathers: bool = False
+    #: why this worker disabled the connector ("" if it did not)
+    disabled: str = ""
+
+    def aggregate(self, other: Any) -> YRCacheWorkerMeta:
+        for mine, theirs in ((self.published, other.published),
+                             (self.unpublished, other.unpublished)):
+            for ns, keys in theirs.items():
+                mine.setdefault(ns, []).extend(keys)
+        for r, c in other.load_failed.items():
+            self.load_failed[r] = min(c, self.load_failed.get(r, c))
+        self.gathering |= other.gathering
+        self.async_gathers = self.async_gathers or other.async_gathers
+        self.disabled = self.disabled or other.disabled
+        return self
+
+
+@dataclass
+class YRCacheStats(KVConnectorStats):
+    """Counters since the last report; vLLM sums them over workers and logs ``reduce()``."""
+
+    def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
+        for k, v in (other.data or {}).items():
+            if isinstance(v, (int, float)):
+                self.data[k] = self.data.get(k, 0) + v
+        return self
+
+    def reduce(self) -> dict[str, int | float]:
+        return {k: v for k, v in self.data.items() if isinstance(v, (int, float))}
+
+    def reset(self) -> None:
+        self.data = {}
+
+    def is_empty(self) -> bool:
+        return not any(self.data.values())

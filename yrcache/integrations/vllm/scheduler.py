@@ -1,0 +1,326 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The connector's scheduler side (vLLM's EngineCore process): keys, lookups, and the per-step plan
+of loads and stores sent to the workers.
+
+Keys are yrcache's own chain keys over the request's token ids (docs/keys.md), per rank namespace,
+with what changes KV without changing token ids (cache_salt, LoRA, multimodal hashes) folded into
+the first key. vLLM's block hashes are not used: they are pickle-based, depend on the backend's
+block size and may change between vLLM versions.
+
+A lookup never stalls a scheduler step for long: it starts when the request arrives, a step waits
+for it at most ``lookup_wait_ms``, and otherwise answers "ask again later" (vLLM then skips the
+request for this step while the lookup runs on). Chunks this engine planned to store but whose
+publication the workers have not confirmed yet are waited for the same way, briefly, so a turn
+that arrives right after the previous one still finds its whole history.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...keys import chain_keys, fold_extras
+from ...store import Store
+from . import compat
+from .config import ConnectorConfig
+from .metadata import LoadOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
+from .spaces import Deployment
+
+logger = logging.getLogger("yrcache.vllm")
+
+#: how long a request may wait ("ask again later") for chunks whose store is still in flight
+PENDING_WAIT_S = 2.0
+#: a planned store not confirmed by the workers within this time no longer counts as pending
+PENDING_TTL_S = 30.0
+#: a finished lookup is reused by later asks for the same request within this time
+LOOKUP_REUSE_S = 2.0
+_PUBLISHED_MAX = 1 << 18
+
+
+@dataclass
+class _Req:
+    request: Any
+    extras: dict[str, str] | None          # None: not fingerprintable, neither loaded nor stored
+    roots: dict[str, bytes] = field(default_factory=dict)      # ns hex -> chain root
+    keys: dict[str, list[bytes]] = field(default_factory=dict)  # ns hex -> chunk keys so far
+    stored: int = 0               # leading chunks stored, planned, or known to exist
+    lookup: Future[int] | None = None
+    lookup_span: tuple[int, int] = (0, 0)
+    lookup_done_at: float = 0.0
+    plan: tuple[int, int, int, bool] | None = None   # (local tokens, hit tokens, hit chunks, park)
+    first_ask: float = 0.0
+    last_store_step: int = -1
+
+
+class SchedulerSide:
+    def __init__(self, vllm_config: Any, cfg: ConnectorConfig, dep: Deployment) -> None:
+        self.cfg, self.dep = cfg, dep
+        self.bt, self.chunk = dep.block_tokens, dep.chunk_tokens
+        self.per = self.chunk // self.bt
+        self.nss = dep.unique
+        # Lookups only: the workers' stores run the janitor and hold the capacity budget.
+        self.stores = {ns.hex: Store(cfg.root, ns, janitor_period=0) for ns in self.nss}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="yrcache-lookup")
+        self._reqs: dict[str, _Req] = {}
+        self._kvm: Any = None
+        self._step = 0
+        self._step_loads: list[LoadOp] = []
+        self._delayed_new: list[str] = []
+        self._published: OrderedDict[bytes, None] = OrderedDict()
+        self._pending: dict[bytes, float] = {}      # key -> deadline
+        self._gathering: set[str] = set()
+        self._async_gathers = False
+        self.disabled = ""
+        self._lock = threading.Lock()
+        self._stats: dict[str, int] = {}
+
+    # -- vLLM hooks -------------------------------------------------------------------------------
+    def bind_kv_cache_manager(self, kvm: Any) -> None:
+        self._kvm = kvm
+
+    def on_new_request(self, request: Any) -> None:
+        st = self._track(request)
+        if st.extras is not None and not self.disabled:
+            n = self._max_chunks(request)[1]
+            if n:
+                self._start_lookup(st, self._known(st, n), n)
+
+    def get_num_new_matched_tokens(self, request: Any,
+                                   num_computed_tokens: int) -> tuple[int | None, bool]:
+        st = self._reqs.get(request.request_id) or self._track(request)
+        if st.extras is None or self.disabled:
+            return 0, False
+        limit, n = self._max_chunks(request)
+        if n == 0 or limit <= num_computed_tokens:
+            return 0, False
+        now = time.monotonic()
+        if not st.first_ask:
+            st.first_ask = now
+        hit = self._known(st, n)
+        if hit < n:
+            if any(k in self._pending for keys in st.keys.values() for k in keys[hit:hit + 1]) \
+                    and now - st.first_ask < PENDING_WAIT_S:
+                self._bump("lookup_waits_store")
+                return None, False      # its store is in flight: ask again next step
+            span = (hit, n)
+            if st.lookup is None or st.lookup_span != span or (
+                    st.lookup.done() and now - st.lookup_done_at > LOOKUP_REUSE_S):
+                self._start_lookup(st, hit, n)
+            assert st.lookup is not None
+            try:
+                got = st.lookup.result(timeout=self.cfg.lookup_wait_ms / 1e3)
+            except FutureTimeout:
+                self._bump("lookup_deferred")
+                return None, False      # a slow file system: vLLM asks again next step
+            except Exception as e:  # noqa: BLE001 - a cache fault is a miss
+                self._bump("lookup_errors")
+                logger.warning("yrcache: lookup failed (%s); treating as a miss", e)
+                got = 0
+            hit += got
+        hit_tokens = min(hit * self.chunk, limit)
+        ext = hit_tokens - num_computed_tokens
+        if ext <= 0 or ext < self.cfg.min_load_tokens:
+            st.plan = None
+            return 0, False
+        park = self.cfg.park_load_tokens > 0 and ext >= self.cfg.park_load_tokens
+        st.plan = (num_computed_tokens, hit_tokens, hit, park)
+        return ext, park
+
+    def update_state_after_alloc(self, request: Any, blocks: Any,
+                                 num_external_tokens: int) -> None:
+        st = self._reqs.get(request.request_id)
+        if st is None:
+            return
+        plan, st.plan = st.plan, None
+        if num_external_tokens == 0 or plan is None:
+            return
+        local, hit_tokens, hit, park = plan
+        if local + num_external_tokens != hit_tokens:
+            logger.warning("yrcache: request %s: vLLM allocated %d external tokens after %d "
+                           "local ones, the plan was %d in all; not loading",
+                           request.request_id, num_external_tokens, local, hit_tokens)
+            return
+        ids = compat.request_block_ids(blocks)
+        c0, c1 = local // self.chunk, -(-hit_tokens // self.chunk)
+        lo, hi = local // self.bt, hit_tokens // self.bt
+        if len(ids) < hi:
+            logger.warning("yrcache: request %s has %d blocks, %d needed; not loading",
+                           request.request_id, len(ids), hi)
+            return
+        bids = [ids[b] if lo <= b < hi else -1 for b in range(c0 * self.per, c1 * self.per)]
+        self._step_loads.append(LoadOp(request.request_id,
+                                       {h: k[c0:c1] for h, k in st.keys.items()}, c0, bids,
+                                       park))
+        st.stored = max(st.stored, hit)
+        st.lookup = None
+        self._bump("load_requests", load_tokens=num_external_tokens,
+                   load_parked=int(park), local_hit_tokens=local)
+
+    def build_connector_meta(self, so: Any) -> YRCacheMetadata:
+        meta = YRCacheMetadata(loads=self._step_loads, delayed=self._delayed_new,
+                               preempted=sorted(getattr(so, "preempted_req_ids", None) or ()))
+        self._step_loads, self._delayed_new = [], []
+        if not self.disabled:
+            for nr in so.scheduled_new_reqs:
+                self._plan_store(nr.req_id, nr.num_computed_tokens,
+                                 so.num_scheduled_tokens.get(nr.req_id, 0), meta)
+            cr = so.scheduled_cached_reqs
+            for i, rid in enumerate(cr.req_ids):
+                self._plan_store(rid, cr.num_computed_tokens[i],
+                                 so.num_scheduled_tokens.get(rid, 0), meta)
+        self._step += 1
+        return meta
+
+    def update_connector_output(self, out: Any) -> None:
+        wm = getattr(out, "kv_connector_worker_meta", None)
+        now = time.monotonic()
+        if isinstance(wm, YRCacheWorkerMeta):
+            for keys in wm.published.values():
+                for k in keys:
+                    self._pending.pop(k, None)
+                    self._published[k] = None
+                    self._published.move_to_end(k)
+            while len(self._published) > _PUBLISHED_MAX:
+                self._published.popitem(last=False)
+            for keys in wm.unpublished.values():
+                for k in keys:
+                    self._pending.pop(k, None)
+                    self._published.pop(k, None)
+            for rid, c in wm.load_failed.items():
+                st = self._reqs.get(rid)
+                if st is not None:   # recomputed chunks are stored again
+                    st.stored = min(st.stored, c)
+                    for h in st.keys:
+                        for k in st.keys[h][c:]:
+                            self._published.pop(k, None)
+                self._bump("load_failures")
+            self._gathering = set(wm.gathering)
+            self._async_gathers = wm.async_gathers
+            if wm.disabled and not self.disabled:
+                self.disabled = wm.disabled
+                logger.error("yrcache: a worker disabled the connector (%s); no more loads or "
+                             "stores", wm.disabled)
+        if self._pending and now > min(self._pending.values()):
+            self._pending = {k: d for k, d in self._pending.items() if d > now}
+
+    def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict | None]:
+        rid = request.request_id
+        st = self._reqs.pop(rid, None)
+        # Keep the blocks while a worker may still be reading them: gathers that complete after
+        # the step's output (GPU copy streams). On CPU every gather is done within its step.
+        delay = rid in self._gathering or (
+            self._async_gathers and st is not None and st.last_store_step >= self._step - 1)
+        if delay:
+            self._delayed_new.append(rid)
+        return delay, None
+
+    def reset_cache(self) -> bool:
+        self._published.clear()
+        for st in self._reqs.values():
+            st.lookup = None
+        return True
+
+    def stats(self) -> YRCacheStats | None:
+        with self._lock:
+            data, self._stats = self._stats, {}
+        return YRCacheStats(data=data) if data else None
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for s in self.stores.values():
+            s.close()
+
+    # -- internals --------------------------------------------------------------------------------
+    def _track(self, request: Any) -> _Req:
+        extras, why = compat.request_fingerprint(request)
+        st = _Req(request, extras)
+        if extras is None:
+            self._bump("requests_unfingerprintable")
+            logger.info("yrcache: request %s is neither loaded nor stored (%s)",
+                        request.request_id, why)
+        else:
+            st.roots = {ns.hex: fold_extras(ns.digest, extras or None) for ns in self.nss}
+            st.keys = {h: [] for h in st.roots}
+        self._reqs[request.request_id] = st
+        return st
+
+    def _max_chunks(self, request: Any) -> tuple[int, int]:
+        """(tokens a hit may cover, chunks that covers): vLLM must compute at least one token,
+        and hits are block-aligned; the last chunk may be loaded in part."""
+        n_tok = int(request.num_tokens)
+        limit = (n_tok - 1) // self.bt * self.bt
+        return limit, min(-(-limit // self.chunk), n_tok // self.chunk)
+
+    def _keys_upto(self, st: _Req, n: int) -> None:
+        have = min(len(k) for k in st.keys.values()) if st.keys else n
+        if have >= n:
+            return
+        tokens = list(st.request.all_token_ids[have * self.chunk:n * self.chunk])
+        for h, keys in st.keys.items():
+            if len(keys) >= n:
+                continue
+            k0 = len(keys)
+            keys.extend(chain_keys(keys[-1] if k0 else st.roots[h],
+                                   tokens[(k0 - have) * self.chunk:], self.chunk))
+
+    def _known(self, st: _Req, n: int) -> int:
+        """Leading chunks (of the first n) the workers reported published, for every rank."""
+        self._keys_upto(st, n)
+        hit = 0
+        while hit < n and all(keys[hit] in self._published for keys in st.keys.values()):
+            hit += 1
+        return hit
+
+    def _start_lookup(self, st: _Req, a: int, b: int) -> None:
+        if a >= b:
+            return
+        self._keys_upto(st, b)
+        work = [(self.stores[h], keys[a:b]) for h, keys in st.keys.items()]
+
+        def run() -> int:
+            try:
+                return min(store.lookup(ks) for store, ks in work)
+            finally:
+                st.lookup_done_at = time.monotonic()
+
+        st.lookup, st.lookup_span = self._pool.submit(run), (a, b)
+        self._bump("lookups")
+
+    def _plan_store(self, rid: str, computed: int, scheduled: int, meta: YRCacheMetadata) -> None:
+        st = self._reqs.get(rid)
+        if st is None or st.extras is None or scheduled <= 0:
+            return
+        full = min(computed + scheduled, int(st.request.num_tokens)) // self.chunk
+        a = st.stored
+        if full <= a:
+            return
+        if self._kvm is None:
+            return
+        blocks = compat.manager_block_ids(self._kvm, rid)
+        if len(blocks) < full * self.per:
+            logger.warning("yrcache: request %s holds %d blocks, %d needed to store; skipped",
+                           rid, len(blocks), full * self.per)
+            return
+        self._keys_upto(st, full)
+        op = StoreOp(rid, {h: k[a:full] for h, k in st.keys.items()},
+                     {h: (k[a - 1] if a else st.roots[h]) for h, k in st.keys.items()}, a,
+                     blocks[a * self.per:full * self.per])
+        deadline = time.monotonic() + PENDING_TTL_S
+        for keys in op.keys.values():
+            for k in keys:
+                if k not in self._published:
+                    self._pending[k] = deadline
+        st.stored, st.last_store_step = full, self._step
+        meta.stores.append(op)
+        self._bump("store_chunks_planned", full - a)
+
+    def _bump(self, name: str, n: int = 1, **more: int) -> None:
+        with self._lock:
+            self._stats[name] = self._stats.get(name, 0) + n
+            for k, v in more.items():
+                self._stats[k] = self._stats.get(k, 0) + v

@@ -1,0 +1,297 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The connector's worker side (each vLLM worker process): KV tensors <-> yrcache.Cache.
+
+Per step: ``bind`` claims the step's stores (``Cache.begin_store``), ``start_load`` starts every
+load (all layers at once, layer-major reads), ``wait_for_layer_load(i)`` waits for layer i only,
+``save_layer(i)`` gathers layer i of the step's new full chunks into staging right after the
+forward pass wrote it, ``wait_for_save`` commits them (async: files are written in the background;
+sync: durable before it returns). Failed loads are reported as block ids (vLLM recomputes them), and
+the same request's stores of that step are dropped: their KV was computed over the failed blocks.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ...cache import Cache, LoadFuture, StoreFuture, StoreWriter
+from ...io import IoEngine
+from . import compat
+from .config import ConnectorConfig
+from .metadata import LoadOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
+from .spaces import Deployment, RankSpace
+
+logger = logging.getLogger("yrcache.vllm")
+
+_STAT_KEYS = ("load_chunks", "load_partial", "load_tier_hits", "bytes_scattered", "store_chunks",
+              "store_existing", "store_dropped_staging", "store_failed", "store_aborted",
+              "bytes_gathered")
+
+
+@dataclass
+class _Load:
+    op: LoadOp
+    lf: LoadFuture
+    reported: bool = False
+
+
+class WorkerSide:
+    def __init__(self, vllm_config: Any, cfg: ConnectorConfig, dep: Deployment) -> None:
+        tp, _, pp, _ = compat.parallel_ranks()
+        self.cfg, self.dep = cfg, dep
+        self.space: RankSpace = dep.space(tp, pp)
+        self.hex = self.space.ns.hex
+        self.per = dep.chunk_tokens // dep.block_tokens
+        self.cache: Cache | None = None
+        self._engine: IoEngine | None = None
+        self.disabled = ""
+        self._layers: dict[str, int] = {}
+        self._kv: list[Any] = []
+        self._meta: YRCacheMetadata | None = None
+        self._step_loads: list[_Load] = []          # under this step's forward pass
+        self._parked: dict[str, _Load] = {}         # parked requests' loads, across steps
+        self._writers: list[tuple[StoreOp, StoreWriter]] = []
+        self._delayed: set[str] = set()
+        self._errors: set[int] = set()
+        self._lock = threading.Lock()               # report fields: store callbacks run elsewhere
+        self._report = YRCacheWorkerMeta()
+        self._last_stats: dict[str, int] = {}
+        self._disabled_reported = False
+
+    # -- setup ------------------------------------------------------------------------------------
+    def register(self, kv_caches: dict[str, Any]) -> None:
+        try:
+            self._register(kv_caches)
+        except Exception as e:  # noqa: BLE001 - never take vLLM down: disable, loudly
+            self.disabled = f"KV tensors do not match namespace {self.hex[:12]}: {e}"
+            logger.error("yrcache: connector DISABLED on this worker: %s", self.disabled)
+
+    def _register(self, kv_caches: dict[str, Any]) -> None:
+        layout = self.space.layout
+        names = sorted(kv_caches, key=compat.layer_index)
+        if len(names) != layout.num_layers:
+            raise ValueError(f"{len(names)} KV layers, the namespace has {layout.num_layers}")
+        idx = [compat.layer_index(n) - self.space.first_layer for n in names]
+        if idx != list(range(layout.num_layers)):
+            raise ValueError(f"layer indices {idx[:4]}... are not this stage's "
+                             f"{self.space.first_layer}..")
+        blocks = None
+        for n in names:
+            t = kv_caches[n]
+            if compat.dtype_name(t.dtype) != layout.dtype:
+                raise ValueError(f"{n} is {t.dtype}, the namespace says {layout.dtype}")
+            nb, page, _ = compat.tensor_page(t)   # raises unless each block is one page
+            if page != layout.page_bytes:
+                raise ValueError(f"{n} has {page}-byte pages, the namespace {layout.page_bytes}")
+            if t.dim() == 4 and not self.dep.mla and (
+                    int(t.shape[1]) != layout.kv_heads or int(t.shape[2]) != layout.block_tokens
+                    or int(t.shape[3]) != 2 * layout.head_size):
+                raise ValueError(f"{n} has shape {list(t.shape)}, the namespace wants "
+                                 f"[blocks, {layout.kv_heads}, {layout.block_tokens}, "
+                                 f"{2 * layout.head_size}]")
+            if blocks is not None and nb != blocks:
+                raise ValueError(f"layers have different block counts ({blocks}, {nb})")
+            blocks = nb
+        self._layers = {n: i for i, n in enumerate(names)}
+        self._kv = [kv_caches[n] for n in names]
+        self._engine = IoEngine(self.cfg.backend)
+        self.cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
+                           staging_bytes=self.cfg.staging_bytes,
+                           host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
+                           capacity_bytes=self.cfg.capacity_bytes or None)
+        logger.info("yrcache: worker tp%d/pp%d ready: %s mode, %d layers, %d-byte pages, "
+                    "chunks of %d tokens, namespace %s, backend %s, root %s",
+                    self.space.tp_rank, self.space.pp_rank, self.cfg.mode, layout.num_layers,
+                    layout.page_bytes, self.dep.chunk_tokens, self.hex[:12],
+                    self._engine.backend, self.cfg.root)
+
+    # -- per step ---------------------------------------------------------------------------------
+    def handle_preemptions(self, meta: Any) -> None:
+        # A preempted request's blocks are reused from this step on: nothing may still write
+        # into them (a parked load) or read them (gathers are synchronous on CPU).
+        if isinstance(meta, YRCacheMetadata):
+            for rid in meta.preempted:
+                ld = self._parked.get(rid)
+                if ld is not None:
+                    ld.lf.exception()     # waits; a failure is reported in get_finished
+
+    def bind(self, meta: Any) -> None:
+        self._meta = meta if isinstance(meta, YRCacheMetadata) else None
+        if self._meta is None:
+            return
+        self._delayed.update(self._meta.delayed)
+        if self.cache is None or not self.space.writer:
+            return
+        for op in self._meta.stores:
+            keys = op.keys.get(self.hex)
+            if not keys:
+                continue
+            try:
+                w = self.cache.begin_store(keys, self._kv, op.block_ids,
+                                           parent=op.parents[self.hex],
+                                           first_index=op.first_chunk)
+            except Exception as e:  # noqa: BLE001 - a store fault is counted, never raised
+                logger.warning("yrcache: store of request %s not started: %s", op.req_id, e)
+                self._note(unpublished=keys)
+                continue
+            if w.chunks == 0:       # all stored already (or no staging): report and go on
+                self._finish_store(op, keys, w.commit())
+                continue
+
+            self._writers.append((op, w))
+
+    def start_load(self) -> None:
+        if self._meta is None:
+            return
+        for op in self._meta.loads:
+            keys = op.keys.get(self.hex, [])
+            if self.cache is None:     # disabled: every planned block is recomputed
+                self._fail_all(op, 0)
+                continue
+            try:
+                lf = self.cache.load_chunks(keys, self._kv, op.block_ids)
+            except Exception as e:  # noqa: BLE001
+                logger.warning("yrcache: load of request %s not started: %s", op.req_id, e)
+                self._fail_all(op, 0)
+                continue
+            ld = _Load(op, lf)
+            if op.park:
+                self._parked[op.req_id] = ld
+            else:
+                self._step_loads.append(ld)
+        self._meta.loads = []    # started once, even if vLLM called us twice
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        i = self._layers.get(layer_name)
+        if i is None:
+            return
+        for ld in self._step_loads:
+            ld.lf.layer(i).exception()   # waits for layer i only; failures are read later
+
+    def save_layer(self, layer_name: str) -> None:
+        i = self._layers.get(layer_name)
+        if i is None or not self._writers:
+            return
+        for op, w in self._writers:
+            try:
+                w.gather(i)
+            except Exception as e:  # noqa: BLE001 - the store is dropped, the step goes on
+                logger.warning("yrcache: gather for request %s failed: %s", op.req_id, e)
+                w.abort()
+
+    def wait_for_save(self) -> None:
+        # Sync loads finish before the step's output: vLLM reads the errors right after.
+        failed: set[str] = set()
+        for ld in self._step_loads:
+            if self._check_load(ld):
+                failed.add(ld.op.req_id)
+        self._step_loads = []
+        writers, self._writers = self._writers, []
+        for op, w in writers:
+            keys = op.keys[self.hex]
+            if op.req_id in failed:   # computed over blocks that failed to load: never store
+                w.abort()
+                self._note(unpublished=keys)
+                continue
+            try:
+                fut = w.commit()
+            except Exception as e:  # noqa: BLE001
+                logger.warning("yrcache: store of request %s dropped: %s", op.req_id, e)
+                self._note(unpublished=keys)
+                continue
+            self._finish_store(op, keys, fut)
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        recving: set[str] = set()
+        for rid, ld in list(self._parked.items()):
+            if ld.lf.done():
+                self._check_load(ld)
+                del self._parked[rid]
+                recving.add(rid)
+        # Gathers are synchronous here, so a delayed request is released at once.
+        sending = set(self._delayed)
+        self._delayed.clear()
+        return sending or None, recving or None
+
+    def load_errors(self) -> set[int]:
+        errors, self._errors = self._errors, set()
+        return errors
+
+    def worker_meta(self) -> YRCacheWorkerMeta | None:
+        with self._lock:
+            rep, self._report = self._report, YRCacheWorkerMeta()
+        if self.disabled and not self._disabled_reported:
+            rep.disabled, self._disabled_reported = self.disabled, True
+        if rep.published or rep.unpublished or rep.load_failed or rep.disabled:
+            return rep
+        return None
+
+    def stats(self) -> YRCacheStats | None:
+        if self.cache is None:
+            return None
+        st = self.cache.stats()
+        now = {k: int(st.get(k, 0)) for k in _STAT_KEYS}
+        delta = {k: v - self._last_stats.get(k, 0) for k, v in now.items()}
+        self._last_stats = now
+        delta = {k: v for k, v in delta.items() if v}
+        return YRCacheStats(data=delta) if delta else None
+
+    def shutdown(self) -> None:
+        for ld in list(self._parked.values()):
+            try:
+                ld.lf.exception(self.cfg.drain_timeout_s)
+            except TimeoutError:
+                logger.warning("yrcache: a load did not finish at shutdown")
+        if self.cache is not None:
+            self.cache.close(timeout=self.cfg.drain_timeout_s)   # publishes in-flight stores
+            self.cache = None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    # -- internals --------------------------------------------------------------------------------
+    def _check_load(self, ld: _Load) -> bool:
+        """Wait for a load; report its failed chunks' blocks. True if any chunk failed."""
+        if ld.reported:
+            return False
+        ld.reported = True
+        op = ld.op
+        n = len(op.block_ids) // self.per
+        try:
+            loaded = ld.lf.result().loaded
+        except Exception as e:  # noqa: BLE001
+            logger.warning("yrcache: load of request %s failed: %s", op.req_id, e)
+            loaded = 0
+        if loaded >= n:
+            return False
+        r = ld.lf.result() if ld.lf.exception() is None else None
+        logger.info("yrcache: request %s: %d of %d chunks loaded (%s); vLLM recomputes the rest",
+                    op.req_id, loaded, n, r.reason if r else "error")
+        self._fail_all(op, loaded)
+        return True
+
+    def _fail_all(self, op: LoadOp, loaded: int) -> None:
+        self._errors.update(b for b in op.block_ids[loaded * self.per:] if b >= 0)
+        with self._lock:
+            c = op.first_chunk + loaded
+            self._report.load_failed[op.req_id] = min(c, self._report.load_failed.get(
+                op.req_id, c))
+
+    def _finish_store(self, op: StoreOp, keys: list[bytes], fut: StoreFuture) -> None:
+        def done(f: StoreFuture) -> None:
+            ok = f.exception() is None and f.result().failed == 0 and \
+                f.result().dropped == 0 and f.result().stored + f.result().existing == len(keys)
+            if ok:
+                self._note(published=keys)
+            else:
+                self._note(unpublished=keys)
+        fut.add_done_callback(done)
+
+    def _note(self, *, published: list[bytes] | None = None,
+              unpublished: list[bytes] | None = None) -> None:
+        with self._lock:
+            if published:
+                self._report.published.setdefault(self.hex, []).extend(published)
+            if unpublished:
+                self._report.unpublished.setdefault(self.hex, []).extend(unpublished)
