@@ -4,11 +4,12 @@
 #   make test    set up (idempotent) and run the test suite
 # and: make bench-store   the object store benchmark (vs fio) on $(BENCH_DIR), and on the MooseFS
 #                         mounts A:B of /tmp/yrcache-mfs/mounts when scripts/mfs_up.sh started them
+#      make bench-vllm    multi-turn TTFT on real vLLM: native vs yrcache sync vs async
 BENCH_DIR ?= $(CURDIR)/bench-results
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup bench bench-store test clean
+.PHONY: setup bench bench-store bench-vllm test clean
 setup:
 	./scripts/setup.sh
 
@@ -34,6 +35,21 @@ bench-store: setup
 		fi; \
 	else \
 		echo "==> no $(MFS_MOUNTS) (sudo bash scripts/mfs_up.sh): MooseFS run skipped"; \
+	fi
+
+# the seed's multi-turn test on real vLLM (CPU backend): native vs yrcache sync vs async, one node
+# and, when the MooseFS mounts are up, two nodes (turns alternate between the mounts)
+bench-vllm: setup
+	mkdir -p $(BENCH_DIR)
+	.venv/bin/python -m yrcache.bench.vllm_bench --dir $(BENCH_DIR) \
+		--json $(BENCH_DIR)/vllm_bench.json --plot $(BENCH_DIR)/vllm_bench.png $(BENCH_ARGS)
+	@if [ -f $(MFS_MOUNTS) ]; then \
+		IFS=: read -r A B < $(MFS_MOUNTS); \
+		if [ -d "$$A" ] && [ -d "$$B" ]; then \
+			.venv/bin/python -m yrcache.bench.vllm_bench --dir "$$A" --dir-b "$$B" \
+				--json $(BENCH_DIR)/vllm_bench_2nodes.json \
+				--plot $(BENCH_DIR)/vllm_bench_2nodes.png $(BENCH_ARGS); \
+		fi; \
 	fi
 
 test: setup

@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One real vLLM engine in its own process, driven by JSON lines on stdin; answers are JSON lines
+on stdout, vLLM's own output goes to stderr. The connector tests and the serving benchmark run
+each engine this way (a second engine does not start cleanly in one process).
+
+    python -m yrcache.bench.vllm_engine '{"engine": {LLM kwargs}, "connector": {extra} or null}'
+
+Commands: generate, reset (vLLM's own prefix cache), drain (wait for this engine's stores),
+stats, cpu (yrcache's CPU seconds so far), faults (test hook), exit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PKG_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def yrcache_cpu_seconds(w) -> float:
+    """CPU time spent by yrcache in this process: its hooks on the model thread, its own threads
+    (named yrcache-*) and the io_uring workers (only yrcache uses io_uring here)."""
+    import threading
+    ids = {t.native_id for t in threading.enumerate() if t.name.startswith("yrcache")}
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            if int(tid) in ids or comm.startswith("iou-wrk"):
+                fields = stat[stat.rindex(")") + 2:].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError):
+            continue
+    return total + (w.hook_cpu_s if w is not None else 0.0)
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)   # anything vLLM prints goes to stderr
+    from vllm import LLM, SamplingParams
+
+    kw = dict(spec["engine"])
+    if spec.get("connector") is not None:
+        kw["kv_transfer_config"] = {"kv_connector": "YRCacheConnector",
+                                    "kv_connector_module_path": "yrcache.integrations.vllm",
+                                    "kv_role": "kv_both",
+                                    "kv_connector_extra_config": spec["connector"]}
+    llm = LLM(**kw)
+
+    def worker():
+        from vllm.distributed.kv_transfer import get_kv_transfer_group
+        return get_kv_transfer_group()._worker
+
+    def scheduler():
+        return llm.llm_engine.engine_core.engine_core.scheduler.connector._sched
+
+    out.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        r: dict = {}
+        if op == "generate":
+            sp = SamplingParams(max_tokens=cmd.get("max_tokens", 8), temperature=0.0,
+                                logprobs=cmd.get("logprobs", 1), detokenize=False)
+            prompts = []
+            for p in cmd["prompts"]:
+                d = {"prompt_token_ids": p["ids"]}
+                if p.get("salt"):
+                    d["cache_salt"] = p["salt"]
+                prompts.append(d)
+            t0 = time.perf_counter()
+            outs = llm.generate(prompts, sp, use_tqdm=False)
+            r["seconds"] = time.perf_counter() - t0
+            r["results"] = [{
+                "ttft": o.metrics.first_token_latency if o.metrics is not None else None,
+                "tokens": list(o.outputs[0].token_ids),
+                "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
+                                                             o.outputs[0].logprobs)],
+                "cached": o.num_cached_tokens} for o in outs]
+        elif op == "reset":
+            r["ok"] = bool(llm.reset_prefix_cache())
+        elif op == "drain":      # wait for this engine's stores to be published
+            w = worker()
+            deadline = time.monotonic() + cmd.get("timeout", 60)
+            while w.cache is not None and w.cache.stats()["operations_in_flight"] and \
+                    time.monotonic() < deadline:
+                time.sleep(0.005)
+            r["in_flight"] = w.cache.stats()["operations_in_flight"] if w.cache else 0
+        elif op == "stats":
+            w = worker()
+            r["cache"] = w.cache.stats() if w.cache is not None else None
+            r["disabled"] = w.disabled
+            s = scheduler()
+            r["policy"] = llm.llm_engine.vllm_config.kv_transfer_config.kv_load_failure_policy
+            r["scheduler_disabled"] = s.disabled if s is not None else "no scheduler side"
+        elif op == "cpu":
+            r["cpu_s"] = yrcache_cpu_seconds(worker())
+        elif op == "faults":     # test hook: I/O errors in the worker's engine (csrc/io/faults.h)
+            worker()._engine._inject_faults(cmd["spec"])
+            r["ok"] = True
+        elif op == "exit":
+            out.write(json.dumps({"ok": True}) + "\n")
+            break
+        out.write(json.dumps(r, default=str) + "\n")
+    return 0
+
+
+# -- the parent side -----------------------------------------------------------------------------
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # one process: 2-3 s start, hooks inspectable
+        "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        "TORCHDYNAMO_DISABLE": "1",               # else the first logprobs request compiles ~20 s
+        "PYTHONPATH": os.pathsep.join([str(PKG_ROOT), env.get("PYTHONPATH", "")]),
+        "YRCACHE_LOG": env.get("YRCACHE_LOG", ""),
+    })
+    env.update(extra)
+    return env
+
+
+class Engine:
+    """A vLLM engine process. ``connector``: the yrcache extra config (None: plain vLLM)."""
+
+    def __init__(self, model: str | Path, connector: dict[str, Any] | None, *,
+                 log: Path, env: dict[str, str] | None = None, **engine: Any) -> None:
+        from yrcache.bench import vllm_model
+        spec = {"engine": vllm_model.engine_args(model, **engine), "connector": connector}
+        self.log = log
+        self._err = open(log, "ab")
+        self.p = subprocess.Popen([sys.executable, "-m", "yrcache.bench.vllm_engine",
+                                   json.dumps(spec)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=self._err, text=True, env=child_env(**(env or {})),
+                                  cwd="/")
+        self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        if not line:
+            self.p.wait(timeout=30)
+            tail = self.log.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"vLLM engine exited ({self.p.returncode}); log tail:\n{tail}")
+        return json.loads(line)
+
+    def call(self, op: str, **kw: Any) -> dict[str, Any]:
+        assert self.p.stdin is not None
+        self.p.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.p.stdin.flush()
+        return self._read()
+
+    def generate(self, prompts: list[list[int]], *, max_tokens: int = 8, salt: str | None = None,
+                 logprobs: int = 1) -> list[dict[str, Any]]:
+        r = self.call("generate", prompts=[{"ids": p, "salt": salt} for p in prompts],
+                      max_tokens=max_tokens, logprobs=logprobs)
+        return r["results"]
+
+    def close(self, timeout: float = 120) -> int:
+        if self.p.poll() is None:
+            try:
+                self.call("exit")
+            except (BrokenPipeError, RuntimeError):
+                pass
+            try:
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._err.close()
+        return self.p.returncode
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
