@@ -285,3 +285,29 @@ def test_tensor_parallel_2_objects_per_rank_and_all_ranks_needed(model: Path,
         e.generate([P[:600]], salt="own")        # vLLM caches blocks 0-3 itself
         (own,) = e.generate([P], salt="own")
         assert own["cached"] == 512 and same_output(r, own)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parked_load_async_request(model: Path, tmp_path: Path, mode: str) -> None:
+    """park_load_tokens: a large hit is loaded with the request parked (vLLM's load_async) while
+    the engine goes on; vLLM resumes it once the worker reports it, with identical output."""
+    root, log = tmp_path / "root", tmp_path / "vllm.log"
+    P = rand_tokens(1100, 50)
+    with Engine(model, {"root": str(root), "mode": mode, "park_load_tokens": 512}, log=log) as e:
+        (ref,) = e.generate([P])
+        e.call("drain")
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)
+        c = e.call("stats")["cache"]
+        assert c["load_chunks"] == 4 and c["load_partial"] == 0
+        # a parked load that finds chunk 1 corrupt: reported (with its blocks), recomputed
+        ns, keys = chunk_keys(root, P)
+        p = object_path(root, ns, keys[1])
+        data = bytearray(p.read_bytes())
+        data[-64] ^= 0x01
+        p.write_bytes(bytes(data))
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert same_output(r, ref)
+        assert e.call("stats")["cache"]["load_partial"] == 1

@@ -125,12 +125,12 @@ def kv_tensors(blocks: int = 32, heads: int = HEADS, seed: int = 0) -> dict[str,
                              generator=g).view(torch.bfloat16) for n in names()}
 
 
-def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw):
+def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tp: int = 1, **kw):
     from yrcache.integrations.vllm import compat, spaces
     from yrcache.integrations.vllm.worker import WorkerSide
-    monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
+    monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, tp, 0, 1))
     c = cfg(tmp_path / "root", **kw)
-    dep = spaces.derive(*fake_config(), c)
+    dep = spaces.derive(*fake_config(tp=tp, total_kv=HEADS * tp), c)
     return WorkerSide(None, c, dep), dep
 
 
@@ -231,6 +231,47 @@ def test_worker_load_failure_reports_blocks_and_drops_that_requests_stores(
     # the KV r9 computed this step attended to blocks that failed: never stored
     assert meta.unpublished[h] == new_keys and not w.cache.store_.exists(new_keys[0])
     w.shutdown()
+
+
+def test_multi_rank_stores_of_a_step_with_loads_wait_for_every_rank(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TP=2: rank 1's load may fail while rank 0's succeeds, and the all-reduce would carry the
+    damage into rank 0's new KV; so rank 0 publishes that step's stores only once the scheduler
+    has seen both ranks' reports (settled clean), and drops them otherwise."""
+    from yrcache.integrations.vllm.metadata import LoadOp, YRCacheMetadata
+    w, dep = worker(tmp_path, monkeypatch, tp=2)
+    w.register(kv_tensors())
+    h = w.hex
+    op, keys = store_op(dep, 5, [1, 2])
+    run_step(w, YRCacheMetadata(stores=[op], step=1))        # no loads: published at once
+    w.cache.store_.flush()
+    assert w.worker_meta().published[h] == keys
+    for step, clean in ((2, True), (3, False)):
+        op2, keys2 = store_op(dep, 10 + step, [3, 4], rid=f"r{step}")
+        load = LoadOp("x", {h: keys}, 0, [5, 6], False)
+        run_step(w, YRCacheMetadata(loads=[load], stores=[op2], step=step))
+        assert w.load_errors() == set()
+        meta = w.worker_meta()
+        assert meta.loaded_steps == {step} and not meta.published   # held
+        w.bind(YRCacheMetadata(step=step + 1, settled={step: clean}))
+        w.wait_for_save()
+        w.cache.store_.flush()
+        meta = w.worker_meta()
+        if clean:
+            assert meta.published[h] == keys2 and w.cache.store_.exists(keys2[0])
+        else:
+            assert meta.unpublished[h] == keys2 and not w.cache.store_.exists(keys2[0])
+    w.shutdown()
+
+
+def test_parked_load_that_cannot_start_is_still_reported(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from yrcache.integrations.vllm.metadata import LoadOp, YRCacheMetadata
+    w, dep = worker(tmp_path, monkeypatch)
+    w.register(kv_tensors(heads=HEADS + 1))      # disabled
+    run_step(w, YRCacheMetadata(loads=[LoadOp("p", {w.hex: [bytes(16)]}, 0, [4, 5], True)]))
+    sending, recving = w.get_finished(set())
+    assert recving == {"p"} and w.load_errors() == {4, 5}   # vLLM un-parks it and recomputes
 
 
 def test_register_mismatch_disables_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

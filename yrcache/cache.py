@@ -116,16 +116,19 @@ class StoreWriter:
         self._open = True
         self.existing = self.dropped = 0
         self.future = StoreFuture()
+        claimed_key: bytes | None = None
         try:
             for i, key in enumerate(keys):
                 with cache._lock:  # claim the key: one store per chunk in this process
                     claimed = key not in cache._inflight
                     if claimed:
                         cache._inflight[key] = _Staged([], None)
+                        claimed_key = key
                 if not claimed or cache.store_.exists(key):
                     self.existing += 1
                     if claimed:
                         cache._unclaim(key)
+                    claimed_key = None
                     continue
                 slab = cache._spool.acquire()
                 if slab is None:  # staging full: drop, never block the caller or grow memory
@@ -137,7 +140,10 @@ class StoreWriter:
                 st.views = [slab[l * cache._stride:l * cache._stride + cache.seg_bytes]
                             for l in range(cache.layout.num_layers)]
                 self._chunks.append((i, key, st))
+                claimed_key = None
         except BaseException:
+            if claimed_key is not None:   # claimed, not yet staged: release the claim too
+                cache._unclaim(claimed_key)
             self.abort()
             raise
 
@@ -267,6 +273,7 @@ class Cache:
         self._inflight: dict[bytes, _Staged] = {}   # chunks staged, not yet published
         self._pending: set[Future[Any]] = set()
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="yrcache-cache-load")
+        self._bg_loader = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-bgload")
         self._tier_max = host_tier_bytes
         self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
         self._tier_bytes = 0
@@ -385,10 +392,12 @@ class Cache:
         return self.load_chunks(self.keys(token_ids, extras=extras), kv, block_ids, batch=batch)
 
     def load_chunks(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
-                    batch: int = 0) -> LoadFuture:
+                    batch: int = 0, background: bool = False) -> LoadFuture:
         """Load chunks ``keys`` into ``kv``. Paged: ``block_ids`` holds each chunk's blocks in
         order; a block id of -1 leaves that block untouched (its tokens are already in place, e.g.
-        computed by the engine), so a load may start or end inside a chunk."""
+        computed by the engine), so a load may start or end inside a chunk. ``background``: a load
+        nobody waits on right now (a parked request) runs on its own thread, so loads that a
+        forward pass waits on never queue behind it; it does not block even in sync mode."""
         self._check_open()
         keys = list(keys)
         ids = self._check_kv(kv, block_ids, len(keys), load=True)
@@ -396,13 +405,14 @@ class Cache:
         self._bump(loads=1, load_chunks=len(keys))
         self._track(lf)
         try:
-            self._loader.submit(self._load_guarded, lf, keys, kv, ids, batch)
+            (self._bg_loader if background else self._loader).submit(
+                self._load_guarded, lf, keys, kv, ids, batch)
         except RuntimeError as e:  # the loader was shut down by a concurrent close()
             from ._native import _C
             self._fail_load(lf, _C.ClosedError(f"cache is closed ({e})"))
             raise _C.ClosedError("cache is closed") from e
-        if self.mode == "sync":
-            lf.result()
+        if self.mode == "sync" and not background:
+            lf.exception()   # complete on return; a failure is on the future, not raised here
         return lf
 
     def _load_guarded(self, lf: LoadFuture, *args: Any) -> None:
@@ -775,6 +785,7 @@ class Cache:
                 self._closed_hard = True
         finally:
             self._loader.shutdown(wait=False)
+            self._bg_loader.shutdown(wait=False)
             self.store_.close()
             _OPEN.discard(self)
 

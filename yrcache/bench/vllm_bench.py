@@ -12,11 +12,11 @@ cache_salt, so it starts cold for every mode.
 
 1. One conversation (system prompt + turns of user text and answers). Turn 0 is a miss for all.
    On later turns: "local" = native vLLM with the history in its own prefix cache (the best
-   vLLM can do), "recompute" = native vLLM after resetting that cache, and the yrcache modes
-   after resetting it too, so their history comes from the files.
+   vLLM can do), "recompute" = vLLM without a prefix cache (its own engine), and the yrcache
+   modes with their engine's prefix cache reset, so their history comes from the files.
    Targets: yrcache hit TTFT <= 1.1x local, <= 1/10 of recompute; async miss <= 1.03x native.
 2. N users x M turns, round-robin, with a shared system prompt: the engines' KV space holds
-   about two users' histories, so native vLLM recomputes returning users (as in production),
+   one user's history, so native vLLM recomputes returning users (as in production),
    while the yrcache modes load them. Per-turn TTFT mean/p50/p99, hit tokens, bytes, CPU.
 """
 from __future__ import annotations
@@ -64,6 +64,10 @@ class Bench:
         self.engines: dict[str, list[Any]] = {}
         run = f"run-{os.getpid()}-{int(time.time())}"
         self.roots: list[str] = []
+        # "recompute" (phase 1) has its own engine, without a prefix cache: running it on the
+        # native engine would replace the history blocks that "local" should find there.
+        self.engines["recompute"] = [Engine(model, None, log=log, env=env, **kw,
+                                            enable_prefix_caching=False)]
         for mode in MODES:
             if mode == "native":
                 self.engines[mode] = [Engine(model, None, log=log, env=env, **kw)]
@@ -92,11 +96,12 @@ class Bench:
         e = self.engine(mode, turn)
         if reset:
             e.call("reset")
-        cpu0 = e.call("cpu")["cpu_s"] if mode != "native" else 0.0
+        ours = mode in ("sync", "async")
+        cpu0 = e.call("cpu")["cpu_s"] if ours else 0.0
         t0 = time.perf_counter()
         (r,) = e.generate([prompt], max_tokens=self.a.answer, salt=salt, logprobs=0)
         wall = time.perf_counter() - t0
-        if mode != "native":
+        if ours:
             e.call("drain")     # stores published before the next turn looks them up
             r["cpu_s"] = e.call("cpu")["cpu_s"] - cpu0
         r["wall"] = wall
@@ -117,15 +122,13 @@ class Bench:
                 ["local", "recompute", "sync", "async"]
             k = (rep + t) % len(order)
             order = order[k:] + order[:k]
-            if t and order.index("recompute") < order.index("local"):   # local needs the cache
-                order.remove("recompute")
-                order.insert(order.index("local") + 1, "recompute")
             res: dict[str, Any] = {}
             for m in order:
-                if m in ("native", "local", "recompute"):
-                    key = "local" if m != "recompute" else "recompute"
-                    r = self.turn("native", t, prompts[key], salt, reset=(m != "local"))
-                else:
+                if m in ("native", "local"):   # history in vLLM's own cache (turn 0: a miss)
+                    r = self.turn("native", t, prompts["local"], salt, reset=False)
+                elif m == "recompute":
+                    r = self.turn("recompute", t, prompts[m], salt, reset=False)
+                else:                          # history from yrcache's files
                     r = self.turn(m, t, prompts[m], salt, reset=True)
                 res[m] = r
             for m in ("local", "recompute", "sync", "async"):
@@ -285,13 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=3)
     p.add_argument("--turns", type=int, default=4)
     p.add_argument("--system", type=int, default=1024, help="shared system prompt tokens")
-    p.add_argument("--user", type=int, default=256, help="tokens per user message")
+    p.add_argument("--user", type=int, default=128, help="tokens per user message")
     p.add_argument("--answer", type=int, default=32, help="tokens per answer")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--chunk-tokens", type=int, default=256)
-    p.add_argument("--max-len", type=int, default=4096)
-    p.add_argument("--blocks", type=int, default=40,
-                   help="engine KV blocks of 128 tokens (small: native must recompute)")
+    p.add_argument("--chunk-tokens", type=int, default=128,
+                   help="yrcache chunk (default: the CPU block size, what vLLM caches by)")
+    p.add_argument("--max-len", type=int, default=1920)
+    p.add_argument("--blocks", type=int, default=16,
+                   help="engine KV blocks of 128 tokens: one user's history fits, not all "
+                        "(native vLLM must recompute returning users)")
     p.add_argument("--threads", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
     p.add_argument("--json", default="")
     p.add_argument("--plot", default="")

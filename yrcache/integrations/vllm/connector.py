@@ -110,6 +110,7 @@ class YRCacheConnector(KVConnectorBase_V1):
         if self._sched is not None:
             self._sched.update_state_after_alloc(request, blocks, num_external_tokens)
 
+    @_guarded(None)
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         if self._sched is None:
             from .metadata import YRCacheMetadata
@@ -151,6 +152,7 @@ class YRCacheConnector(KVConnectorBase_V1):
         if self._worker is not None:
             self._worker.start_load()
 
+    @_guarded(None)
     def wait_for_layer_load(self, layer_name: str) -> None:
         if self._worker is not None:
             self._worker.wait_for_layer_load(layer_name)
@@ -166,6 +168,7 @@ class YRCacheConnector(KVConnectorBase_V1):
         if self._worker is not None:
             self._worker.wait_for_save()
 
+    @_guarded((None, None))
     def get_finished(self, finished_req_ids: set[str]
                      ) -> tuple[set[str] | None, set[str] | None]:
         if self._worker is None:

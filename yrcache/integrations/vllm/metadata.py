@@ -40,6 +40,10 @@ class YRCacheMetadata(KVConnectorMetadata):
     delayed: list[str] = field(default_factory=list)
     #: requests preempted this step: their blocks are about to be reused
     preempted: list[str] = field(default_factory=list)
+    #: the scheduler's step number
+    step: int = 0
+    #: step -> True if every worker loaded that step's chunks (its held stores may be published)
+    settled: dict[int, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +60,9 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
     async_gathers: bool = False
     #: why this worker disabled the connector ("" if it did not)
     disabled: str = ""
+    #: steps with loads under the forward pass that this worker has checked (the scheduler
+    #: settles them: clean if no worker reported a failed load with them)
+    loaded_steps: set[int] = field(default_factory=set)
 
     def aggregate(self, other: Any) -> YRCacheWorkerMeta:
         for mine, theirs in ((self.published, other.published),
@@ -65,6 +72,7 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
         for r, c in other.load_failed.items():
             self.load_failed[r] = min(c, self.load_failed.get(r, c))
         self.gathering |= other.gathering
+        self.loaded_steps |= other.loaded_steps
         self.async_gathers = self.async_gathers or other.async_gathers
         self.disabled = self.disabled or other.disabled
         return self

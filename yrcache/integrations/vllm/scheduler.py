@@ -39,6 +39,11 @@ PENDING_WAIT_S = 2.0
 PENDING_TTL_S = 30.0
 #: a finished lookup is reused by later asks for the same request within this time
 LOOKUP_REUSE_S = 2.0
+#: a lookup still running after this long counts as a miss (a stuck file system never blocks
+#: admission)
+LOOKUP_GIVE_UP_S = 2.0
+#: a chunk the workers reported published counts as present this long without asking the FS
+PUBLISHED_TTL_S = 60.0
 _PUBLISHED_MAX = 1 << 18
 
 
@@ -52,6 +57,9 @@ class _Req:
     lookup: Future[int] | None = None
     lookup_span: tuple[int, int] = (0, 0)
     lookup_done_at: float = 0.0
+    lookup_started: float = 0.0
+    waited: bool = False          # this request already spent its one blocking wait
+    known: int = 0                # leading chunks known to exist (last lookup)
     plan: tuple[int, int, int, bool] | None = None   # (local tokens, hit tokens, hit chunks, park)
     first_ask: float = 0.0
     last_store_step: int = -1
@@ -65,13 +73,14 @@ class SchedulerSide:
         self.nss = dep.unique
         # Lookups only: the workers' stores run the janitor and hold the capacity budget.
         self.stores = {ns.hex: Store(cfg.root, ns, janitor_period=0) for ns in self.nss}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="yrcache-lookup")
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
         self._reqs: dict[str, _Req] = {}
         self._kvm: Any = None
         self._step = 0
         self._step_loads: list[LoadOp] = []
         self._delayed_new: list[str] = []
-        self._published: OrderedDict[bytes, None] = OrderedDict()
+        self._published: OrderedDict[bytes, float] = OrderedDict()   # key -> when reported
+        self._settled: dict[int, bool] = {}
         self._pending: dict[bytes, float] = {}      # key -> deadline
         self._gathering: set[str] = set()
         self._async_gathers = False
@@ -93,7 +102,7 @@ class SchedulerSide:
     def get_num_new_matched_tokens(self, request: Any,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
         st = self._reqs.get(request.request_id) or self._track(request)
-        if st.extras is None or self.disabled:
+        if st.extras is None or self.disabled or not self._fingerprint_holds(st):
             return 0, False
         limit, n = self._max_chunks(request)
         if n == 0 or limit <= num_computed_tokens:
@@ -112,16 +121,24 @@ class SchedulerSide:
                     st.lookup.done() and now - st.lookup_done_at > LOOKUP_REUSE_S):
                 self._start_lookup(st, hit, n)
             assert st.lookup is not None
+            # One blocking wait per request; later asks only look (a queue of waiting requests
+            # must not add up to a stalled step); a lookup that takes too long is a miss.
+            wait = 0.0 if st.waited else self.cfg.lookup_wait_ms / 1e3
+            st.waited = True
             try:
-                got = st.lookup.result(timeout=self.cfg.lookup_wait_ms / 1e3)
+                got = st.lookup.result(timeout=wait)
             except FutureTimeout:
-                self._bump("lookup_deferred")
-                return None, False      # a slow file system: vLLM asks again next step
+                if now - st.lookup_started < LOOKUP_GIVE_UP_S:
+                    self._bump("lookup_deferred")
+                    return None, False  # a slow file system: vLLM asks again next step
+                self._bump("lookup_gave_up")
+                got = 0
             except Exception as e:  # noqa: BLE001 - a cache fault is a miss
                 self._bump("lookup_errors")
                 logger.warning("yrcache: lookup failed (%s); treating as a miss", e)
                 got = 0
             hit += got
+        st.known = hit
         hit_tokens = min(hit * self.chunk, limit)
         ext = hit_tokens - num_computed_tokens
         if ext <= 0 or ext < self.cfg.min_load_tokens:
@@ -137,35 +154,42 @@ class SchedulerSide:
         if st is None:
             return
         plan, st.plan = st.plan, None
-        if num_external_tokens == 0 or plan is None:
-            return
-        local, hit_tokens, hit, park = plan
-        if local + num_external_tokens != hit_tokens:
-            logger.warning("yrcache: request %s: vLLM allocated %d external tokens after %d "
-                           "local ones, the plan was %d in all; not loading",
-                           request.request_id, num_external_tokens, local, hit_tokens)
+        st.stored = max(st.stored, st.known)   # chunks known to exist are never stored again
+        if num_external_tokens == 0:
             return
         ids = compat.request_block_ids(blocks)
+        if plan is None:   # vLLM counts tokens we did not plan (cannot happen in 0.32): make
+            plan = (0, 0, 0, False)   # sure they are recomputed (from 0: we lost the local count)
+        local, hit_tokens, hit, park = plan
+        ok = local + num_external_tokens == hit_tokens and len(ids) >= hit_tokens // self.bt
+        if not ok:
+            logger.warning("yrcache: request %s: vLLM allocated %d external tokens after %d "
+                           "local ones with %d blocks, the plan was %d in all; reporting them "
+                           "as failed so vLLM recomputes them", request.request_id,
+                           num_external_tokens, local, len(ids), hit_tokens)
+            hit_tokens = local + num_external_tokens   # what vLLM now counts as loaded
         c0, c1 = local // self.chunk, -(-hit_tokens // self.chunk)
         lo, hi = local // self.bt, hit_tokens // self.bt
-        if len(ids) < hi:
-            logger.warning("yrcache: request %s has %d blocks, %d needed; not loading",
-                           request.request_id, len(ids), hi)
-            return
-        bids = [ids[b] if lo <= b < hi else -1 for b in range(c0 * self.per, c1 * self.per)]
-        self._step_loads.append(LoadOp(request.request_id,
-                                       {h: k[c0:c1] for h, k in st.keys.items()}, c0, bids,
-                                       park))
-        st.stored = max(st.stored, hit)
+        bids = [ids[b] if lo <= b < hi and b < len(ids) else -1
+                for b in range(c0 * self.per, c1 * self.per)]
+        # An empty key map makes every worker report these blocks as failed.
+        keys = {h: k[c0:c1] for h, k in st.keys.items()} if ok else {}
+        self._step_loads.append(LoadOp(request.request_id, keys, c0, bids, park))
+        if ok:
+            st.stored = max(st.stored, hit)
         st.lookup = None
         self._bump("load_requests", load_tokens=num_external_tokens,
                    load_parked=int(park), local_hit_tokens=local)
 
     def build_connector_meta(self, so: Any) -> YRCacheMetadata:
         meta = YRCacheMetadata(loads=self._step_loads, delayed=self._delayed_new,
-                               preempted=sorted(getattr(so, "preempted_req_ids", None) or ()))
-        self._step_loads, self._delayed_new = [], []
-        if not self.disabled:
+                               preempted=sorted(getattr(so, "preempted_req_ids", None) or ()),
+                               step=self._step, settled=self._settled)
+        self._step_loads, self._delayed_new, self._settled = [], [], {}
+        self._step += 1
+        if self.disabled:
+            return meta
+        try:   # planned loads must reach the workers whatever happens to store planning
             for nr in so.scheduled_new_reqs:
                 self._plan_store(nr.req_id, nr.num_computed_tokens,
                                  so.num_scheduled_tokens.get(nr.req_id, 0), meta)
@@ -173,7 +197,9 @@ class SchedulerSide:
             for i, rid in enumerate(cr.req_ids):
                 self._plan_store(rid, cr.num_computed_tokens[i],
                                  so.num_scheduled_tokens.get(rid, 0), meta)
-        self._step += 1
+        except Exception:  # noqa: BLE001
+            logger.exception("yrcache: planning this step's stores failed; none are stored")
+            meta.stores = []
         return meta
 
     def update_connector_output(self, out: Any) -> None:
@@ -183,7 +209,7 @@ class SchedulerSide:
             for keys in wm.published.values():
                 for k in keys:
                     self._pending.pop(k, None)
-                    self._published[k] = None
+                    self._published[k] = now
                     self._published.move_to_end(k)
             while len(self._published) > _PUBLISHED_MAX:
                 self._published.popitem(last=False)
@@ -199,6 +225,8 @@ class SchedulerSide:
                         for k in st.keys[h][c:]:
                             self._published.pop(k, None)
                 self._bump("load_failures")
+            for step in wm.loaded_steps:   # held stores of that step: publish or drop
+                self._settled[step] = not wm.load_failed
             self._gathering = set(wm.gathering)
             self._async_gathers = wm.async_gathers
             if wm.disabled and not self.disabled:
@@ -221,6 +249,7 @@ class SchedulerSide:
 
     def reset_cache(self) -> bool:
         self._published.clear()
+        self._pending.clear()
         for st in self._reqs.values():
             st.lookup = None
         return True
@@ -249,6 +278,19 @@ class SchedulerSide:
         self._reqs[request.request_id] = st
         return st
 
+    def _fingerprint_holds(self, st: _Req) -> bool:
+        """A streaming-input session may add multimodal items to a live request: its keys were
+        folded from the old fingerprint, so such a request is neither loaded nor stored again."""
+        if not getattr(st.request, "mm_features", None):
+            return True
+        if compat.request_fingerprint(st.request)[0] == st.extras:
+            return True
+        st.extras = None
+        self._bump("requests_fingerprint_changed")
+        logger.info("yrcache: request %s changed its multimodal inputs; no longer cached",
+                    st.request.request_id)
+        return False
+
     def _max_chunks(self, request: Any) -> tuple[int, int]:
         """(tokens a hit may cover, chunks that covers): vLLM must compute at least one token,
         and hits are block-aligned; the last chunk may be loaded in part."""
@@ -271,8 +313,9 @@ class SchedulerSide:
     def _known(self, st: _Req, n: int) -> int:
         """Leading chunks (of the first n) the workers reported published, for every rank."""
         self._keys_upto(st, n)
-        hit = 0
-        while hit < n and all(keys[hit] in self._published for keys in st.keys.values()):
+        hit, old = 0, time.monotonic() - PUBLISHED_TTL_S
+        while hit < n and all(self._published.get(keys[hit], 0.0) > old
+                              for keys in st.keys.values()):
             hit += 1
         return hit
 
@@ -289,11 +332,12 @@ class SchedulerSide:
                 st.lookup_done_at = time.monotonic()
 
         st.lookup, st.lookup_span = self._pool.submit(run), (a, b)
+        st.lookup_started = time.monotonic()
         self._bump("lookups")
 
     def _plan_store(self, rid: str, computed: int, scheduled: int, meta: YRCacheMetadata) -> None:
         st = self._reqs.get(rid)
-        if st is None or st.extras is None or scheduled <= 0:
+        if st is None or st.extras is None or scheduled <= 0 or not self._fingerprint_holds(st):
             return
         full = min(computed + scheduled, int(st.request.num_tokens)) // self.chunk
         a = st.stored
@@ -324,3 +368,4 @@ class SchedulerSide:
             self._stats[name] = self._stats.get(name, 0) + n
             for k, v in more.items():
                 self._stats[k] = self._stats.get(k, 0) + v
+

@@ -70,6 +70,12 @@ class WorkerSide:
         self._step_loads: list[_Load] = []          # under this step's forward pass
         self._parked: dict[str, _Load] = {}         # parked requests' loads, across steps
         self._writers: list[tuple[StoreOp, StoreWriter]] = []
+        # Stores of a step whose forward pass read loaded chunks, in a multi-rank deployment:
+        # another rank's load may have failed (and, through the all-reduce, tainted this rank's
+        # new KV), so they wait until the scheduler has seen every worker's report of that step.
+        self._held: dict[int, list[tuple[StoreOp, StoreWriter]]] = {}
+        self._multi_rank = len(dep.spaces) > 1
+        self._parked_failed: set[str] = set()   # parked loads that never started
         self._delayed: set[str] = set()
         self._errors: set[int] = set()
         self._lock = threading.Lock()               # report fields: store callbacks run elsewhere
@@ -141,6 +147,9 @@ class WorkerSide:
         if self._meta is None:
             return
         self._delayed.update(self._meta.delayed)
+        for step, clean in self._meta.settled.items():
+            for op, w in self._held.pop(step, []):
+                self._commit(op, w, drop=not clean)
         if self.cache is None or not self.space.writer:
             return
         for op in self._meta.stores:
@@ -166,15 +175,15 @@ class WorkerSide:
         if self._meta is None:
             return
         for op in self._meta.loads:
-            keys = op.keys.get(self.hex, [])
-            if self.cache is None:     # disabled: every planned block is recomputed
-                self._fail_all(op, 0)
+            keys = op.keys.get(self.hex)
+            if self.cache is None or keys is None:   # disabled / scheduler gave up on it
+                self._fail_start(op)
                 continue
             try:
-                lf = self.cache.load_chunks(keys, self._kv, op.block_ids)
+                lf = self.cache.load_chunks(keys, self._kv, op.block_ids, background=op.park)
             except Exception as e:  # noqa: BLE001
                 logger.warning("yrcache: load of request %s not started: %s", op.req_id, e)
-                self._fail_all(op, 0)
+                self._fail_start(op)
                 continue
             ld = _Load(op, lf)
             if op.park:
@@ -205,29 +214,41 @@ class WorkerSide:
     @_timed
     def wait_for_save(self) -> None:
         # Sync loads finish before the step's output: vLLM reads the errors right after.
-        failed: set[str] = set()
+        loaded = bool(self._step_loads)
+        failed = False
         for ld in self._step_loads:
-            if self._check_load(ld):
-                failed.add(ld.op.req_id)
+            failed |= self._check_load(ld)
         self._step_loads = []
         writers, self._writers = self._writers, []
+        step = self._meta.step if self._meta is not None else -1
+        if loaded:
+            with self._lock:
+                self._report.loaded_steps.add(step)
+        if loaded and self._multi_rank and not failed and writers:
+            self._held[step] = writers   # published once the scheduler settles the step
+            return
         for op, w in writers:
-            keys = op.keys[self.hex]
-            if op.req_id in failed:   # computed over blocks that failed to load: never store
-                w.abort()
-                self._note(unpublished=keys)
-                continue
-            try:
-                fut = w.commit()
-            except Exception as e:  # noqa: BLE001
-                logger.warning("yrcache: store of request %s dropped: %s", op.req_id, e)
-                self._note(unpublished=keys)
-                continue
-            self._finish_store(op, keys, fut)
+            # A failed load taints every store of the step: another request may have attended
+            # to the failed blocks (a prefix hit on blocks still loading). Failures are rare.
+            self._commit(op, w, drop=failed)
+
+    def _commit(self, op: StoreOp, w: StoreWriter, *, drop: bool) -> None:
+        keys = op.keys[self.hex]
+        if drop:
+            w.abort()
+            self._note(unpublished=keys)
+            return
+        try:
+            fut = w.commit()
+        except Exception as e:  # noqa: BLE001
+            logger.warning("yrcache: store of request %s dropped: %s", op.req_id, e)
+            self._note(unpublished=keys)
+            return
+        self._finish_store(op, keys, fut)
 
     @_timed
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
-        recving: set[str] = set()
+        recving, self._parked_failed = self._parked_failed, set()
         for rid, ld in list(self._parked.items()):
             if ld.lf.done():
                 self._check_load(ld)
@@ -247,7 +268,8 @@ class WorkerSide:
             rep, self._report = self._report, YRCacheWorkerMeta()
         if self.disabled and not self._disabled_reported:
             rep.disabled, self._disabled_reported = self.disabled, True
-        if rep.published or rep.unpublished or rep.load_failed or rep.disabled:
+        if rep.published or rep.unpublished or rep.load_failed or rep.disabled or \
+                rep.loaded_steps:
             return rep
         return None
 
@@ -262,6 +284,10 @@ class WorkerSide:
         return YRCacheStats(data=delta) if delta else None
 
     def shutdown(self) -> None:
+        for held in self._held.values():   # never settled: another rank may have failed
+            for op, w in held:
+                self._commit(op, w, drop=True)
+        self._held.clear()
         for ld in list(self._parked.values()):
             try:
                 ld.lf.exception(self.cfg.drain_timeout_s)
@@ -294,6 +320,11 @@ class WorkerSide:
                     op.req_id, loaded, n, r.reason if r else "error")
         self._fail_all(op, loaded)
         return True
+
+    def _fail_start(self, op: LoadOp) -> None:
+        self._fail_all(op, 0)
+        if op.park:   # vLLM waits for it in finished_recving: report it (with its errors)
+            self._parked_failed.add(op.req_id)
 
     def _fail_all(self, op: LoadOp, loaded: int) -> None:
         self._errors.update(b for b in op.block_ids[loaded * self.per:] if b >= 0)
