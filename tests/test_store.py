@@ -507,3 +507,19 @@ def test_short_fresh_object_is_a_miss_old_one_is_removed(store: Store) -> None:
     os.utime(p, (old, old))
     r = store.get(k, empty(), lengths=[SEG] * 4).result()
     assert not r and r.reason.startswith("corrupt") and not p.exists()
+
+
+def test_open_that_raced_a_removal_is_not_kept_open(store: Store) -> None:
+    """A load opens an object while a concurrent load of another layer finds it corrupt and
+    removes it (then it is stored anew): the first load must not keep its descriptor of the
+    removed inode in the open-object cache, or later loads would read the dead object."""
+    keys = chain_keys(store.ns, list(range(2 * store.namespace.chunk_tokens)),
+                      store.namespace.chunk_tokens)
+    assert all(put_chain(store, keys))
+    bufs = [np.zeros(SEG, np.uint8) for _ in range(4)]
+    gen = store._forgets                 # the racing load's open happens here ...
+    assert store.delete(keys[1])         # ... a concurrent load removes the object ...
+    assert store._adopt_handle(keys[1], None, None, 0, gen) is False   # ... not adopted
+    assert all(put_chain(store, keys))   # stored anew: loads read the new object
+    assert store.get(keys[1], bufs).result(timeout=10)
+    assert all(np.array_equal(b, s) for b, s in zip(bufs, segs_for(keys[1])))

@@ -218,9 +218,11 @@ def test_load_faults_recompute_and_output_is_unchanged(model: Path, tmp_path: Pa
         c = e.call("stats")["cache"]
         assert c["load_partial"] == 2 and c["store"]["corrupt"] >= 1
         e.call("drain")        # chunk 2 was recomputed and stored again
+        assert object_path(root, ns, keys[2]).exists()
         assert e.call("reset")["ok"]
         (r,) = e.generate([P])
         assert r["cached"] == 1024 and same_output(r, ref)
+        assert e.call("stats")["cache"]["load_partial"] == 2      # a whole hit again
         # 3. every read fails with EIO
         e.call("faults", spec="read:eio@1+")
         assert e.call("reset")["ok"]

@@ -182,6 +182,7 @@ class Store:
         self.handle_ttl = handle_ttl
         self._max_handles = max_handles
         self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
+        self._forgets = 0   # bumped by every _forget: opens that raced one are not kept open
         self._logged: set[tuple[str, str]] = set()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._tmp_ids = itertools.count()
@@ -524,6 +525,7 @@ class Store:
                 self._release_handle(hd)
             self._bump("open_handle_hits")
             return self._hit(key, views, h, count)
+        gen = self._forgets   # an object forgotten meanwhile must not be adopted (below)
         try:
             f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=self._nsfd)
         except OSError as e:
@@ -555,7 +557,7 @@ class Store:
         except OSError as e:
             f.close()
             return self._miss(key, e, count)
-        if not (count and self._adopt_handle(key, f, h, ino)):
+        if not (count and self._adopt_handle(key, f, h, ino, gen)):
             f.close()
         return self._hit(key, views, h, count)
 
@@ -588,11 +590,14 @@ class Store:
         if close:
             hd.file.close()
 
-    def _adopt_handle(self, key: bytes, f: Any, h: Any, ino: int) -> bool:
+    def _adopt_handle(self, key: bytes, f: Any, h: Any, ino: int, gen: int) -> bool:
         if self.handle_ttl <= 0 or self._max_handles <= 0:
             return False
         with self._lock:
-            if key in self._handles or self._closed:
+            # An object forgotten (found corrupt by a concurrent read of another layer, deleted,
+            # evicted) since this open may be gone, or replaced by a new object: keeping the old
+            # descriptor would serve the removed inode to later loads. Any forget skips adoption.
+            if key in self._handles or self._closed or self._forgets != gen:
                 return False
             self._handles[key] = _Handle(f, h, ino, time.monotonic())
             while len(self._handles) > self._max_handles:
@@ -794,6 +799,7 @@ class Store:
 
     def _forget(self, key: bytes) -> None:
         with self._lock:
+            self._forgets += 1
             self._index.pop(key, None)
             hd = self._handles.get(key)
             if hd is not None:

@@ -47,6 +47,12 @@ def main() -> int:
     os.dup2(2, 1)   # anything vLLM prints goes to stderr
     from vllm import LLM, SamplingParams
 
+    import logging   # yrcache's own log lines (loads that fail, stores dropped) in the log
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("yrcache").addHandler(h)
+    logging.getLogger("yrcache").setLevel(logging.INFO)
+
     kw = dict(spec["engine"])
     if spec.get("connector") is not None:
         kw["kv_transfer_config"] = {"kv_connector": "YRCacheConnector",
