@@ -167,7 +167,6 @@ class WorkerSide:
             if w.chunks == 0:       # all stored already (or no staging): report and go on
                 self._finish_store(op, keys, w.commit())
                 continue
-
             self._writers.append((op, w))
 
     @_timed
