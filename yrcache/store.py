@@ -504,6 +504,7 @@ class Store:
     def _get_sync(self, key: bytes, views: list[memoryview], layers: list[int] | None,
                   lengths: list[int] | None, byte_range: tuple[int, int] | None, *,
                   remove_bad: bool = True, count: bool = True) -> GetResult:
+        gen = self._forgets   # an object forgotten meanwhile is neither indexed nor kept open
         hd = self._acquire_handle(key) if count else None
         if hd is not None:  # open and verified moments ago: read just the segments
             try:
@@ -524,8 +525,7 @@ class Store:
             finally:
                 self._release_handle(hd)
             self._bump("open_handle_hits")
-            return self._hit(key, views, h, count)
-        gen = self._forgets   # an object forgotten meanwhile must not be adopted (below)
+            return self._hit(key, views, h, count, gen)
         try:
             f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=self._nsfd)
         except OSError as e:
@@ -559,15 +559,20 @@ class Store:
             return self._miss(key, e, count)
         if not (count and self._adopt_handle(key, f, h, ino, gen)):
             f.close()
-        return self._hit(key, views, h, count)
+        return self._hit(key, views, h, count, gen)
 
-    def _hit(self, key: bytes, views: list[memoryview], h: Any, count: bool) -> GetResult:
+    def _hit(self, key: bytes, views: list[memoryview], h: Any, count: bool,
+             gen: int) -> GetResult:
         nbytes = sum(v.nbytes for v in views)
         with self._lock:
             if count:
                 self._stats["hits"] += 1
                 self._stats["bytes_read"] += nbytes
-            self._index_add_locked(key, time.monotonic())
+            # Not if a concurrent read (another layer of the same object) found it corrupt and
+            # removed it meanwhile: "exists" would then hold for index_ttl, so the engine would
+            # neither store the chunk again nor stop looking it up.
+            if self._forgets == gen:
+                self._index_add_locked(key, time.monotonic())
         return GetResult(True, key, "", h)
 
     # -- open objects ---------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def main() -> int:
             r["seconds"] = time.perf_counter() - t0
             r["results"] = [{
                 "ttft": o.metrics.first_token_latency if o.metrics is not None else None,
+                "preemptions": o.metrics.num_preemptions if o.metrics is not None else None,
                 "tokens": list(o.outputs[0].token_ids),
                 "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
                                                              o.outputs[0].logprobs)],

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from . import compat, spaces
 from .compat import KVConnectorBase_V1, KVConnectorMetadata, KVConnectorRole, KVConnectorStats
 from .config import ConnectorConfig
-from .metadata import YRCacheStats
+from .metadata import YRCacheMetadata, YRCacheStats
 
 logger = logging.getLogger("yrcache.vllm")
 T = TypeVar("T")
@@ -110,10 +110,9 @@ class YRCacheConnector(KVConnectorBase_V1):
         if self._sched is not None:
             self._sched.update_state_after_alloc(request, blocks, num_external_tokens)
 
-    @_guarded(None)
+    @_guarded(YRCacheMetadata)   # the scheduler side already keeps planned loads on errors
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         if self._sched is None:
-            from .metadata import YRCacheMetadata
             return YRCacheMetadata()
         return self._sched.build_connector_meta(scheduler_output)
 
