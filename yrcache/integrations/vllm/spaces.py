@@ -20,7 +20,6 @@ class RankSpace:
     pp_rank: int
     layout: KVLayout
     ns: Namespace
-    first_layer: int
     #: stores this namespace's objects: False when a lower TP rank holds the same KV (MLA, or KV
     #: heads replicated across ranks), so identical objects are written once
     writer: bool
@@ -89,7 +88,7 @@ def derive(vllm_config: Any, kv_cache_config: Any, cfg: ConnectorConfig) -> Depl
             first = 0 if mla else t * total_kv // tp
             ns = layout.namespace(model, chunk_tokens=chunk, salt=cfg.salt, first_layer=lo,
                                   first_kv_head=first, extra=extra)
-            spaces.append(RankSpace(t, p, layout, ns, lo, first not in firsts))
+            spaces.append(RankSpace(t, p, layout, ns, first not in firsts))
             firsts.add(first)
     return Deployment(tuple(spaces), bt, chunk, mla)
 

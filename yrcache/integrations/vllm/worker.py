@@ -97,10 +97,10 @@ class WorkerSide:
         names = sorted(kv_caches, key=compat.layer_index)
         if len(names) != layout.num_layers:
             raise ValueError(f"{len(names)} KV layers, the namespace has {layout.num_layers}")
-        idx = [compat.layer_index(n) - self.space.first_layer for n in names]
+        idx = [compat.layer_index(n) - self.space.ns.first_layer for n in names]
         if idx != list(range(layout.num_layers)):
             raise ValueError(f"layer indices {idx[:4]}... are not this stage's "
-                             f"{self.space.first_layer}..")
+                             f"{self.space.ns.first_layer}..")
         blocks = None
         for n in names:
             t = kv_caches[n]
@@ -307,16 +307,13 @@ class WorkerSide:
         ld.reported = True
         op = ld.op
         n = len(op.block_ids) // self.per
-        try:
-            loaded = ld.lf.result().loaded
-        except Exception as e:  # noqa: BLE001
-            logger.warning("yrcache: load of request %s failed: %s", op.req_id, e)
-            loaded = 0
+        exc = ld.lf.exception()
+        r = ld.lf.result() if exc is None else None
+        loaded = r.loaded if r is not None else 0
         if loaded >= n:
             return False
-        r = ld.lf.result() if ld.lf.exception() is None else None
         logger.info("yrcache: request %s: %d of %d chunks loaded (%s); vLLM recomputes the rest",
-                    op.req_id, loaded, n, r.reason if r else "error")
+                    op.req_id, loaded, n, r.reason if r is not None else f"error: {exc}")
         self._fail_all(op, loaded)
         return True
 
@@ -334,9 +331,9 @@ class WorkerSide:
 
     def _finish_store(self, op: StoreOp, keys: list[bytes], fut: StoreFuture) -> None:
         def done(f: StoreFuture) -> None:
-            ok = f.exception() is None and f.result().failed == 0 and \
-                f.result().dropped == 0 and f.result().stored + f.result().existing == len(keys)
-            if ok:
+            r = f.result() if f.exception() is None else None
+            if r is not None and r.failed == r.dropped == 0 and \
+                    r.stored + r.existing == len(keys):
                 self._note(published=keys)
             else:
                 self._note(unpublished=keys)
