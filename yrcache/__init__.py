@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from ._native import _C
-from .errors import BackendUnavailableError, ClosedError, CudaUnavailableError
+from .errors import BackendUnavailableError, ClosedError, CudaError, CudaUnavailableError
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError, Future,
                       gather, wait)
 from .io import File, HostBuffer, IoEngine
@@ -49,7 +49,7 @@ def build_info(directory: str | os.PathLike[str] | None = None) -> dict[str, Any
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BackendUnavailableError", "BufferPool",
     "Cache", "KVLayout", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult", "StoreWriter",
-    "CancelledError", "ClosedError", "CudaUnavailableError", "File", "Future", "GetResult",
+    "CancelledError", "ClosedError", "CudaError", "CudaUnavailableError", "File", "Future", "GetResult",
     "HostBuffer", "IoEngine", "Namespace", "Store", "__version__", "build_info", "chain_keys",
     "fold_extras", "gather", "wait",
 ]

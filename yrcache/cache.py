@@ -19,6 +19,15 @@ when every chunk's layer i is in place. Staging memory is bounded: a store that 
 is dropped and counted (never blocks, never grows memory); loads have their own slabs, so they
 never wait behind stores. A fault (missing or corrupt object, I/O error) makes a load partial:
 ``result().tokens`` says how many leading tokens arrived; the caller recomputes the rest.
+
+CUDA tensors (paged or dense) take the GPU data path (:mod:`yrcache.cuda`): the staging slabs are
+pinned with cudaHostRegister on first use; a gather runs on the device's offload stream after the
+work already enqueued on the caller's stream (``stream``, default torch's current stream) and the
+file writes start when it completes, on a commit thread, so ``gather`` and ``commit`` never wait
+for the device; a load's scatters run on the load stream after the work enqueued before the load
+was issued, and each one makes the caller's stream wait for it, so a layer's future completes as
+soon as its bytes are read and verified and its copy is enqueued: the compute stream, not the
+host, waits for the copy.
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import copy as C
+from . import cuda as G
 from .format import align_up
 from .futures import Future
 from .io import HostBuffer
@@ -62,6 +72,19 @@ class LoadResult:
     chunks: int      # chunks asked for
     loaded: int      # leading chunks loaded (tokens = loaded * chunk_tokens)
     reason: str = ""  # why a chunk failed ("missing", "corrupt: ...", "error: ...")
+
+
+class _Gpu:
+    """How one copy of a CUDA tensor is ordered: after the work on ``after_stream`` (gathers) or
+    after ``after_event`` (a load's scatters: recorded when the load was issued), with ``signal``
+    (a stream) made to wait for it; enqueued copies' events are appended to ``events``."""
+
+    __slots__ = ("after_event", "after_stream", "events", "signal")
+
+    def __init__(self, after_stream: int, after_event: Any, signal: int,
+                 events: list[Any] | None) -> None:
+        self.after_stream, self.after_event, self.signal = after_stream, after_event, signal
+        self.events: list[Any] = [] if events is None else events
 
 
 class _Staged:
@@ -108,9 +131,12 @@ class StoreWriter:
     commit before every layer was gathered) drops them. Not thread-safe: one caller drives it."""
 
     def __init__(self, cache: Cache, keys: list[bytes], kv: Sequence[Any], ids: Any,
-                 parent: bytes, first_index: int, batch: int) -> None:
+                 parent: bytes, first_index: int, batch: int, device: int = -1,
+                 stream: Any = None) -> None:
         self._c, self._keys, self._kv, self._ids = cache, keys, kv, ids
         self._parent, self._first, self._batch = parent, first_index, batch
+        self._device, self._stream = device, stream
+        self._events: list[Any] = []   # CUDA gathers still running
         self._chunks: list[tuple[int, bytes, _Staged]] = []   # (position in keys, key, staging)
         self._gathered: set[int] = set()
         self._open = True
@@ -159,13 +185,17 @@ class StoreWriter:
             raise ValueError("this store was already committed or aborted")
         if not 0 <= layer < c.layout.num_layers:
             raise ValueError(f"layer {layer} out of range [0, {c.layout.num_layers})")
+        gpu = None
+        if self._device >= 0 and self._chunks:   # after what the caller's stream wrote so far
+            gpu = _Gpu(G.stream_handle(self._stream, self._device), None, 0, self._events)
         for i, _, st in self._chunks:
-            c._gather(self._kv[layer], self._ids, i, st.views[layer], self._batch)
+            c._copy(True, self._kv[layer], self._ids, i, st.views[layer], self._batch, gpu)
         self._gathered.add(layer)
 
     def commit(self) -> StoreFuture:
         """Publish the chunks (in the background in async mode; durable on return in sync mode).
-        The caller's KV may be reused at once: every gather ran in :meth:`gather`."""
+        CPU memory may be reused at once (every gather ran in :meth:`gather`); CUDA memory once
+        ``future.source_released`` is done (the gathers' copies completed)."""
         c = self._c
         if not self._open:
             raise ValueError("this store was already committed or aborted")
@@ -174,8 +204,38 @@ class StoreWriter:
             self.abort()
             raise ValueError(f"commit with {missing} layers not gathered: the store is dropped")
         self._open = False
-        puts: list[tuple[bytes, Future[bool], _Staged]] = []
         chunks, self._chunks = self._chunks, []
+        events, self._events = self._events, []
+        if not events:
+            self._publish(chunks)
+        elif c.mode == "sync":
+            self._publish(chunks, events)
+        else:   # the device is still copying: wait for it on the commit thread, not here
+            c._track(self.future)
+            try:
+                c._committer.submit(self._publish, chunks, events)
+            except RuntimeError:   # closed meanwhile
+                self._publish(chunks, events)
+        if c.mode == "sync":
+            self.future.result()
+        return self.future
+
+    def _publish(self, chunks: list[tuple[int, bytes, _Staged]], events: Sequence[Any] = ()) -> None:
+        c = self._c
+        puts: list[tuple[bytes, Future[bool], _Staged]] = []
+        try:
+            for ev in events:
+                ev.synchronize()   # the staging holds every gathered page (GIL released)
+        except Exception as e:  # noqa: BLE001 - a device fault: nothing of this store is trustworthy
+            logger.warning("yrcache: store dropped, a GPU gather failed: %s", e)
+            for _, k, s in chunks:
+                c._unclaim(k)
+                c._spool.release(s.slab)
+            c._bump(store_failed=len(chunks))
+            self.future.source_released.set_result(None)
+            self.future.set_result(StoreResult(len(self._keys), 0, self.existing, self.dropped,
+                                               len(chunks)))
+            return
         try:
             for j, (i, key, st) in enumerate(chunks):
                 try:
@@ -197,9 +257,6 @@ class StoreWriter:
                     store_dropped_staging=self.dropped,
                     bytes_gathered=len(puts) * c.seg_bytes * c.layout.num_layers)
             c._finish_store(self.future, puts, len(self._keys), self.existing, self.dropped)
-        if c.mode == "sync":
-            self.future.result()
-        return self.future
 
     def abort(self) -> None:
         """Drop the chunks not yet committed (their keys and slabs are released)."""
@@ -207,6 +264,7 @@ class StoreWriter:
             return
         self._open = False
         c = self._c
+        self._sync_events()
         for _, key, st in self._chunks:
             c._unclaim(key)
             c._spool.release(st.slab)
@@ -214,6 +272,29 @@ class StoreWriter:
         self._chunks = []
         self.future.source_released.set_result(None)
         self.future.set_result(StoreResult(len(self._keys), 0, self.existing, self.dropped, 0))
+
+    def source_busy(self) -> bool:
+        """True while a copy may still read the caller's KV (CUDA gathers in flight)."""
+        if not self._open:
+            return not self.future.source_released.done()
+        return any(not ev.query() for ev in self._events)
+
+    def wait_source(self) -> None:
+        """Block until no copy reads the caller's KV any more (e.g. before its blocks are
+        reused); the store itself goes on."""
+        if not self._open:
+            self.future.source_released.exception()
+            return
+        for ev in self._events:
+            ev.synchronize()
+
+    def _sync_events(self) -> None:
+        for ev in self._events:   # a slab is free only when no copy still writes into it
+            try:
+                ev.synchronize()
+            except Exception:  # noqa: BLE001 - the store is being dropped anyway
+                logger.warning("yrcache: a GPU gather of an aborted store failed", exc_info=True)
+        self._events = []
 
 
 _COUNTERS = ("stores", "store_chunks", "store_existing", "store_dropped_staging",
@@ -274,6 +355,9 @@ class Cache:
         self._pending: set[Future[Any]] = set()
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="yrcache-cache-load")
         self._bg_loader = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-bgload")
+        # CUDA stores: waits for the device's gathers, then hands the chunks to the store
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit")
+        self._cuda_devices: set[int] = set()   # devices whose copies use the pinned staging
         self._tier_max = host_tier_bytes
         self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
         self._tier_bytes = 0
@@ -296,13 +380,15 @@ class Cache:
 
     # -- store ------------------------------------------------------------------------------------
     def store(self, token_ids: Any, kv: Sequence[Any], block_ids: Any = None, *,
-              extras: Mapping[str, Any] | None = None, batch: int = 0) -> StoreFuture:
+              extras: Mapping[str, Any] | None = None, batch: int = 0,
+              stream: Any = None) -> StoreFuture:
         """Store the KV of the full chunks of ``token_ids``. ``kv``: one entry per layer (paged: the
         layer's block tensor; dense: a (K, V) pair). ``block_ids`` (paged): the blocks holding the
-        tokens in order, at least one per ``block_tokens`` tokens."""
+        tokens in order, at least one per ``block_tokens`` tokens. CUDA tensors: the copies start
+        after the work already enqueued on ``stream`` (default: torch's current stream)."""
         self._check_open()
         w = self.begin_store(self.keys(token_ids, extras=extras), kv, block_ids,
-                             parent=self._root(extras), batch=batch)
+                             parent=self._root(extras), batch=batch, stream=stream)
         try:
             for l in range(self.layout.num_layers):
                 w.gather(l)
@@ -312,16 +398,20 @@ class Cache:
         return w.commit()
 
     def begin_store(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
-                    parent: bytes, first_index: int = 0, batch: int = 0) -> StoreWriter:
+                    parent: bytes, first_index: int = 0, batch: int = 0,
+                    stream: Any = None) -> StoreWriter:
         """Store chunks ``keys`` (chunk ``first_index`` onwards of a chain whose previous key, or
         root, is ``parent``) layer by layer: ``gather(l)`` as soon as layer ``l`` is written (an
         engine calls it from its forward pass), then ``commit()``. ``block_ids`` (paged) hold the
-        chunks' blocks in order, ``chunk_tokens // block_tokens`` per chunk."""
+        chunks' blocks in order, ``chunk_tokens // block_tokens`` per chunk. CUDA tensors: each
+        ``gather(l)`` copies after the work enqueued on ``stream`` so far (default: torch's current
+        stream at that call), so it sees the layer the engine just wrote."""
         self._check_open()
         if not isinstance(first_index, int) or first_index < 0:
             raise ValueError(f"first_index must be a non-negative int, got {first_index!r}")
         ids = self._check_kv(kv, block_ids, len(keys), load=False)
-        return StoreWriter(self, list(keys), kv, ids, parent, first_index, batch)
+        dev = self._kv_device(kv)
+        return StoreWriter(self, list(keys), kv, ids, parent, first_index, batch, dev, stream)
 
     def lookup_keys(self, keys: Sequence[bytes]) -> int:
         """Leading chunks of ``keys`` that can be loaded (host tier, staged, or stored)."""
@@ -385,28 +475,38 @@ class Cache:
 
     # -- load -------------------------------------------------------------------------------------
     def load(self, token_ids: Any, kv: Sequence[Any], block_ids: Any = None, *,
-             extras: Mapping[str, Any] | None = None, batch: int = 0) -> LoadFuture:
+             extras: Mapping[str, Any] | None = None, batch: int = 0,
+             stream: Any = None) -> LoadFuture:
         """Load the KV of the full chunks of ``token_ids`` (normally the prefix :meth:`lookup`
         matched) into ``kv`` at ``block_ids``. Returns a LoadFuture (per-layer futures); in sync
         mode it is complete on return."""
-        return self.load_chunks(self.keys(token_ids, extras=extras), kv, block_ids, batch=batch)
+        return self.load_chunks(self.keys(token_ids, extras=extras), kv, block_ids, batch=batch,
+                                stream=stream)
 
     def load_chunks(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
-                    batch: int = 0, background: bool = False) -> LoadFuture:
+                    batch: int = 0, background: bool = False, stream: Any = None) -> LoadFuture:
         """Load chunks ``keys`` into ``kv``. Paged: ``block_ids`` holds each chunk's blocks in
         order; a block id of -1 leaves that block untouched (its tokens are already in place, e.g.
         computed by the engine), so a load may start or end inside a chunk. ``background``: a load
         nobody waits on right now (a parked request) runs on its own thread, so loads that a
-        forward pass waits on never queue behind it; it does not block even in sync mode."""
+        forward pass waits on never queue behind it; it does not block even in sync mode.
+        CUDA tensors: the copies wait for the work enqueued on ``stream`` (default: torch's
+        current stream) before this call, and ``stream`` waits for each copy, so kernels the
+        caller enqueues after a layer's future completes see that layer."""
         self._check_open()
         keys = list(keys)
         ids = self._check_kv(kv, block_ids, len(keys), load=True)
+        dev = self._kv_device(kv)
+        gpu = None
+        if dev >= 0:
+            s = G.stream_handle(stream, dev)
+            gpu = _Gpu(0, G.copier(dev).record(s), s, None)
         lf = LoadFuture(self.layout.num_layers)
         self._bump(loads=1, load_chunks=len(keys))
         self._track(lf)
         try:
             (self._bg_loader if background else self._loader).submit(
-                self._load_guarded, lf, keys, kv, ids, batch)
+                self._load_guarded, lf, keys, kv, ids, batch, gpu)
         except RuntimeError as e:  # the loader was shut down by a concurrent close()
             from ._native import _C
             self._fail_load(lf, _C.ClosedError(f"cache is closed ({e})"))
@@ -429,7 +529,7 @@ class Cache:
                 f.set_exception(e)
 
     def _load_run(self, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any], ids: Any,
-                  batch: int) -> None:
+                  batch: int, gpu: _Gpu | None) -> None:
         """Reads go out layer-major (layer 0 of every chunk, then layer 1...), as many at once as
         there are load slabs; each verified segment is scattered as it arrives, and layer futures
         complete in order as soon as every chunk's segment of that layer is in place."""
@@ -482,13 +582,15 @@ class Cache:
                 hot = tiered[c]
                 if hot is not None:  # in the host tier: no file read
                     seg = memoryview(hot)[l * self._stride:l * self._stride + self.seg_bytes]
-                    finish(l, c, *self._scatter_safe(kv[l], ids, c, seg, batch), seg)
+                    ok, why, _ = self._scatter_safe(kv[l], ids, c, seg, batch, gpu)
+                    finish(l, c, ok, why, seg)   # pageable source: staged by the driver at once
                     continue
                 st = self._pin_staged(keys[c])
                 if st is not None:  # being stored by this process: its staging is whole
                     try:
-                        ok, why = self._scatter_safe(kv[l], ids, c, st.views[l], batch)
+                        ok, why, evs = self._scatter_safe(kv[l], ids, c, st.views[l], batch, gpu)
                         finish(l, c, ok, why, st.views[l])
+                        _sync_all(evs)
                     finally:
                         self._unpin_staged(st)
                     self._bump(load_from_inflight=1)
@@ -503,7 +605,7 @@ class Cache:
                     continue
                 g.add_done_callback(lambda f, l=l, c=c, seg=seg, slab=slab:
                                     self._on_segment(f, kv[l], ids, l, c, seg, slab, batch,
-                                                     finish))
+                                                     finish, gpu))
         all_done.wait()
         loaded = first_bad[0]
         if loaded < n:
@@ -516,13 +618,17 @@ class Cache:
             self._lat["load"].append((time.perf_counter() - t0, loaded * self.seg_bytes * nl))
         lf.set_result(LoadResult(loaded * self.chunk_tokens, n, loaded, reason[0]))
 
-    def _scatter_safe(self, layer: Any, ids: Any, c: int, seg: memoryview,
-                      batch: int) -> tuple[bool, str]:
+    def _scatter_safe(self, layer: Any, ids: Any, c: int, seg: memoryview, batch: int,
+                      gpu: _Gpu | None) -> tuple[bool, str, list[Any]]:
+        """Scatter one segment; on CUDA the copy is enqueued (its events are returned: the source
+        must stay untouched until they complete)."""
+        mine = None if gpu is None else _Gpu(0, gpu.after_event, gpu.signal, None)
         try:
-            self._scatter(layer, ids, c, seg, batch)
+            self._bump(bytes_scattered=self._copy(False, layer, ids, c, seg, batch, mine))
         except Exception as e:  # noqa: BLE001 - this chunk fails; the load goes on
-            return False, f"error: {e}"
-        return True, ""
+            _sync_all(mine.events if mine else [])
+            return False, f"error: {e}", []
+        return True, "", mine.events if mine else []
 
     # A chunk staged for a store may be read by loads meanwhile: its slab goes back to the pool
     # only when the store is done with it and no load is still copying from it.
@@ -542,12 +648,14 @@ class Cache:
             self._spool.release(st.slab)
 
     def _on_segment(self, f: Future[Any], layer: Any, ids: Any, l: int, c: int,
-                    seg: memoryview, slab: Any, batch: int, finish: Any) -> None:
+                    seg: memoryview, slab: Any, batch: int, finish: Any,
+                    gpu: _Gpu | None) -> None:
+        evs: list[Any] = []
         try:
             exc = f.exception()
             r = None if exc is not None else f.result()
             if r:
-                ok, why = self._scatter_safe(layer, ids, c, seg, batch)
+                ok, why, evs = self._scatter_safe(layer, ids, c, seg, batch, gpu)
             else:
                 ok, why = False, str(exc) if exc is not None else r.reason
             if ok:
@@ -555,6 +663,7 @@ class Cache:
             else:
                 finish(l, c, False, why, None)
         finally:
+            _sync_all(evs)   # the device may still be reading the slab
             self._release_load_slab(slab)
 
     def _acquire_load_slab(self) -> memoryview:
@@ -571,18 +680,17 @@ class Cache:
             self._lcond.notify()
 
     # -- copy -------------------------------------------------------------------------------------
-    def _gather(self, layer: Any, ids: Any, c: int, dst: memoryview, batch: int) -> None:
-        self._copy(True, layer, ids, c, dst, batch)
-
-    def _scatter(self, layer: Any, ids: Any, c: int, src: memoryview, batch: int) -> None:
-        self._bump(bytes_scattered=self._copy(False, layer, ids, c, src, batch))
-
     def _copy(self, gather: bool, layer: Any, ids: Any, c: int, seg: memoryview,
-              batch: int) -> int:
-        """Chunk c of one layer <-> its segment (paged: its blocks' pages; dense: K then V)."""
+              batch: int, gpu: _Gpu | None = None) -> int:
+        """Chunk c of one layer <-> its segment (paged: its blocks' pages; dense: K then V).
+        With ``gpu`` (CUDA tensors) the copies are enqueued and their events collected there."""
+        if gpu is not None:
+            self._cuda_ready(G.device_of(layer[0] if isinstance(layer, (tuple, list)) else layer))
         if self.layout.kind == "paged":
             per = self.chunk_tokens // self.layout.block_tokens
             fn = C.gather_paged if gather else C.scatter_paged
+            if gpu is not None:
+                fn = _gpu_paged(gather, gpu)
             mine = ids[c * per:(c + 1) * per]
             if mine.min() >= 0:
                 return fn(layer, mine, seg, threads=self.copy_threads)
@@ -600,8 +708,24 @@ class Cache:
             return n
         half, t0 = self.seg_bytes // 2, c * self.chunk_tokens
         dense = C.gather_dense if gather else C.scatter_dense
+        if gpu is not None:
+            dense = _gpu_dense(gather, gpu)
         return sum(dense(t, t0, self.chunk_tokens, part, batch=batch)
                    for t, part in zip(layer, (seg[:half], seg[half:])))
+
+    def _cuda_ready(self, dev: int) -> None:
+        """First CUDA copy on ``dev``: pin the staging arenas (cudaHostRegister, once)."""
+        if dev in self._cuda_devices:
+            return
+        with self._lock:
+            if not self._cuda_devices:
+                for pool in (self._spool, self._lpool):
+                    G.pin(pool.arena)
+                logger.info("yrcache: GPU KV on cuda:%d moves through %d MiB of pinned staging "
+                            "(copy method %s); objects are verified on the host", dev,
+                            (self._spool.arena.nbytes + self._lpool.arena.nbytes) >> 20,
+                            G.copier(dev).method)
+            self._cuda_devices.add(dev)
 
     # -- host tier --------------------------------------------------------------------------------
     def _tier_get(self, key: bytes) -> np.ndarray | None:
@@ -634,6 +758,18 @@ class Cache:
                 _, old = self._tier.popitem(last=False)
                 self._tier_bytes -= old.nbytes
 
+    @staticmethod
+    def _kv_device(kv: Sequence[Any]) -> int:
+        """-1 when every tensor is in host memory, else the one CUDA device they are all on."""
+        devs = {G.device_of(t) for e in kv for t in (e if isinstance(e, (tuple, list)) else [e])}
+        if len(devs) > 1:
+            raise ValueError(f"kv spans several devices ({sorted(devs)}): one Cache call moves "
+                             "one device's KV")
+        dev = devs.pop() if devs else -1
+        if dev >= 0:
+            G.require(dev)
+        return dev
+
     def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int, *, load: bool) -> Any:
         if len(kv) != self.layout.num_layers:
             raise ValueError(f"kv has {len(kv)} layers, the layout {self.layout.num_layers}")
@@ -651,7 +787,7 @@ class Cache:
                 if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                     raise ValueError(f"dense kv[{i}] must be a (K, V) pair")
                 for t in pair:
-                    info = C.tensor_info(t)
+                    info = C.tensor_info(t, allow_cuda=True)
                     if len(info.shape) != 4 or info.shape[1] != self.layout.kv_heads or \
                             info.shape[3] != self.layout.head_size or \
                             info.elem_bytes != self.layout.elem_bytes:
@@ -665,7 +801,7 @@ class Cache:
             return None
         blocks = None
         for i, t in enumerate(kv):
-            info = C.tensor_info(t)
+            info = C.tensor_info(t, allow_cuda=True)
             page = info.elem_bytes * int(np.prod(info.shape[1:], dtype=np.int64))
             if page != self.layout.page_bytes:
                 raise ValueError(f"kv[{i}] has {page}-byte blocks, the layout "
@@ -786,6 +922,7 @@ class Cache:
         finally:
             self._loader.shutdown(wait=False)
             self._bg_loader.shutdown(wait=False)
+            self._committer.shutdown(wait=False)
             self.store_.close()
             _OPEN.discard(self)
 
@@ -799,6 +936,42 @@ class Cache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sync_all(events: Sequence[Any]) -> None:
+    for ev in events:
+        try:
+            ev.synchronize()
+        except Exception:  # noqa: BLE001 - a device fault; logged, the caller's data is suspect
+            logger.exception("yrcache: a GPU copy failed")
+
+
+def _gpu_paged(gather: bool, gpu: _Gpu) -> Any:
+    """A paged copy function with the CPU one's signature that enqueues on the device."""
+    def fn(layer: Any, ids: Any, seg: Any, *, threads: int = 0) -> int:
+        if gather:
+            ev = G.gather_paged(layer, ids, seg, after_stream=gpu.after_stream,
+                                after_event=gpu.after_event)
+        else:
+            ev = G.scatter_paged(layer, ids, seg, after_stream=gpu.after_stream,
+                                 after_event=gpu.after_event, signal=gpu.signal)
+        gpu.events.append(ev)
+        return len(ids) * C._paged(layer, allow_cuda=True)[2]
+    return fn
+
+
+def _gpu_dense(gather: bool, gpu: _Gpu) -> Any:
+    def fn(t: Any, t0: int, n: int, part: Any, *, batch: int = 0) -> int:
+        if gather:
+            ev = G.gather_dense(t, t0, n, part, batch=batch, after_stream=gpu.after_stream,
+                                after_event=gpu.after_event)
+        else:
+            ev = G.scatter_dense(t, t0, n, part, batch=batch, after_stream=gpu.after_stream,
+                                 after_event=gpu.after_event, signal=gpu.signal)
+        gpu.events.append(ev)
+        _, shape, _, es = C._dense(t, allow_cuda=True)
+        return shape[1] * n * shape[3] * es
+    return fn
 
 
 def _dtype_name(t: Any) -> str | None:

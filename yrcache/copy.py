@@ -25,15 +25,18 @@ class TensorInfo(NamedTuple):
     nbytes: int               # extent from the first to one past the last element
 
 
-def tensor_info(t: Any) -> TensorInfo:
-    """Address, shape and byte strides of a CPU torch tensor or a numpy array."""
+def tensor_info(t: Any, *, allow_cuda: bool = False) -> TensorInfo:
+    """Address, shape and byte strides of a torch tensor (CPU, or CUDA with ``allow_cuda``) or a
+    numpy array."""
     if isinstance(t, np.ndarray):
         return TensorInfo(t.ctypes.data, tuple(t.shape), tuple(t.strides), t.itemsize,
                           _extent(t.shape, t.strides, t.itemsize))
     if hasattr(t, "data_ptr") and hasattr(t, "element_size"):  # torch.Tensor, without importing it
         dev = getattr(t, "device", None)
-        if dev is not None and getattr(dev, "type", "cpu") != "cpu":
-            raise ValueError(f"tensor is on {dev}: only CPU tensors until the GPU data path lands")
+        kind = getattr(dev, "type", "cpu") if dev is not None else "cpu"
+        if kind != "cpu" and not (allow_cuda and kind == "cuda"):
+            raise ValueError(f"tensor is on {dev}: this copy takes CPU memory "
+                             "(CUDA tensors go through yrcache.cuda)")
         es = int(t.element_size())
         strides = tuple(int(s) * es for s in t.stride())
         shape = tuple(int(s) for s in t.shape)
@@ -63,10 +66,10 @@ def _ids(block_ids: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def _paged(layer: Any) -> tuple[int, int, int, int]:
+def _paged(layer: Any, *, allow_cuda: bool = False) -> tuple[int, int, int, int]:
     """(address, num_blocks, page_bytes, block_stride) of a [num_blocks, ...] layer tensor whose
     blocks are each one contiguous page."""
-    ti = tensor_info(layer)
+    ti = tensor_info(layer, allow_cuda=allow_cuda)
     if not ti.shape:
         raise ValueError("a paged layer needs a leading block dimension")
     inner = _extent(ti.shape[1:], ti.strides[1:], ti.elem_bytes) if len(ti.shape) > 1 else \
@@ -98,8 +101,8 @@ def scatter_paged(layer: Any, block_ids: Any, src: Any, *, threads: int = 0) -> 
     return page * ids.size
 
 
-def _dense(t: Any) -> tuple[int, list[int], list[int], int]:
-    ti = tensor_info(t)
+def _dense(t: Any, *, allow_cuda: bool = False) -> tuple[int, list[int], list[int], int]:
+    ti = tensor_info(t, allow_cuda=allow_cuda)
     if len(ti.shape) != 4:
         raise ValueError(f"a dense K/V tensor is [batch, heads, seq, head_dim], got shape {ti.shape}")
     return ti.address, list(ti.shape), list(ti.strides), ti.elem_bytes

@@ -13,10 +13,11 @@ from ._native import _C
 ClosedError = _C.ClosedError
 #: A backend named explicitly (``backend="uring"``) cannot run here; the message says why.
 BackendUnavailableError = _C.BackendUnavailableError
+#: A CUDA operation was requested but CUDA cannot run here (not compiled in, no driver, no
+#: device); the message says which.
+CudaUnavailableError = _C.CudaUnavailableError
+#: A CUDA runtime call failed. The message starts with the CUDA error's name, also in ``.name``
+#: (``cudaErrorInvalidValue``...).
+CudaError = _C.CudaError
 
-
-class CudaUnavailableError(RuntimeError):
-    """A CUDA operation was requested but no usable CUDA device/driver is present."""
-
-
-__all__ = ["BackendUnavailableError", "ClosedError", "CudaUnavailableError"]
+__all__ = ["BackendUnavailableError", "ClosedError", "CudaError", "CudaUnavailableError"]

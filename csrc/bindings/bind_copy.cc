@@ -31,15 +31,6 @@ copy::PagedView paged(std::uintptr_t base, std::int64_t num_blocks, std::int64_t
   return copy::PagedView{base, num_blocks, page_bytes, block_stride};
 }
 
-copy::DenseView dense(std::uintptr_t base, const std::array<std::int64_t, 4>& shape,
-                      const std::array<std::int64_t, 4>& strides, std::int64_t elem_bytes) {
-  copy::DenseView v;
-  v.base = base;
-  std::memcpy(v.shape, shape.data(), sizeof v.shape);
-  std::memcpy(v.strides, strides.data(), sizeof v.strides);
-  v.elem_bytes = elem_bytes;
-  return v;
-}
 
 }  // namespace
 
@@ -76,7 +67,7 @@ void bind_copy(py::module_& m) {
          std::int64_t elem_bytes, std::int64_t batch, std::int64_t t0, std::int64_t len,
          py::handle dst) {
         auto [d, dn] = buffer_span(dst, true);
-        auto v = dense(base, shape, strides, elem_bytes);
+        auto v = copy::make_dense(base, shape.data(), strides.data(), elem_bytes);
         py::gil_scoped_release nogil;
         copy::gather_dense(v, batch, t0, len, d, dn);
       },
@@ -90,7 +81,7 @@ void bind_copy(py::module_& m) {
          std::int64_t elem_bytes, std::int64_t batch, std::int64_t t0, std::int64_t len,
          py::handle src) {
         auto [s, sn] = buffer_span(src, false);
-        auto v = dense(base, shape, strides, elem_bytes);
+        auto v = copy::make_dense(base, shape.data(), strides.data(), elem_bytes);
         py::gil_scoped_release nogil;
         copy::scatter_dense(v, batch, t0, len, s, sn);
       },

@@ -14,6 +14,8 @@ void bind_mem(py::module_& m);
 void bind_io(py::module_& m);
 void bind_store(py::module_& m);
 void bind_copy(py::module_& m);
+void bind_cuda(py::module_& m);
+void bind_gds(py::module_& m);
 
 // Pointer and length of a C-contiguous buffer-protocol object. The caller (Python) keeps the object
 // alive, and pinned through a memoryview, until the operation completes.

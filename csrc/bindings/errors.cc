@@ -13,6 +13,9 @@ void register_errors(py::module_& m) {
   static py::exception<ClosedError> closed(m, "ClosedError", PyExc_RuntimeError);
   static py::exception<BackendUnavailable> unavailable(m, "BackendUnavailableError",
                                                        PyExc_RuntimeError);
+  static py::exception<CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
+  static py::exception<CudaUnavailable> cuda_unavailable(m, "CudaUnavailableError",
+                                                         PyExc_RuntimeError);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -25,6 +28,13 @@ void register_errors(py::module_& m) {
       PyErr_SetString(closed.ptr(), e.what());
     } catch (const BackendUnavailable& e) {
       PyErr_SetString(unavailable.ptr(), e.what());
+    } catch (const CudaError& e) {
+      // The CUDA error's name (cudaErrorInvalidValue...) as .name, for code that branches on it.
+      py::object exc = py::reinterpret_borrow<py::object>(cuda_error.ptr())(e.what());
+      exc.attr("name") = e.name();
+      PyErr_SetObject(cuda_error.ptr(), exc.ptr());
+    } catch (const CudaUnavailable& e) {
+      PyErr_SetString(cuda_unavailable.ptr(), e.what());
     }
   });
 }

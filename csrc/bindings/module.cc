@@ -31,7 +31,7 @@ py::dict build_info() {
   cuda["device_count"] = c.device_count;
   cuda["status"] = c.status;
   d["cuda"] = cuda;
-  d["cufile"] = false;
+  d["cufile"] = "dlopen at run time (yrcache.gds)";
   py::list backends;
   backends.append("psync");
 #ifdef YRCACHE_HAVE_LIBURING
@@ -58,5 +58,9 @@ PYBIND11_MODULE(_C, m) {
   yrc::bind_store(store);
   auto copy = m.def_submodule("copy", "gather/scatter of KV between engine memory and staging");
   yrc::bind_copy(copy);
+  auto cuda = m.def_submodule("cuda", "GPU copy engine: streams, events, gather/scatter, pinning");
+  yrc::bind_cuda(cuda);
+  auto gds = m.def_submodule("gds", "GPUDirect Storage (libcufile, loaded at run time)");
+  yrc::bind_gds(gds);
   m.def("build_info", &yrc::build_info, "What was compiled into this extension.");
 }

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace yrc {
 
@@ -29,6 +30,23 @@ class ClosedError : public std::runtime_error {
 
 // A backend was asked for by name but cannot run here.
 class BackendUnavailable : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A CUDA runtime call failed; what() starts with the CUDA error's name (cudaErrorInvalidValue...).
+class CudaError : public std::runtime_error {
+ public:
+  CudaError(std::string name, const std::string& what)
+      : std::runtime_error(name + ": " + what), name_(std::move(name)) {}
+  const std::string& name() const noexcept { return name_; }
+
+ private:
+  std::string name_;
+};
+
+// CUDA was asked for but cannot run here: not compiled in, no driver, or no device.
+class CudaUnavailable : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };

@@ -30,6 +30,20 @@ struct DenseView {
   std::int64_t elem_bytes = 0;
 };
 
+// The argument checks every implementation (CPU here, CUDA in csrc/cuda) runs before touching
+// memory; std::invalid_argument (ValueError) on a bad view, id or token range.
+void check_paged(const PagedView& v, const std::int64_t* ids, std::size_t n, bool unique);
+void check_dense_range(const DenseView& v, std::int64_t batch, std::int64_t t0, std::int64_t len);
+
+inline DenseView make_dense(std::uintptr_t base, const std::int64_t* shape,
+                            const std::int64_t* strides, std::int64_t elem_bytes) {
+  DenseView v;
+  v.base = base;
+  for (int d = 0; d < 4; ++d) v.shape[d] = shape[d], v.strides[d] = strides[d];
+  v.elem_bytes = elem_bytes;
+  return v;
+}
+
 // Segment bytes of n pages / of a dense chunk of len tokens.
 std::size_t paged_bytes(const PagedView& v, std::size_t n);
 std::size_t dense_bytes(const DenseView& v, std::int64_t len);

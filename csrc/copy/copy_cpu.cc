@@ -101,6 +101,15 @@ void dense_copy(const DenseView& v, std::int64_t batch, std::int64_t t0, std::in
 
 }  // namespace
 
+void check_paged(const PagedView& v, const std::int64_t* ids, std::size_t n, bool unique) {
+  check_view(v);
+  check_ids(v, ids, n, unique);
+}
+
+void check_dense_range(const DenseView& v, std::int64_t batch, std::int64_t t0, std::int64_t len) {
+  check_dense(v, batch, t0, len);
+}
+
 std::size_t paged_bytes(const PagedView& v, std::size_t n) {
   return n * static_cast<std::size_t>(v.page_bytes);
 }

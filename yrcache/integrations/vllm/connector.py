@@ -16,6 +16,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import compat, spaces
+
+if compat.VLLM_IMPORT_ERROR:
+    raise ImportError(f"yrcache's vLLM connector needs vLLM 0.32: {compat.VLLM_IMPORT_ERROR}")
 from .compat import KVConnectorBase_V1, KVConnectorMetadata, KVConnectorRole, KVConnectorStats
 from .config import ConnectorConfig
 from .metadata import YRCacheMetadata, YRCacheStats

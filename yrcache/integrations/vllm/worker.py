@@ -77,6 +77,10 @@ class WorkerSide:
         self._multi_rank = len(dep.spaces) > 1
         self._parked_failed: set[str] = set()   # parked loads that never started
         self._delayed: set[str] = set()
+        # CUDA KV: gathers run on the device's copy stream after the step; a finished request's
+        # blocks are released to vLLM only when no gather reads them any more
+        self._async_gathers = False
+        self._sources: dict[str, list[StoreWriter]] = {}
         self._errors: set[int] = set()
         self._lock = threading.Lock()               # report fields: store callbacks run elsewhere
         self._report = YRCacheWorkerMeta()
@@ -120,6 +124,10 @@ class WorkerSide:
             blocks = nb
         self._layers = {n: i for i, n in enumerate(names)}
         self._kv = [kv_caches[n] for n in names]
+        devs = {str(t.device) for t in self._kv}
+        if len(devs) != 1:
+            raise ValueError(f"KV layers on several devices: {sorted(devs)}")
+        self._async_gathers = self._kv[0].device.type == "cuda"
         self._engine = IoEngine(self.cfg.backend)
         self.cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
                            staging_bytes=self.cfg.staging_bytes,
@@ -140,6 +148,8 @@ class WorkerSide:
                 ld = self._parked.get(rid)
                 if ld is not None:
                     ld.lf.exception()     # waits; a failure is reported in get_finished
+                for w in self._sources.pop(rid, []):
+                    w.wait_source()       # CUDA: gathers still reading its blocks
 
     @_timed
     def bind(self, meta: Any) -> None:
@@ -168,6 +178,8 @@ class WorkerSide:
                 self._finish_store(op, keys, w.commit())
                 continue
             self._writers.append((op, w))
+            if self._async_gathers:
+                self._sources.setdefault(op.req_id, []).append(w)
 
     @_timed
     def start_load(self) -> None:
@@ -253,9 +265,16 @@ class WorkerSide:
                 self._check_load(ld)
                 del self._parked[rid]
                 recving.add(rid)
-        # Gathers are synchronous here, so a delayed request is released at once.
-        sending = set(self._delayed)
-        self._delayed.clear()
+        # A delayed request is released once no gather reads its blocks (at once on CPU, where
+        # gathers are synchronous; on CUDA when its copies on the offload stream are done).
+        for rid in list(self._sources):
+            left = [w for w in self._sources[rid] if w.source_busy()]
+            if left:
+                self._sources[rid] = left
+            else:
+                del self._sources[rid]
+        sending = {r for r in self._delayed if r not in self._sources}
+        self._delayed -= sending
         return sending or None, recving or None
 
     def load_errors(self) -> set[int]:
@@ -267,6 +286,10 @@ class WorkerSide:
             rep, self._report = self._report, YRCacheWorkerMeta()
         if self.disabled and not self._disabled_reported:
             rep.disabled, self._disabled_reported = self.disabled, True
+        if self._async_gathers:   # sent every step: the scheduler keeps the last report's view
+            rep.async_gathers = True
+            rep.gathering = set(self._sources)
+            return rep
         if rep.published or rep.unpublished or rep.load_failed or rep.disabled or \
                 rep.loaded_steps:
             return rep

@@ -1,0 +1,390 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The GPU data path.
+
+Runs everywhere: the CUDA code is compiled into the extension for every default arch (read back
+with cuobjdump), CUDA calls without a device raise CudaUnavailableError saying why, and the cuFile
+shim loads the real libcufile (nvidia-cufile wheel), resolves its symbols and refuses to open the
+driver without a device. Marked ``cuda`` (skip without a GPU, also in CI): gather/scatter against
+the CPU reference, stream ordering, CUDA error names, the device file I/O ladder, the Cache and the
+vLLM worker hooks on CUDA tensors.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import yrcache
+from yrcache import cuda as G
+from yrcache import gds
+from yrcache._native import _C
+from yrcache.copy import gather_paged, scatter_paged
+from yrcache.errors import CudaError, CudaUnavailableError
+from yrcache.io import HostBuffer
+
+from .conftest import REPO, require
+
+HAVE_GPU, WHY = G.status()
+gpu = pytest.mark.skipif(not HAVE_GPU, reason=f"needs a CUDA device: {WHY}")
+
+
+def _child(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=os.getcwd(),
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+def _cuobjdump() -> str | None:
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec("nvidia")
+    wheels = [p for r in (spec.submodule_search_locations or []) if spec
+              for p in glob.glob(os.path.join(r, "*", "bin", "cuobjdump"))] if spec else []
+    for c in (shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump", *wheels):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+# -- everywhere ----------------------------------------------------------------------------------
+def test_kernels_compiled_for_every_default_arch() -> None:
+    info = yrcache.build_info()
+    require(info["cuda"]["compiled"], "CUDA not compiled into this build (nvcc missing?)")
+    tool = _cuobjdump()
+    require(tool is not None, "cuobjdump not found (CUDA toolkit or pip install "
+            "nvidia-cuda-cuobjdump)")
+    so = _C.__file__
+    elfs = subprocess.run([tool, "--list-elf", so], capture_output=True, text=True, check=True)
+    archs = set(re.findall(r"sm_(\d+)", elfs.stdout))
+    want = {a.split("-")[0] for a in info["cuda"]["archs"].split(";")}
+    assert want <= archs, f"cubins for {sorted(archs)}, the build asked for {sorted(want)}"
+    ptx = subprocess.run([tool, "--list-ptx", so], capture_output=True, text=True, check=True)
+    assert "sm_90" in ptx.stdout, "no PTX for newer GPUs"
+    syms = subprocess.run([tool, "--dump-resource-usage", so], capture_output=True, text=True,
+                          check=True).stdout
+    assert "copy_pages" in syms, "the gather/scatter kernel is not in the fatbin"
+
+
+def test_without_a_device_cuda_calls_say_why() -> None:
+    if HAVE_GPU:
+        assert _C.cuda.require_device(0) >= 1
+        return
+    for call in (lambda: G.require(0), lambda: _C.cuda.Copier(0),
+                 lambda: G.pin(HostBuffer(4096)), lambda: gds.DeviceFileIO(0)):
+        with pytest.raises(CudaUnavailableError, match=r"CUDA|cuda") as e:
+            call()
+        assert "cudaError" in str(e.value) or "not compiled" in str(e.value)
+    assert issubclass(CudaUnavailableError, RuntimeError) and issubclass(CudaError, RuntimeError)
+
+
+def test_cache_refuses_cuda_tensors_without_a_device(tmp_path: Path) -> None:
+    """A tensor that says it is on cuda:0 reaches the device check (not a generic error)."""
+    if HAVE_GPU:   # not applicable: test_cache_round_trip_cuda_tensors covers real ones
+        assert G.available()
+        return
+    from yrcache.cache import Cache
+    from yrcache.layout import KVLayout
+    lay = KVLayout.paged("t", num_layers=2, dtype="uint8", kv_heads=1, head_size=8,
+                         block_tokens=4, page_bytes=4096)
+    host = np.zeros((8, 4096), np.uint8)
+
+    class FakeCudaTensor:   # the attributes Cache reads of a torch tensor
+        shape, device, dtype = host.shape, type("D", (), {"type": "cuda", "index": 0})(), "uint8"
+
+        def data_ptr(self) -> int:
+            return host.ctypes.data
+
+        def element_size(self) -> int:
+            return 1
+
+        def stride(self) -> tuple[int, ...]:
+            return (4096, 1)
+
+    with Cache(tmp_path, lay.namespace("m", chunk_tokens=8), lay, staging_bytes=1 << 20,
+               janitor_period=0) as c:
+        with pytest.raises(CudaUnavailableError):
+            c.store(np.arange(8), [FakeCudaTensor()] * 2, np.arange(2))
+        assert c.stats()["stores"] == 0
+
+
+def _cufile_lib() -> str | None:
+    libs = [p for p in gds.cufile_candidates() if os.path.isabs(p) and os.path.exists(p)]
+    return libs[0] if libs else None
+
+
+def test_cufile_shim_loads_the_real_library() -> None:
+    lib = _cufile_lib()
+    require(lib is not None, "libcufile not found: pip install nvidia-cufile")
+    r = _child("import json; from yrcache._native import _C; "
+               f"print(json.dumps(_C.gds.open(['/nonexistent/libcufile.so.0', {lib!r}])))",
+               CUFILE_LOGFILE_PATH=os.devnull)
+    assert r.returncode == 0, r.stderr
+    import json
+    st = json.loads(r.stdout.strip().splitlines()[-1])
+    assert st["library"] == lib, st           # dlopen found it after a missing candidate
+    assert st["version"] >= 1000, st          # cuFileGetVersion resolved and answered
+    if HAVE_GPU:
+        assert st["ok"] or "cuFileDriverOpen failed" in st["reason"], st
+    else:   # never touches the driver without a device (it can block forever then)
+        assert not st["ok"] and "cuFileDriverOpen not tried" in st["reason"], st
+
+
+def test_cufile_missing_library_is_a_reason_not_a_crash() -> None:
+    r = _child("import json; from yrcache._native import _C; "
+               "print(json.dumps(_C.gds.open(['/nonexistent/libcufile.so.0'])))")
+    assert r.returncode == 0, r.stderr
+    assert "libcufile not loadable" in r.stdout and "/nonexistent/libcufile.so.0" in r.stdout
+
+
+def test_device_io_ladder_decision_is_logged_with_its_reason(caplog) -> None:
+    r = _child("import logging; logging.basicConfig(level=logging.INFO)\n"
+               "from yrcache import gds\nprint(gds.decide('auto'))\nprint(gds.decide('auto'))")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("device file I/O uses") == 1, r.stderr   # decided once, logged once
+    first = r.stdout.strip().splitlines()[0]
+    assert any(b in first for b in gds.BACKENDS)
+    if not HAVE_GPU:
+        assert "cuFile unusable" in first
+    with pytest.raises(ValueError, match="prefer must be"):
+        gds.decide("nvme")
+
+
+# -- on a GPU ----------------------------------------------------------------------------------------
+torch = pytest.importorskip("torch") if HAVE_GPU else None
+
+
+def _pinned(nbytes: int) -> tuple[HostBuffer, np.ndarray]:
+    b = HostBuffer(nbytes)
+    G.pin(b)
+    return b, np.frombuffer(b, np.uint8)
+
+
+@gpu
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", G.METHODS)
+@pytest.mark.parametrize("page,stride_pad", [(65536, 0), (32768, 4096), (4098, 2), (24, 0)])
+def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad: int) -> None:
+    rng = np.random.default_rng(page + stride_pad)
+    nb = 300
+    c = _C.cuda.Copier(0, 1 << 20, method)   # small staging: several pieces per op
+    raw = torch.randint(0, 256, (nb, page + stride_pad), dtype=torch.uint8, device="cuda")
+    layer = raw[:, :page]                   # blocks `page` long, `page + pad` apart
+    ids = rng.choice(nb, size=200, replace=False).astype(np.int64)
+    buf, host = _pinned(200 * page)
+    host[:] = 0xAB                            # poison
+    base, _, _, stride = yrcache.copy._paged(layer, allow_cuda=True)
+    c.gather_paged(base, nb, page, stride, ids, buf).synchronize()
+    ref = np.empty(200 * page, np.uint8)
+    gather_paged(layer.cpu().numpy(), ids, ref)
+    assert np.array_equal(host, ref)
+    # scatter into a poisoned copy: exactly the id'd blocks change, to the CPU reference's bytes
+    dst = torch.full_like(raw, 0x5A)
+    dlayer = dst[:, :page]
+    src = rng.integers(0, 256, 200 * page, dtype=np.uint8)
+    host[:] = src
+    c.scatter_paged(dlayer.data_ptr(), nb, page, stride, ids, buf).synchronize()
+    want = np.full((nb, page + stride_pad), 0x5A, np.uint8)
+    scatter_paged(want[:, :page], ids, src)
+    assert np.array_equal(dst.cpu().numpy(), want)
+
+
+@gpu
+@pytest.mark.cuda
+def test_dense_bit_exact_against_cpu() -> None:
+    from yrcache.copy import gather_dense
+    t = torch.randn(2, 8, 1000, 128, dtype=torch.bfloat16, device="cuda")
+    view = t[:, :, :, :]                    # [batch, heads, seq, head_dim]
+    buf, host = _pinned(8 * 256 * 128 * 2)
+    host[:] = 0xCD
+    G.gather_dense(view, 300, 256, buf, batch=1).synchronize()
+    ref = np.empty_like(host)
+    gather_dense(t.cpu().view(torch.int16).numpy(), 300, 256, ref, batch=1)
+    assert np.array_equal(host, ref)
+    u = torch.zeros_like(t)
+    G.scatter_dense(u, 300, 256, buf, batch=1).synchronize()
+    assert torch.equal(u[1, :, 300:556], t[1, :, 300:556])
+    assert not u[0].any() and not u[1, :, :300].any() and not u[1, :, 556:].any()
+
+
+@gpu
+@pytest.mark.cuda
+def test_store_gather_sees_what_the_compute_stream_just_wrote() -> None:
+    s = torch.cuda.Stream()
+    layer = torch.zeros(64, 16384, dtype=torch.uint8, device="cuda")
+    ids = np.arange(0, 64, 2, dtype=np.int64)
+    buf, host = _pinned(32 * 16384)
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(200_000_000)      # ~0.1 s: the write below is still queued
+        layer.fill_(7)
+    ev = G.gather_paged(layer, ids, buf, after_stream=s)
+    ev.synchronize()
+    assert (host == 7).all()                # not the zeros that were there when it was issued
+
+
+@gpu
+@pytest.mark.cuda
+def test_load_event_gates_a_consumer_kernel_without_host_wait() -> None:
+    compute, slow = torch.cuda.Stream(), torch.cuda.Stream()
+    layer = torch.zeros(64, 16384, dtype=torch.uint8, device="cuda")
+    ids = np.arange(10, 42, dtype=np.int64)
+    buf, host = _pinned(32 * 16384)
+    host[:] = 9
+    with torch.cuda.stream(slow):
+        torch.cuda._sleep(200_000_000)      # the load may only start after this
+    gate = G.copier(0).record(slow.cuda_stream)
+    ev = G.scatter_paged(layer, ids, buf, after_event=gate, signal=compute)
+    with torch.cuda.stream(compute):        # enqueued at once: no host synchronization
+        out = layer[10:42].clone()
+    assert not ev.query()                   # the copy is still waiting behind `slow`
+    compute.synchronize()
+    assert (out == 9).all()
+
+
+@gpu
+@pytest.mark.cuda
+def test_cuda_errors_carry_the_cuda_error_name() -> None:
+    b = HostBuffer(1 << 20)
+    G.pin(b)
+    with pytest.raises(CudaError, match="cudaErrorHostMemoryAlreadyRegistered") as e:
+        _C.cuda.host_register_range(b.address, 1 << 20)
+    assert e.value.name == "cudaErrorHostMemoryAlreadyRegistered"
+    with pytest.raises(ValueError, match="out of range"):
+        _C.cuda.Copier(0).gather_paged(1 << 40, 4, 4096, 4096, np.array([5]), bytearray(4096))
+
+
+@gpu
+@pytest.mark.cuda
+@pytest.mark.parametrize("prefer", ["auto", "cufile", "bounce-uring", "bounce-psync"])
+def test_device_file_round_trip_every_rung(tmp_path: Path, prefer: str) -> None:
+    n = (40 << 20) + 4096 * 3               # several bounce pieces, not a multiple of them
+    a = torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda")
+    b = torch.zeros_like(a)
+    with gds.DeviceFileIO(0, prefer=prefer, bounce_bytes=16 << 20) as io:
+        if prefer.startswith("bounce"):
+            ok = io.backend == prefer or (prefer == "bounce-uring" and "io_uring" in io.reason)
+            assert ok, (io.backend, io.reason)
+        assert io.write(tmp_path / "x", a.data_ptr(), n) == n
+        assert io.read(tmp_path / "x", b.data_ptr(), n) == n
+        print(prefer, "->", io.backend, io.reason)
+    torch.cuda.synchronize()
+    assert torch.equal(a, b)
+
+
+def _paged_cache(root: Path, mode: str, L: int = 4):
+    from yrcache.cache import Cache
+    from yrcache.layout import KVLayout
+    H, HS, BT = 8, 128, 16
+    lay = KVLayout.paged("vllm-cuda-LBNHC", num_layers=L, dtype="bfloat16", kv_heads=H,
+                         head_size=HS, block_tokens=BT, page_bytes=BT * H * 2 * HS * 2)
+    return Cache(root, lay.namespace("m", chunk_tokens=64), lay, mode=mode,
+                 staging_bytes=64 << 20, janitor_period=0)
+
+
+def _flash_layers(L: int, nb: int = 64, H: int = 8, HS: int = 128, BT: int = 16):
+    """Per layer, what vLLM 0.32 hands a connector for FlashAttention (layout LBNHC): the
+    [blocks, heads, tokens, 2*head_size] view of a [blocks, tokens, heads, 2*head_size] buffer."""
+    return [torch.randn(nb, BT, H, 2 * HS, dtype=torch.bfloat16, device="cuda").permute(0, 2, 1, 3)
+            for _ in range(L)]
+
+
+@gpu
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_cache_round_trip_cuda_tensors(tmp_path: Path, mode: str) -> None:
+    L = 4
+    src, dst = _flash_layers(L), [t.zero_() for t in _flash_layers(L)]
+    toks = np.random.default_rng(1).integers(0, 1000, 64 * 3)
+    sblocks, dblocks = np.arange(3, 15), np.arange(40, 52)
+    with _paged_cache(tmp_path, mode, L) as c:
+        f = c.store(toks, src, sblocks)
+        f.source_released.result(30)
+        assert f.result(30).stored == 3
+        c.store_.flush()
+        assert c.lookup(toks) == 64 * 3
+        lf = c.load(toks, dst, dblocks)
+        for i in range(L):
+            lf.layer(i).result(30)
+        assert lf.result(30).tokens == 64 * 3
+        torch.cuda.current_stream().synchronize()
+        for s, d in zip(src, dst):
+            assert torch.equal(s[3:15], d[40:52])
+            assert not d[:40].any() and not d[52:].any()
+
+
+@gpu
+@pytest.mark.cuda
+def test_vllm_worker_hooks_on_cuda_tensors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connector's worker side as vLLM 0.32 drives it on CUDA (FlashAttention tensors), with
+    a compute stream writing each layer right before save_kv_layer and reading each loaded layer
+    right after wait_for_layer_load. vLLM itself is not installed on the GPU machines."""
+    from yrcache.integrations.vllm import compat
+    from yrcache.integrations.vllm.config import ConnectorConfig
+    from yrcache.integrations.vllm.metadata import LoadOp, StoreOp, YRCacheMetadata
+    from yrcache.integrations.vllm.spaces import Deployment, RankSpace
+    from yrcache.integrations.vllm.worker import WorkerSide
+    from yrcache.keys import chain_keys
+    from yrcache.layout import KVLayout
+    L, H, HS, BT, CH = 4, 8, 128, 16, 64
+    monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
+    monkeypatch.setattr(compat, "layer_index", lambda n: int(n.split(".")[2]))
+    lay = KVLayout.paged("vllm-cuda-LBNHC", num_layers=L, dtype="bfloat16", kv_heads=H,
+                         head_size=HS, block_tokens=BT, page_bytes=BT * H * 2 * HS * 2)
+    ns = lay.namespace("m", chunk_tokens=CH)
+    dep = Deployment((RankSpace(0, 0, lay, ns, True),), BT, CH, False)
+    cfg = ConnectorConfig(root=str(tmp_path), chunk_tokens=CH, staging_bytes=64 << 20)
+    w = WorkerSide(None, cfg, dep)
+    kv = _flash_layers(L)
+    names = [f"model.layers.{i}.self_attn.attn" for i in range(L)]
+    w.register(dict(zip(names, kv)))
+    assert not w.disabled, w.disabled
+    compute = torch.cuda.Stream()
+    toks = np.random.default_rng(3).integers(0, 1000, CH * 2)
+    keys = chain_keys(ns.digest, toks, CH)
+    src = list(range(8, 16))
+    want = []
+    with torch.cuda.stream(compute):
+        w.bind(YRCacheMetadata(stores=[StoreOp("r1", {ns.hex: keys}, {ns.hex: ns.digest}, 0, src)],
+                               step=1))
+        w.start_load()
+        for i, n in enumerate(names):
+            torch.cuda._sleep(20_000_000)                # the layer's attention, still running
+            kv[i][src] = torch.randn_like(kv[i][src])    # ... writes the new KV
+            w.save_layer(n)                              # gathers after it, on the copy stream
+            want.append(kv[i][src].clone())
+        w.wait_for_save()
+        for i in range(L):                               # the engine moves on: same blocks reused
+            kv[i][src] = 0
+    w.bind(YRCacheMetadata(delayed=["r1"], step=2))
+    for _ in range(200):                                 # released once the gathers are done
+        sending, _ = w.get_finished(set())
+        if sending:
+            break
+        threading.Event().wait(0.05)
+    assert sending == {"r1"}
+    w.cache.store_.flush()
+    meta = w.worker_meta()
+    assert meta is not None and meta.async_gathers
+    assert meta.published.get(ns.hex) == keys
+    dst = [-1] + list(range(41, 48))   # block 40's tokens are already in the engine: untouched
+    with torch.cuda.stream(compute):
+        w.bind(YRCacheMetadata(loads=[LoadOp("r2", {ns.hex: keys}, 0, dst, False)], step=3))
+        w.start_load()
+        got = []
+        for i, n in enumerate(names):
+            w.wait_for_layer_load(n)
+            got.append(kv[i][41:48].clone())             # a consumer on the compute stream
+        w.wait_for_save()
+    compute.synchronize()
+    assert w.load_errors() == set()
+    for i in range(L):
+        assert torch.equal(got[i], want[i][1:]), f"layer {i}"
+        assert not kv[i][40].any()
+    w.shutdown()
+
