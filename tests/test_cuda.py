@@ -359,20 +359,29 @@ def test_vllm_worker_hooks_on_cuda_tensors(tmp_path: Path, monkeypatch: pytest.M
             w.save_layer(n)                              # gathers after it, on the copy stream
             want.append(kv[i][src].clone())
         w.wait_for_save()
-        for i in range(L):                               # the engine moves on: same blocks reused
-            kv[i][src] = 0
+    # r1 finished: vLLM keeps its blocks (delayed) until get_finished says no gather reads them
     w.bind(YRCacheMetadata(delayed=["r1"], step=2))
-    for _ in range(200):                                 # released once the gathers are done
+    sending = None
+    for _ in range(200):
         sending, _ = w.get_finished(set())
         if sending:
             break
         threading.Event().wait(0.05)
     assert sending == {"r1"}
-    w.cache.store_.flush()
-    meta = w.worker_meta()
-    assert meta is not None and meta.async_gathers
-    assert meta.published.get(ns.hex) == keys
+    with torch.cuda.stream(compute):
+        for i in range(L):                               # now the engine may reuse them
+            kv[i][src] = 0
+    published: list[bytes] = []
+    for _ in range(200):                                 # commits run on the commit thread
+        meta = w.worker_meta()
+        assert meta is not None and meta.async_gathers   # reported every step on CUDA
+        published += meta.published.get(ns.hex, [])
+        if published:
+            break
+        threading.Event().wait(0.05)
+    assert published == keys
     dst = [-1] + list(range(41, 48))   # block 40's tokens are already in the engine: untouched
+    held = [kv[i][40].clone() for i in range(L)]
     with torch.cuda.stream(compute):
         w.bind(YRCacheMetadata(loads=[LoadOp("r2", {ns.hex: keys}, 0, dst, False)], step=3))
         w.start_load()
@@ -385,6 +394,6 @@ def test_vllm_worker_hooks_on_cuda_tensors(tmp_path: Path, monkeypatch: pytest.M
     assert w.load_errors() == set()
     for i in range(L):
         assert torch.equal(got[i], want[i][1:]), f"layer {i}"
-        assert not kv[i][40].any()
+        assert torch.equal(kv[i][40], held[i])
     w.shutdown()
 
