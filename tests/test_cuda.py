@@ -397,3 +397,96 @@ def test_vllm_worker_hooks_on_cuda_tensors(tmp_path: Path, monkeypatch: pytest.M
         assert torch.equal(kv[i][40], held[i])
     w.shutdown()
 
+
+
+# -- the Cache's GPU orchestration, on any machine -----------------------------------------------
+class _DeferredDevice:
+    """Stands in for the device queue in the Cache's CUDA branch: a copy is only *recorded* when
+    enqueued and runs when its event is synchronized (or at `drain`, like a stream synchronize),
+    so code that touches the staging or the KV before waiting for the copy sees stale bytes. The
+    bytes move with the CPU reference copy; files, verification and threads are all real."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: list[_DeferredDevice.Event] = []
+        self.enqueued = 0
+
+    class Event:
+        def __init__(self, dev: _DeferredDevice, fn) -> None:
+            self.dev, self.fn, self.done = dev, fn, fn is None
+
+        def synchronize(self) -> None:
+            with self.dev.lock:
+                if not self.done:
+                    self.fn()
+                    self.done = True
+
+        def query(self) -> bool:
+            return self.done
+
+    def enqueue(self, fn) -> _DeferredDevice.Event:
+        ev = self.Event(self, fn)
+        with self.lock:
+            self.pending.append(ev)
+            self.enqueued += 1
+        return ev
+
+    def drain(self) -> None:
+        for ev in list(self.pending):
+            ev.synchronize()
+
+
+@pytest.fixture
+def deferred(monkeypatch: pytest.MonkeyPatch) -> _DeferredDevice:
+    import yrcache.cache as cache_mod
+    from yrcache import copy as C
+    dev = _DeferredDevice()
+    fake = type("FakeCuda", (), {})()
+    fake.device_of = lambda t: 0
+    fake.require = lambda d=0: None
+    fake.pin = lambda buf: None
+    fake.stream_handle = lambda s, d: 0
+    fake.copier = lambda d: type("Copier", (), {"method": "deferred",
+                                                "record": lambda self, s: dev.enqueue(None)})()
+    fake.gather_paged = lambda layer, ids, dst, **kw: dev.enqueue(
+        lambda ids=np.array(ids): C.gather_paged(layer, ids, dst))
+    fake.scatter_paged = lambda layer, ids, src, **kw: dev.enqueue(
+        lambda ids=np.array(ids): C.scatter_paged(layer, ids, src))
+    monkeypatch.setattr(cache_mod, "G", fake)
+    return dev
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_cache_gpu_orchestration_waits_for_copies(tmp_path: Path, mode: str,
+                                                  deferred: _DeferredDevice) -> None:
+    """Stores publish only after their gathers ran (else verification would find the poisoned
+    staging and the load below would miss); loads recycle a slab only after its scatter ran (else
+    the KV would hold another chunk's bytes)."""
+    from yrcache.cache import Cache
+    from yrcache.layout import KVLayout
+    L, BT, PAGE, CH = 3, 16, 8192, 64
+    lay = KVLayout.paged("deferred", num_layers=L, dtype="uint8", kv_heads=1, head_size=8,
+                         block_tokens=BT, page_bytes=PAGE)
+    rng = np.random.default_rng(5)
+    src = [rng.integers(0, 256, (64, PAGE), dtype=np.uint8) for _ in range(L)]
+    dst = [np.zeros((64, PAGE), np.uint8) for _ in range(L)]
+    toks = rng.integers(0, 1000, CH * 4)
+    sblocks = rng.choice(64, 16, replace=False)
+    dblocks = rng.choice(64, 16, replace=False)
+    obj = L * 4 * PAGE
+    # two store slabs and six load slabs for the load's twelve segments: slabs are recycled
+    # while the load runs, so a recycle before the scatter ran would show in the KV
+    with Cache(tmp_path, lay.namespace("m", chunk_tokens=CH), lay, mode=mode, janitor_period=0,
+               staging_bytes=4 * obj) as c:
+        for n in (2, 4):
+            f = c.store(toks[:CH * n], src, sblocks)
+            r = f.result(30)
+            assert f.source_released.done() and (r.stored, r.dropped) == (2, 0), r
+            c.store_.flush()
+        lf = c.load(toks, dst, dblocks)
+        assert lf.result(30).tokens == CH * 4
+        deferred.drain()   # the caller's stream synchronize
+        for s, d in zip(src, dst):
+            assert np.array_equal(d[dblocks], s[sblocks])
+        assert c.stats()["load_partial"] == 0
+    assert deferred.enqueued >= 2 * L * 4
