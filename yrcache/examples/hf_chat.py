@@ -127,9 +127,9 @@ class ChatLoop:
             if hit:
                 cfg = self.model.config
                 shape = (1, cfg.num_key_value_heads, hit, cfg.hidden_size // cfg.num_attention_heads)
-                dt = self.model.dtype
-                past = DynamicCache(ddp_cache_data=[(torch.empty(shape, dtype=dt),
-                                                     torch.empty(shape, dtype=dt))
+                dt, dev = self.model.dtype, self.model.device
+                past = DynamicCache(ddp_cache_data=[(torch.empty(shape, dtype=dt, device=dev),
+                                                     torch.empty(shape, dtype=dt, device=dev))
                                                     for _ in range(cfg.num_hidden_layers)])
                 kv = [(layer.keys, layer.values) for layer in past.layers]
                 t_load = time.perf_counter()
@@ -138,7 +138,8 @@ class ChatLoop:
                     self._wait = time.perf_counter() - t_load
         with torch.no_grad():
             # async: the pre-hook of decoder layer i waits for layer i only
-            out = self.model(torch.tensor([ids[hit:]]), **{_CACHE_KW: past}, use_cache=True)
+            out = self.model(torch.tensor([ids[hit:]], device=self.model.device),
+                             **{_CACHE_KW: past}, use_cache=True)
             if self._load is not None:
                 r = self._load.result()
                 if r.tokens < hit:  # a partial load: recompute from the first missing chunk
@@ -150,7 +151,8 @@ class ChatLoop:
             self._load = None
             gen, pkv = [tok], _cache_of(out)
             for _ in range(gen_tokens - 1):
-                o = self.model(torch.tensor([[gen[-1]]]), **{_CACHE_KW: pkv}, use_cache=True)
+                o = self.model(torch.tensor([[gen[-1]]], device=self.model.device),
+                               **{_CACHE_KW: pkv}, use_cache=True)
                 pkv = _cache_of(o)
                 gen.append(int(torch.argmax(o.logits[0, -1])))
         self.ids = ids + gen
