@@ -52,6 +52,10 @@ bench-vllm: setup
 		fi; \
 	fi
 
+# On an H100/H200 (no registry there): run scripts/gpu_debs.sh here first and carry .debs along.
+gpu-check:
+	OUT=$${OUT:-gpu_out} bash bench/gpu_check.sh
+
 test: setup
 	.venv/bin/python -m pytest tests --durations=15 $(PYTEST_ARGS)
 

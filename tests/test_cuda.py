@@ -490,3 +490,20 @@ def test_cache_gpu_orchestration_waits_for_copies(tmp_path: Path, mode: str,
             assert np.array_equal(d[dblocks], s[sblocks])
         assert c.stats()["load_partial"] == 0
     assert deferred.enqueued >= 2 * L * 4
+
+
+def test_gpu_check_is_well_formed(tmp_path: Path) -> None:
+    """The GPU check is written here and run elsewhere: at least it parses, and without a device
+    each benchmark phase writes its JSON with the reason instead of crashing."""
+    assert subprocess.run(["bash", "-n", str(REPO / "bench/gpu_check.sh")]).returncode == 0
+    r = _child("from yrcache.bench.gpu_bench import main; main(['--help'])")
+    assert r.returncode == 0 and "copy,file,overlap,serve,all" in r.stdout, r.stderr
+    if HAVE_GPU:
+        return
+    r = subprocess.run([sys.executable, "-m", "yrcache.bench.gpu_bench", "copy", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    import json
+    doc = json.loads((tmp_path / "copy.json").read_text())
+    assert doc["ok"] is False and "CUDA" in doc["error"], doc["error"]

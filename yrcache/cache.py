@@ -81,7 +81,7 @@ class _Gpu:
 
     __slots__ = ("after_event", "after_stream", "events", "signal")
 
-    def __init__(self, after_stream: int, after_event: Any, signal: int,
+    def __init__(self, after_stream: int | None, after_event: Any, signal: int | None,
                  events: list[Any] | None) -> None:
         self.after_stream, self.after_event, self.signal = after_stream, after_event, signal
         self.events: list[Any] = [] if events is None else events
@@ -187,7 +187,7 @@ class StoreWriter:
             raise ValueError(f"layer {layer} out of range [0, {c.layout.num_layers})")
         gpu = None
         if self._device >= 0 and self._chunks:   # after what the caller's stream wrote so far
-            gpu = _Gpu(G.stream_handle(self._stream, self._device), None, 0, self._events)
+            gpu = _Gpu(G.stream_handle(self._stream, self._device), None, None, self._events)
         for i, _, st in self._chunks:
             c._copy(True, self._kv[layer], self._ids, i, st.views[layer], self._batch, gpu)
         self._gathered.add(layer)
@@ -500,7 +500,7 @@ class Cache:
         gpu = None
         if dev >= 0:
             s = G.stream_handle(stream, dev)
-            gpu = _Gpu(0, G.copier(dev).record(s), s, None)
+            gpu = _Gpu(None, G.copier(dev).record(s), s, None)
         lf = LoadFuture(self.layout.num_layers)
         self._bump(loads=1, load_chunks=len(keys))
         self._track(lf)
@@ -622,7 +622,7 @@ class Cache:
                       gpu: _Gpu | None) -> tuple[bool, str, list[Any]]:
         """Scatter one segment; on CUDA the copy is enqueued (its events are returned: the source
         must stay untouched until they complete)."""
-        mine = None if gpu is None else _Gpu(0, gpu.after_event, gpu.signal, None)
+        mine = None if gpu is None else _Gpu(None, gpu.after_event, gpu.signal, None)
         try:
             self._bump(bytes_scattered=self._copy(False, layer, ids, c, seg, batch, mine))
         except Exception as e:  # noqa: BLE001 - this chunk fails; the load goes on

@@ -64,18 +64,30 @@ def copier(device: int = 0) -> Any:
         return c
 
 
+_LEGACY_STREAM = 1   # cudaStreamLegacy: what handle 0 (torch's default stream) means
+
+
 def stream_handle(stream: Any, device: int) -> int:
-    """An integer cudaStream_t from None (torch's current stream on ``device``), an int, or an
-    object with ``cuda_stream`` (torch.cuda.Stream)."""
+    """A non-zero integer cudaStream_t from None (torch's current stream on ``device``), an int,
+    or an object with ``cuda_stream`` (torch.cuda.Stream). Handle 0, torch's default stream, is
+    returned as cudaStreamLegacy: the copy engine's streams are non-blocking, so they would not
+    synchronize with it implicitly, and 0 means "no stream" to the copy engine."""
     if stream is None:
         import torch
-        return int(torch.cuda.current_stream(device).cuda_stream)
-    if isinstance(stream, int):
-        return stream
-    h = getattr(stream, "cuda_stream", None)
-    if h is None:
-        raise TypeError(f"expected a CUDA stream (int or torch.cuda.Stream), got {type(stream)}")
-    return int(h)
+        h = int(torch.cuda.current_stream(device).cuda_stream)
+    elif isinstance(stream, int):
+        h = stream
+    else:
+        cs = getattr(stream, "cuda_stream", None)
+        if cs is None:
+            raise TypeError(f"expected a CUDA stream (int or torch.cuda.Stream), got {type(stream)}")
+        h = int(cs)
+    return h or _LEGACY_STREAM
+
+
+def _opt_stream(stream: Any, device: int) -> int:
+    """0 (no ordering) for None, else the stream's handle."""
+    return 0 if stream is None else stream_handle(stream, device)
 
 
 def pin(buffer: Any) -> None:
@@ -98,41 +110,40 @@ def _paged(layer: Any) -> tuple[int, int, int, int, int]:
     return device_of(layer), base, nb, page, stride
 
 
-def gather_paged(layer: Any, block_ids: Any, dst: Any, *, after_stream: Any = 0,
+def gather_paged(layer: Any, block_ids: Any, dst: Any, *, after_stream: Any = None,
                  after_event: Any = None) -> Any:
     """Pages ``block_ids`` of a CUDA layer tensor -> pinned ``dst``, back to back, on the
-    device's offload stream after ``after_stream``'s work so far. Returns the completion Event."""
+    device's offload stream after ``after_stream``'s work so far and after ``after_event`` (None:
+    no ordering). Returns the completion Event."""
     dev, base, nb, page, stride = _paged(layer)
-    s = stream_handle(after_stream, dev) if after_stream != 0 else 0
+    s = _opt_stream(after_stream, dev)
     return copier(dev).gather_paged(base, nb, page, stride, C._ids(block_ids), dst, s, after_event)
 
 
-def scatter_paged(layer: Any, block_ids: Any, src: Any, *, after_stream: Any = 0,
-                  after_event: Any = None, signal: Any = 0) -> Any:
+def scatter_paged(layer: Any, block_ids: Any, src: Any, *, after_stream: Any = None,
+                  after_event: Any = None, signal: Any = None) -> Any:
     """Pinned ``src`` -> pages ``block_ids`` on the load stream; ``signal``'s later work waits
-    for it. Returns the completion Event."""
+    for it (None: nobody's). Returns the completion Event."""
     dev, base, nb, page, stride = _paged(layer)
-    a = stream_handle(after_stream, dev) if after_stream != 0 else 0
-    sig = stream_handle(signal, dev) if signal != 0 else 0
+    a, sig = _opt_stream(after_stream, dev), _opt_stream(signal, dev)
     return copier(dev).scatter_paged(base, nb, page, stride, C._ids(block_ids), src, a,
                                      after_event, sig)
 
 
-def gather_dense(t: Any, t0: int, n: int, dst: Any, *, batch: int = 0, after_stream: Any = 0,
+def gather_dense(t: Any, t0: int, n: int, dst: Any, *, batch: int = 0, after_stream: Any = None,
                  after_event: Any = None) -> Any:
     """Tokens [t0, t0+n) of a CUDA [batch, heads, seq, head_dim] tensor -> ``dst`` head-major."""
     dev = device_of(t)
     base, shape, strides, es = C._dense(t, allow_cuda=True)
-    s = stream_handle(after_stream, dev) if after_stream != 0 else 0
+    s = _opt_stream(after_stream, dev)
     return copier(dev).gather_dense(base, shape, strides, es, batch, t0, n, dst, s, after_event)
 
 
-def scatter_dense(t: Any, t0: int, n: int, src: Any, *, batch: int = 0, after_stream: Any = 0,
-                  after_event: Any = None, signal: Any = 0) -> Any:
+def scatter_dense(t: Any, t0: int, n: int, src: Any, *, batch: int = 0, after_stream: Any = None,
+                  after_event: Any = None, signal: Any = None) -> Any:
     dev = device_of(t)
     base, shape, strides, es = C._dense(t, allow_cuda=True)
-    a = stream_handle(after_stream, dev) if after_stream != 0 else 0
-    sig = stream_handle(signal, dev) if signal != 0 else 0
+    a, sig = _opt_stream(after_stream, dev), _opt_stream(signal, dev)
     return copier(dev).scatter_dense(base, shape, strides, es, batch, t0, n, src, a,
                                      after_event, sig)
 
