@@ -143,7 +143,12 @@ def test_cufile_missing_library_is_a_reason_not_a_crash() -> None:
     assert "libcufile not loadable" in r.stdout and "/nonexistent/libcufile.so.0" in r.stdout
 
 
-def test_device_io_ladder_decision_is_logged_with_its_reason(caplog) -> None:
+def test_io_engine_points_cufile_users_to_the_device_ladder() -> None:
+    with pytest.raises(yrcache.BackendUnavailableError, match="DeviceFileIO"):
+        yrcache.IoEngine("cufile")
+
+
+def test_device_io_ladder_decision_is_logged_with_its_reason() -> None:
     r = _child("import logging; logging.basicConfig(level=logging.INFO)\n"
                "from yrcache import gds\nprint(gds.decide('auto'))\nprint(gds.decide('auto'))")
     assert r.returncode == 0, r.stderr
