@@ -133,10 +133,19 @@ fi
 # --- (2) tests ----------------------------------------------------------------------------------
 TEST_RC=skipped
 if has_step tests; then
+  TEST_RC=0
+  : > "$LOGS/tests.log"
   begin "2 tests (pytest -m cuda)"
+  # a GPU that yrcache cannot use (e.g. the static CUDA runtime is newer than the driver) would
+  # make every cuda test skip and the run look green: fail instead
+  if nvidia-smi -L >/dev/null 2>&1 && ! $PY -c 'import sys; from yrcache import cuda; ok, why = cuda.status(); print("yrcache cuda:", ok, why); sys.exit(0 if ok else 1)' >> "$LOGS/tests.log" 2>&1; then
+    echo "nvidia-smi sees a GPU but yrcache cannot use it:"; tail -n 1 "$LOGS/tests.log"
+    TEST_RC=4
+  fi
   timeout -k 10 "$TEST_TIMEOUT" $PY -m pytest -q -m cuda tests/ -x --timeout=120 -p no:cacheprovider \
-    --junitxml="$LOGS/tests.xml" > "$LOGS/tests.log" 2>&1
-  TEST_RC=$?
+    --junitxml="$LOGS/tests.xml" >> "$LOGS/tests.log" 2>&1
+  RC=$?
+  [ "$TEST_RC" = 4 ] || TEST_RC=$RC
   tail -n 25 "$LOGS/tests.log"
   { echo "# tests rc=$TEST_RC"; tail -n 3 "$LOGS/tests.log"; } >> "$OUT/env.txt"
   pack

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,7 @@ def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad
     buf, host = _pinned(200 * page)
     host[:] = 0xAB                            # poison
     base, _, _, stride = yrcache.copy._paged(layer, allow_cuda=True)
+    torch.cuda.synchronize()   # the copier's streams are not ordered after torch's
     c.gather_paged(base, nb, page, stride, ids, buf).synchronize()
     ref = np.empty(200 * page, np.uint8)
     gather_paged(layer.cpu().numpy(), ids, ref)
@@ -194,6 +196,7 @@ def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad
     dlayer = dst[:, :page]
     src = rng.integers(0, 256, 200 * page, dtype=np.uint8)
     host[:] = src
+    torch.cuda.synchronize()
     c.scatter_paged(dlayer.data_ptr(), nb, page, stride, ids, buf).synchronize()
     want = np.full((nb, page + stride_pad), 0x5A, np.uint8)
     scatter_paged(want[:, :page], ids, src)
@@ -208,12 +211,14 @@ def test_dense_bit_exact_against_cpu() -> None:
     view = t[:, :, :, :]                    # [batch, heads, seq, head_dim]
     buf, host = _pinned(8 * 256 * 128 * 2)
     host[:] = 0xCD
-    G.gather_dense(view, 300, 256, buf, batch=1).synchronize()
+    G.gather_dense(view, 300, 256, buf, batch=1, after_stream=torch.cuda.current_stream()) \
+        .synchronize()
     ref = np.empty_like(host)
     gather_dense(t.cpu().view(torch.int16).numpy(), 300, 256, ref, batch=1)
     assert np.array_equal(host, ref)
     u = torch.zeros_like(t)
-    G.scatter_dense(u, 300, 256, buf, batch=1).synchronize()
+    G.scatter_dense(u, 300, 256, buf, batch=1, after_stream=torch.cuda.current_stream()) \
+        .synchronize()
     assert torch.equal(u[1, :, 300:556], t[1, :, 300:556])
     assert not u[0].any() and not u[1, :, :300].any() and not u[1, :, 556:].any()
 
@@ -271,6 +276,7 @@ def test_device_file_round_trip_every_rung(tmp_path: Path, prefer: str) -> None:
     n = (40 << 20) + 4096 * 3               # several bounce pieces, not a multiple of them
     a = torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda")
     b = torch.zeros_like(a)
+    torch.cuda.synchronize()   # DeviceFileIO is not ordered with any stream
     with gds.DeviceFileIO(0, prefer=prefer, bounce_bytes=16 << 20) as io:
         if prefer.startswith("bounce"):
             ok = io.backend == prefer or (prefer == "bounce-uring" and "io_uring" in io.reason)
@@ -423,6 +429,7 @@ class _DeferredDevice:
         def synchronize(self) -> None:
             with self.dev.lock:
                 if not self.done:
+                    time.sleep(0.01)   # a copy takes a while: waiting for it is not free
                     self.fn()
                     self.done = True
 
@@ -449,7 +456,7 @@ def deferred(monkeypatch: pytest.MonkeyPatch) -> _DeferredDevice:
     fake = type("FakeCuda", (), {})()
     fake.device_of = lambda t: 0
     fake.require = lambda d=0: None
-    fake.pin = lambda buf: None
+    fake.pin = lambda buf, dev=0: None
     fake.stream_handle = lambda s, d: 0
     fake.copier = lambda d: type("Copier", (), {"method": "deferred",
                                                 "record": lambda self, s: dev.enqueue(None)})()
@@ -461,12 +468,13 @@ def deferred(monkeypatch: pytest.MonkeyPatch) -> _DeferredDevice:
     return dev
 
 
-@pytest.mark.parametrize("mode", ["async", "sync"])
-def test_cache_gpu_orchestration_waits_for_copies(tmp_path: Path, mode: str,
+@pytest.mark.parametrize("mode,background", [("async", False), ("sync", False), ("async", True)])
+def test_cache_gpu_orchestration_waits_for_copies(tmp_path: Path, mode: str, background: bool,
                                                   deferred: _DeferredDevice) -> None:
     """Stores publish only after their gathers ran (else verification would find the poisoned
     staging and the load below would miss); loads recycle a slab only after its scatter ran (else
-    the KV would hold another chunk's bytes)."""
+    the KV would hold another chunk's bytes); a parked (background) load, which no stream waits
+    for, completes only after its copies ran."""
     from yrcache.cache import Cache
     from yrcache.layout import KVLayout
     L, BT, PAGE, CH = 3, 16, 8192, 64
@@ -488,9 +496,10 @@ def test_cache_gpu_orchestration_waits_for_copies(tmp_path: Path, mode: str,
             r = f.result(30)
             assert f.source_released.done() and (r.stored, r.dropped) == (2, 0), r
             c.store_.flush()
-        lf = c.load(toks, dst, dblocks)
+        lf = c.load_chunks(c.keys(toks), dst, dblocks, background=background)
         assert lf.result(30).tokens == CH * 4
-        deferred.drain()   # the caller's stream synchronize
+        if not background:
+            deferred.drain()   # the caller's stream synchronize
         for s, d in zip(src, dst):
             assert np.array_equal(d[dblocks], s[sblocks])
         assert c.stats()["load_partial"] == 0

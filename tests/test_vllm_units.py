@@ -362,8 +362,12 @@ def test_scheduler_refuses_inputs_it_cannot_fingerprint_and_folds_the_rest(tmp_p
     s.shutdown()
 
 
-def test_request_finished_delays_only_while_gathers_may_be_pending(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_request_finished_delays_only_while_gathers_may_be_pending(
+        tmp_path: Path, device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from yrcache.integrations.vllm import compat
     from yrcache.integrations.vllm.metadata import YRCacheWorkerMeta
+    monkeypatch.setattr(compat, "device_type", lambda: device)
     s = scheduler(tmp_path)
     kvm = SimpleNamespace(get_block_ids=lambda rid: (list(range(64)),))
     s.bind_kv_cache_manager(kvm)
@@ -380,11 +384,15 @@ def test_request_finished_delays_only_while_gathers_may_be_pending(tmp_path: Pat
         meta = s.build_connector_meta(so)
         assert [op.req_id for op in meta.stores] == [rid] and meta.stores[0].block_ids == \
             list(range(2 * PER))
+        metas.append(meta)
         return req
 
-    # CPU workers gather synchronously: blocks are released at once
+    metas: list = []
+
+    # CPU workers gather synchronously: blocks are released at once. CUDA: gathers run after the
+    # step, so from the very first step (before any worker report) a stored request is delayed
     s.update_connector_output(SimpleNamespace(kv_connector_worker_meta=YRCacheWorkerMeta()))
-    assert s.request_finished(step("a"), []) == (False, None)
+    assert s.request_finished(step("a"), []) == (device == "cuda", None)
     # a worker whose gathers complete after the step (GPU copy streams)
     s.update_connector_output(SimpleNamespace(
         kv_connector_worker_meta=YRCacheWorkerMeta(async_gathers=True)))
@@ -392,5 +400,6 @@ def test_request_finished_delays_only_while_gathers_may_be_pending(tmp_path: Pat
     so = SimpleNamespace(scheduled_new_reqs=[], num_scheduled_tokens={}, preempted_req_ids=set(),
                          scheduled_cached_reqs=SimpleNamespace(req_ids=[],
                                                                num_computed_tokens=[]))
-    assert s.build_connector_meta(so).delayed == ["b"]   # the worker reports it when done
+    assert metas[-1].delayed == (["a"] if device == "cuda" else [])
+    assert s.build_connector_meta(so).delayed == ["b"]    # the worker reports it when done
     s.shutdown()

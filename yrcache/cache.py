@@ -213,28 +213,40 @@ class StoreWriter:
         else:   # the device is still copying: wait for it on the commit thread, not here
             c._track(self.future)
             try:
-                c._committer.submit(self._publish, chunks, events)
+                c._committer.submit(self._publish_logged, chunks, events)
             except RuntimeError:   # closed meanwhile
                 self._publish(chunks, events)
         if c.mode == "sync":
             self.future.result()
         return self.future
 
+    def _publish_logged(self, chunks: list[tuple[int, bytes, _Staged]],
+                        events: Sequence[Any]) -> None:
+        try:
+            self._publish(chunks, events)
+        except BaseException:   # on the commit thread nobody would see it
+            logger.exception("yrcache: a store failed on the commit thread")
+
     def _publish(self, chunks: list[tuple[int, bytes, _Staged]], events: Sequence[Any] = ()) -> None:
         c = self._c
         puts: list[tuple[bytes, Future[bool], _Staged]] = []
-        try:
-            for ev in events:
+        failed = ""
+        for ev in events:   # every one: no slab goes back while a copy may still write into it
+            try:
                 ev.synchronize()   # the staging holds every gathered page (GIL released)
-        except Exception as e:  # noqa: BLE001 - a device fault: nothing of this store is trustworthy
-            logger.warning("yrcache: store dropped, a GPU gather failed: %s", e)
-            for _, k, s in chunks:
-                c._unclaim(k)
-                c._spool.release(s.slab)
-            c._bump(store_failed=len(chunks))
-            self.future.source_released.set_result(None)
-            self.future.set_result(StoreResult(len(self._keys), 0, self.existing, self.dropped,
-                                               len(chunks)))
+            except Exception as e:  # noqa: BLE001 - a device fault: this store is not trustworthy
+                failed = failed or str(e)
+        if failed:
+            logger.warning("yrcache: store dropped, a GPU gather failed: %s", failed)
+            try:
+                for _, k, s in chunks:
+                    c._unclaim(k)
+                    c._spool.release(s.slab)
+                c._bump(store_failed=len(chunks))
+            finally:
+                self.future.source_released.set_result(None)
+                self.future.set_result(StoreResult(len(self._keys), 0, self.existing,
+                                                   self.dropped, len(chunks)))
             return
         try:
             for j, (i, key, st) in enumerate(chunks):
@@ -274,10 +286,15 @@ class StoreWriter:
         self.future.set_result(StoreResult(len(self._keys), 0, self.existing, self.dropped, 0))
 
     def source_busy(self) -> bool:
-        """True while a copy may still read the caller's KV (CUDA gathers in flight)."""
+        """True while a copy may still read the caller's KV (CUDA gathers in flight). A failed
+        copy reads nothing any more (the store is dropped): not busy."""
         if not self._open:
             return not self.future.source_released.done()
-        return any(not ev.query() for ev in self._events)
+        try:
+            return any(not ev.query() for ev in self._events)
+        except Exception:  # noqa: BLE001 - a device fault; the commit drops the store
+            logger.warning("yrcache: a GPU gather failed", exc_info=True)
+            return False
 
     def wait_source(self) -> None:
         """Block until no copy reads the caller's KV any more (e.g. before its blocks are
@@ -285,8 +302,7 @@ class StoreWriter:
         if not self._open:
             self.future.source_released.exception()
             return
-        for ev in self._events:
-            ev.synchronize()
+        _sync_all(self._events)
 
     def _sync_events(self) -> None:
         for ev in self._events:   # a slab is free only when no copy still writes into it
@@ -358,6 +374,7 @@ class Cache:
         # CUDA stores: waits for the device's gathers, then hands the chunks to the store
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit")
         self._cuda_devices: set[int] = set()   # devices whose copies use the pinned staging
+        self._pin_lock = threading.Lock()
         self._tier_max = host_tier_bytes
         self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
         self._tier_bytes = 0
@@ -500,7 +517,9 @@ class Cache:
         gpu = None
         if dev >= 0:
             s = G.stream_handle(stream, dev)
-            gpu = _Gpu(None, G.copier(dev).record(s), s, None)
+            # A parked load's copies must not hold up the compute stream (other requests run on
+            # it meanwhile): no signal; its layers complete only once their copies are done.
+            gpu = _Gpu(None, G.copier(dev).record(s), None if background else s, None)
         lf = LoadFuture(self.layout.num_layers)
         self._bump(loads=1, load_chunks=len(keys))
         self._track(lf)
@@ -561,6 +580,8 @@ class Cache:
                     filled[c] += 1
                 elif c < first_bad[0]:
                     first_bad[0], reason[0] = c, why
+                elif c == first_bad[0] and reason[0] == "missing" and why != "missing":
+                    reason[0] = why   # a corrupt object, removed while its other layers loaded
                 left[l] -= 1
                 while next_layer[0] < nl and left[next_layer[0]] == 0:
                     ready.append(next_layer[0])
@@ -582,13 +603,16 @@ class Cache:
                 hot = tiered[c]
                 if hot is not None:  # in the host tier: no file read
                     seg = memoryview(hot)[l * self._stride:l * self._stride + self.seg_bytes]
-                    ok, why, _ = self._scatter_safe(kv[l], ids, c, seg, batch, gpu)
+                    ok, why, evs = self._scatter_safe(kv[l], ids, c, seg, batch, gpu)
+                    _sync_all(evs if _unsignalled(gpu) else [])
                     finish(l, c, ok, why, seg)   # pageable source: staged by the driver at once
                     continue
                 st = self._pin_staged(keys[c])
                 if st is not None:  # being stored by this process: its staging is whole
                     try:
                         ok, why, evs = self._scatter_safe(kv[l], ids, c, st.views[l], batch, gpu)
+                        if _unsignalled(gpu):
+                            _sync_all(evs)
                         finish(l, c, ok, why, st.views[l])
                         _sync_all(evs)
                     finally:
@@ -656,6 +680,8 @@ class Cache:
             r = None if exc is not None else f.result()
             if r:
                 ok, why, evs = self._scatter_safe(layer, ids, c, seg, batch, gpu)
+                if _unsignalled(gpu):   # nobody's stream waits for it: done before it counts
+                    _sync_all(evs)
             else:
                 ok, why = False, str(exc) if exc is not None else r.reason
             if ok:
@@ -717,14 +743,17 @@ class Cache:
         """First CUDA copy on ``dev``: pin the staging arenas (cudaHostRegister, once)."""
         if dev in self._cuda_devices:
             return
-        with self._lock:
-            if not self._cuda_devices:
-                for pool in (self._spool, self._lpool):
-                    G.pin(pool.arena)
-                logger.info("yrcache: GPU KV on cuda:%d moves through %d MiB of pinned staging "
-                            "(copy method %s); objects are verified on the host", dev,
-                            (self._spool.arena.nbytes + self._lpool.arena.nbytes) >> 20,
-                            G.copier(dev).method)
+        with self._pin_lock:   # not the cache lock: pinning hundreds of MiB takes a while
+            if dev in self._cuda_devices:
+                return
+            for pool in (self._spool, self._lpool):
+                if not getattr(pool, "cuda_pinned", False):
+                    G.pin(pool.arena, dev)   # portable: every device can use it
+                    pool.cuda_pinned = True
+            logger.info("yrcache: GPU KV on cuda:%d moves through %d MiB of pinned staging "
+                        "(copy method %s); objects are verified on the host", dev,
+                        (self._spool.arena.nbytes + self._lpool.arena.nbytes) >> 20,
+                        G.copier(dev).method)
             self._cuda_devices.add(dev)
 
     # -- host tier --------------------------------------------------------------------------------
@@ -936,6 +965,10 @@ class Cache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unsignalled(gpu: _Gpu | None) -> bool:
+    return gpu is not None and gpu.signal is None
 
 
 def _sync_all(events: Sequence[Any]) -> None:

@@ -90,9 +90,10 @@ def _opt_stream(stream: Any, device: int) -> int:
     return 0 if stream is None else stream_handle(stream, device)
 
 
-def pin(buffer: Any) -> None:
-    """Register a HostBuffer with CUDA (page-locked, mapped) for the rest of its life."""
-    _C.cuda.host_register(buffer)
+def pin(buffer: Any, device: int = 0) -> None:
+    """Register a HostBuffer with CUDA (page-locked, mapped, portable to every device) for the
+    rest of its life."""
+    _C.cuda.host_register(buffer, device)
 
 
 def device_of(t: Any) -> int:

@@ -17,6 +17,7 @@ pinned host staging by design; on-GPU verification would be needed to read objec
 """
 from __future__ import annotations
 
+import errno
 import glob
 import importlib.util
 import logging
@@ -108,8 +109,10 @@ class DeviceFileIO:
     """Whole-range transfers between files and device memory on ``device``.
 
     ``read``/``write`` block the calling thread (the GIL is released) and return bytes moved.
-    Bounce backends use one pinned, io_uring-registered HostBuffer of ``bounce_bytes`` and move the
-    range in pieces of that size.
+    They are not ordered with any CUDA stream: synchronize the work that writes (or reads) the
+    device range first. One device per process is assumed for cuFile (it uses the calling
+    thread's current device). Bounce backends use one pinned, io_uring-registered HostBuffer of
+    ``bounce_bytes`` and move the range in pieces of that size.
     """
 
     def __init__(self, device: int = 0, *, prefer: str = "auto",
@@ -130,7 +133,7 @@ class DeviceFileIO:
               offset: int = 0) -> int:
         """Device bytes [address, +nbytes) -> the file at ``offset`` (created if missing)."""
         if self.backend == "cufile":
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o644)
+            fd = _open_direct(path, os.O_WRONLY | os.O_CREAT)
             try:
                 return int(_C.gds.File(fd).write(address, nbytes, offset))
             finally:
@@ -150,7 +153,7 @@ class DeviceFileIO:
              offset: int = 0) -> int:
         """The file's bytes at ``offset`` -> device [address, +nbytes); fewer at EOF."""
         if self.backend == "cufile":
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            fd = _open_direct(path, os.O_RDONLY)
             try:
                 return int(_C.gds.File(fd).read(address, nbytes, offset))
             finally:
@@ -179,6 +182,17 @@ class DeviceFileIO:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_direct(path: str | os.PathLike[str], flags: int) -> int:
+    """O_DIRECT where the file system takes it (cuFile's fast path); buffered where it refuses
+    (EINVAL: tmpfs before 6.6, overlayfs), which cuFile handles in compat mode."""
+    try:
+        return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return os.open(path, flags, 0o644)
 
 
 __all__ = ["BACKENDS", "DeviceFileIO", "cufile_candidates", "decide", "open_cufile"]

@@ -33,6 +33,7 @@ class BufferPool:
         self._free = list(range(count - 1, -1, -1))
         self._out: dict[int, int] = {}  # id(view) -> slab index
         self._lock = threading.Lock()
+        self.cuda_pinned = False   # registered with CUDA too (Cache, on its first CUDA copy)
 
     def acquire(self) -> memoryview | None:
         with self._lock:

@@ -18,8 +18,11 @@ namespace {
 
 std::pair<const std::int64_t*, std::size_t> ids_of(py::handle ids) {
   py::buffer_info info = py::reinterpret_borrow<py::buffer>(ids).request();
-  if (info.itemsize != 8 || info.ndim != 1 || info.strides[0] != 8)
-    throw py::type_error("block ids must be a contiguous 1-D int64 array");
+  const bool int64 = info.format == "q" || info.format == "l" || info.format == "<q" ||
+                     info.format == "=q";
+  if (!int64 || info.itemsize != 8 || info.ndim != 1 || info.strides[0] != 8)
+    throw py::type_error("block ids must be a contiguous 1-D int64 array (got format '" +
+                         info.format + "')");
   return {static_cast<const std::int64_t*>(info.ptr), static_cast<std::size_t>(info.size)};
 }
 
@@ -52,19 +55,22 @@ void bind_cuda(py::module_& m) {
         "Device count; CudaUnavailableError (with the reason) when CUDA cannot run here.");
   m.def(
       "host_register",
-      [](std::shared_ptr<HostBuffer> b) {
+      [](std::shared_ptr<HostBuffer> b, int device) {
         {
           py::gil_scoped_release nogil;
-          cuda::host_register(b->data(), b->capacity());
+          cuda::host_register(b->data(), b->capacity(), device);
         }
         char* p = b->data();
         b->on_release([p] { cuda::host_unregister(p); });  // before munmap, never after
       },
-      py::arg("buffer"),
+      py::arg("buffer"), py::arg("device") = 0,
       "Pin a HostBuffer with cudaHostRegister (portable, mapped) until it is freed.");
   m.def(
       "host_register_range",
-      [](std::uintptr_t p, std::size_t n) { cuda::host_register(reinterpret_cast<void*>(p), n); },
+      [](std::uintptr_t p, std::size_t n, int device) {
+        cuda::host_register(reinterpret_cast<void*>(p), n, device);
+      },
+      py::arg("address"), py::arg("nbytes"), py::arg("device") = 0,
       "cudaHostRegister of a raw range (tests); pair with host_unregister_range.");
   m.def("host_unregister_range",
         [](std::uintptr_t p) { cuda::host_unregister(reinterpret_cast<void*>(p)); });

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -21,7 +22,8 @@ namespace {
 [[noreturn]] void fail(cudaError_t e, const char* what) {
   cudaGetLastError();  // clear a non-sticky error so the next call starts clean
   const std::string msg = std::string(what) + ": " + cudaGetErrorString(e);
-  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ||
+      e == cudaErrorSystemDriverMismatch || e == cudaErrorDevicesUnavailable)
     throw CudaUnavailable(std::string(cudaGetErrorName(e)) + ": " + msg);
   throw CudaError(cudaGetErrorName(e), msg);
 }
@@ -32,13 +34,37 @@ namespace {
     if (yrc_e_ != cudaSuccess) fail(yrc_e_, #call); \
   } while (0)
 
-// Makes `device` current for the scope (streams and events belong to one device).
+// Whether the calling thread has a current CUDA context (cuCtxGetCurrent, reached through the
+// runtime: libcuda is never linked). Unknown (no entry point) counts as yes.
+bool thread_has_context() {
+  using Fn = int (*)(void**);
+  static Fn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &p, 4000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<Fn>(p);
+  }();
+  if (!fn) return true;
+  void* ctx = nullptr;
+  return fn(&ctx) == 0 && ctx != nullptr;
+}
+
+// Makes `device` current for the scope (streams and events belong to one device). A thread with
+// no context yet (yrcache's own worker threads) keeps `device` afterwards: restoring its nominal
+// device 0 would create a context on GPU 0 from every rank's threads (torch's MaybeExchangeDevice
+// does the same).
 class DeviceScope {
  public:
   explicit DeviceScope(int device) {
+    const bool had_context = thread_has_context();
     YRC_CUDA(cudaGetDevice(&prev_));
     if (prev_ != device) YRC_CUDA(cudaSetDevice(device));
-    changed_ = prev_ != device;
+    changed_ = prev_ != device && had_context;
   }
   ~DeviceScope() {
     if (changed_) cudaSetDevice(prev_);
@@ -128,7 +154,8 @@ class EventPool {
       }
     }
     cudaEvent_t e = nullptr;
-    YRC_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    // BlockingSync: a host thread waiting for a copy sleeps instead of spinning a core
+    YRC_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming | cudaEventBlockingSync));
     return e;
   }
   void put(cudaEvent_t e) noexcept {
@@ -147,9 +174,13 @@ Event::Event(std::shared_ptr<EventPool> pool, void* ev, int device)
     : pool_(std::move(pool)), ev_(ev), device_(device) {}
 Event::~Event() { pool_->put(static_cast<cudaEvent_t>(ev_)); }
 
-void Event::synchronize() const { YRC_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(ev_))); }
+void Event::synchronize() const {
+  DeviceScope dev(device_);
+  YRC_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(ev_)));
+}
 
 bool Event::query() const {
+  DeviceScope dev(device_);
   cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(ev_));
   if (e == cudaErrorNotReady) return false;
   if (e != cudaSuccess) fail(e, "cudaEventQuery");
@@ -165,7 +196,7 @@ void Event::wait_on(std::uintptr_t stream) const {
 
 struct Copier::Impl {
   int device = 0;
-  Method method = Method::kStaged;
+  std::atomic<Method> method{Method::kStaged};
   std::size_t staging_bytes = 0;
   cudaStream_t off = nullptr, load = nullptr;
   char* off_staging = nullptr;  // device staging, one per direction
@@ -176,6 +207,8 @@ struct Copier::Impl {
   std::shared_ptr<EventPool> events;
 
   ~Impl() {
+    int prev = 0;  // errors ignored: this may run after the CUDA context is gone (exit)
+    if (cudaGetDevice(&prev) == cudaSuccess && prev != device) cudaSetDevice(device);
     if (off) cudaStreamSynchronize(off);
     if (load) cudaStreamSynchronize(load);
     if (off_staging) cudaFree(off_staging);
@@ -209,6 +242,15 @@ struct Copier::Impl {
     return ev;
   }
 
+  static bool registered(const void* host) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, host) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return a.type == cudaMemoryTypeHost;
+  }
+
   char* mapped(const void* host) {
     void* d = nullptr;
     YRC_CUDA(cudaHostGetDevicePointer(&d, const_cast<void*>(host), 0));
@@ -218,10 +260,12 @@ struct Copier::Impl {
   // Pages of v <-> packed host memory, by the current method. gather: pages -> host.
   void pages(bool gather, const copy::PagedView& v, const std::int64_t* ids, std::size_t n,
              char* host) {
+    if (n == 0) return;
     const std::size_t pb = static_cast<std::size_t>(v.page_bytes);
     cudaStream_t s = gather ? off : load;
     char* staging = gather ? off_staging : load_staging;
-    Method m = method;
+    Method m = method.load();
+    if (m == Method::kMapped && !registered(host)) m = Method::kStaged;  // pageable (host tier)
     if (m == Method::kStaged && pb > staging_bytes) m = Method::kDma;  // a page beyond staging
     if (m == Method::kDma) {
       for (std::size_t i = 0; i < n;) {
@@ -299,7 +343,7 @@ Copier::~Copier() = default;
 int Copier::device() const noexcept { return impl_->device; }
 Method Copier::method() const noexcept { return impl_->method; }
 void Copier::set_method(Method m) {
-  std::scoped_lock lk(impl_->off_mu, impl_->load_mu);
+  std::scoped_lock lk(impl_->off_mu, impl_->load_mu);  // never between a copy's pieces
   impl_->method = m;
 }
 std::uintptr_t Copier::offload_stream() const noexcept {
@@ -375,8 +419,9 @@ void memcpy_sync(std::uintptr_t dst, std::uintptr_t src, std::size_t n, int kind
   YRC_CUDA(cudaStreamSynchronize(as_stream(stream)));
 }
 
-void host_register(void* ptr, std::size_t n) {
-  require_device(0);
+void host_register(void* ptr, std::size_t n, int device) {
+  require_device(device);
+  DeviceScope dev(device);  // portable: usable from every device, registered from this one
   YRC_CUDA(cudaHostRegister(ptr, n, cudaHostRegisterPortable | cudaHostRegisterMapped));
 }
 

@@ -106,9 +106,9 @@ class Copier {
 void memcpy_sync(std::uintptr_t dst, std::uintptr_t src, std::size_t n, int kind,
                  std::uintptr_t stream);
 
-// cudaHostRegister (portable | mapped) of [ptr, ptr+n); undone by host_unregister. The caller
+// cudaHostRegister (portable | mapped) of [ptr, ptr+n), from `device`; undone by host_unregister. The caller
 // (HostBuffer::on_release) guarantees the unregister happens before the memory is unmapped.
-void host_register(void* ptr, std::size_t n);
+void host_register(void* ptr, std::size_t n, int device);
 void host_unregister(void* ptr) noexcept;
 
 // Device count, after checking `device` is one of them; throws CudaUnavailable with the reason

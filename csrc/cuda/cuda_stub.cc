@@ -51,7 +51,7 @@ std::shared_ptr<Event> Copier::scatter_dense(const copy::DenseView&, std::int64_
   unavailable();
 }
 void memcpy_sync(std::uintptr_t, std::uintptr_t, std::size_t, int, std::uintptr_t) { unavailable(); }
-void host_register(void*, std::size_t) { unavailable(); }
+void host_register(void*, std::size_t, int) { unavailable(); }
 void host_unregister(void*) noexcept {}
 int require_device(int) { unavailable(); }
 

@@ -59,6 +59,11 @@ Driver::~Driver() {
   if (lib_) dlclose(lib_);
 }
 
+Status Driver::status() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return status_;
+}
+
 const Status& Driver::open(const std::vector<std::string>& candidates) {
   std::lock_guard<std::mutex> lk(mu_);
   if (tried_) return status_;
@@ -85,7 +90,9 @@ const Status& Driver::open(const std::vector<std::string>& candidates) {
   };
   try {
     api->driver_open = reinterpret_cast<decltype(api->driver_open)>(sym("cuFileDriverOpen"));
-    api->driver_close = reinterpret_cast<decltype(api->driver_close)>(sym("cuFileDriverClose"));
+    void* close = sym("cuFileDriverClose_v2", false);  // cufile.h maps the name to _v2 (1.9+)
+    api->driver_close =
+        reinterpret_cast<decltype(api->driver_close)>(close ? close : sym("cuFileDriverClose"));
     api->handle_register =
         reinterpret_cast<decltype(api->handle_register)>(sym("cuFileHandleRegister"));
     api->handle_deregister =

@@ -28,7 +28,7 @@ class Driver {
  public:
   static Driver& instance();
   const Status& open(const std::vector<std::string>& candidates);
-  const Status& status() const { return status_; }
+  Status status();   // a copy: open() may be running in another thread
 
   // A file registered with cuFile (the fd must be open, normally with O_DIRECT); deregistered on
   // destruction. Reads/writes move bytes between the file and device memory, blocking.

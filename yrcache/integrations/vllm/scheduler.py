@@ -83,7 +83,9 @@ class SchedulerSide:
         self._settled: dict[int, bool] = {}
         self._pending: dict[bytes, float] = {}      # key -> deadline
         self._gathering: set[str] = set()
-        self._async_gathers = False
+        # Gathers that finish after the step (CUDA copy streams): known from the device at start,
+        # not from a worker's report, which arrives a step late (the first step would miss it)
+        self._async_gathers = compat.device_type() != "cpu"
         self.disabled = ""
         self._lock = threading.Lock()
         self._stats: dict[str, int] = {}
@@ -228,7 +230,7 @@ class SchedulerSide:
             for step in wm.loaded_steps:   # held stores of that step: publish or drop
                 self._settled[step] = not wm.load_failed
             self._gathering = set(wm.gathering)
-            self._async_gathers = wm.async_gathers
+            self._async_gathers = self._async_gathers or wm.async_gathers
             if wm.disabled and not self.disabled:
                 self.disabled = wm.disabled
                 logger.error("yrcache: a worker disabled the connector (%s); no more loads or "
@@ -241,8 +243,11 @@ class SchedulerSide:
         st = self._reqs.pop(rid, None)
         # Keep the blocks while a worker may still be reading them: gathers that complete after
         # the step's output (GPU copy streams). On CPU every gather is done within its step.
+        # With asynchronous gathers every request that had a store planned is delayed: the worker
+        # releases it in the next get_finished once none of its gathers is running (at once if
+        # none is), so a late report or async scheduling's step skew cannot free blocks early.
         delay = rid in self._gathering or (
-            self._async_gathers and st is not None and st.last_store_step >= self._step - 1)
+            self._async_gathers and st is not None and st.last_store_step >= 0)
         if delay:
             self._delayed_new.append(rid)
         return delay, None
