@@ -127,7 +127,7 @@ class DeviceFileIO:
             self._engine = IoEngine("uring" if self.backend == "bounce-uring" else "psync")
             self._bounce = HostBuffer(bounce_bytes)
             self._engine.register(self._bounce)
-            cuda.pin(self._bounce)
+            cuda.pin(self._bounce, device)
 
     def write(self, path: str | os.PathLike[str], address: int, nbytes: int,
               offset: int = 0) -> int:
