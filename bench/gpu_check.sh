@@ -17,7 +17,7 @@
 # bench.log, copy.json, file.json, overlap.json, serve.json, and cufile.log if cuFile wrote one.
 # While the steps run, env.txt is there too.
 #
-# Knobs: QUICK=1 (bench --quick), PYTHON (python3), BENCH_TIMEOUT (170 s), TEST_TIMEOUT (150 s),
+# Knobs: QUICK=1 (bench --quick), PYTHON (python3), BENCH_TIMEOUT (120 s), TEST_TIMEOUT (90 s),
 # BENCH_DIR (/tmp: the file system the file and serve phases write to), LOGS (/tmp/gpu_check_logs),
 # DEBS (.debs: optional .deb files to unpack for the build, see below),
 # STEPS (default "env build tests bench summary": e.g. STEPS=summary reprints the summary).
@@ -33,8 +33,8 @@ LOGS=${LOGS:-/tmp/gpu_check_logs}
 mkdir -p "$LOGS" || exit 1
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-env build tests bench summary}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
-TEST_TIMEOUT=${TEST_TIMEOUT:-150}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
+TEST_TIMEOUT=${TEST_TIMEOUT:-90}
 export CUFILE_LOGFILE_PATH="$OUT/cufile.log"
 export PYTHONUNBUFFERED=1
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_ROOT_USER_ACTION=ignore

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -375,6 +376,8 @@ class Cache:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit")
         self._cuda_devices: set[int] = set()   # devices whose copies use the pinned staging
         self._pin_lock = threading.Lock()
+        self._reaper: threading.Thread | None = None   # recycles slabs after their H2D copies
+        self._reap_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._tier_max = host_tier_bytes
         self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
         self._tier_bytes = 0
@@ -689,7 +692,29 @@ class Cache:
             else:
                 finish(l, c, False, why, None)
         finally:
-            _sync_all(evs)   # the device may still be reading the slab
+            self._release_after(evs, slab)   # the device may still be reading the slab
+
+    def _release_after(self, events: list[Any], slab: memoryview) -> None:
+        """Recycle a load slab once the copies reading it are done. Waiting for them is handed to
+        one reaper thread (copies complete in load-stream order), so the I/O completion threads
+        never block on the device."""
+        if not events:
+            self._release_load_slab(slab)
+            return
+        with self._lock:
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="yrcache-cache-reaper",
+                                                daemon=True)
+                self._reaper.start()
+        self._reap_q.put((events, slab))
+
+    def _reap(self) -> None:
+        while True:
+            item = self._reap_q.get()
+            if item is None:
+                return
+            events, slab = item
+            _sync_all(events)
             self._release_load_slab(slab)
 
     def _acquire_load_slab(self) -> memoryview:
@@ -952,6 +977,8 @@ class Cache:
             self._loader.shutdown(wait=False)
             self._bg_loader.shutdown(wait=False)
             self._committer.shutdown(wait=False)
+            if self._reaper is not None:
+                self._reap_q.put(None)
             self.store_.close()
             _OPEN.discard(self)
 
