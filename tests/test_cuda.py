@@ -521,3 +521,71 @@ def test_gpu_check_is_well_formed(tmp_path: Path) -> None:
     import json
     doc = json.loads((tmp_path / "copy.json").read_text())
     assert doc["ok"] is False and "CUDA" in doc["error"], doc["error"]
+
+
+def test_vllm_worker_releases_blocks_only_after_gathers(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        deferred: _DeferredDevice) -> None:
+    """The worker's CUDA bookkeeping on the deferred device: a finished request's blocks go back
+    to vLLM (get_finished) only once its gathers have run, and what is published is what the
+    engine wrote before save_kv_layer, not what it wrote into the blocks afterwards."""
+    torch = pytest.importorskip("torch")
+    from yrcache.integrations.vllm import compat
+    from yrcache.integrations.vllm.config import ConnectorConfig
+    from yrcache.integrations.vllm.metadata import StoreOp, YRCacheMetadata
+    from yrcache.integrations.vllm.spaces import Deployment, RankSpace
+    from yrcache.integrations.vllm.worker import WorkerSide
+    from yrcache.keys import chain_keys
+    from yrcache.layout import KVLayout
+    L, H, HS, BT, CH = 3, 2, 16, 16, 32
+    monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
+    monkeypatch.setattr(compat, "layer_index", lambda n: int(n.split(".")[2]))
+    lay = KVLayout.paged("vllm-cuda-LBNHC", num_layers=L, dtype="bfloat16", kv_heads=H,
+                         head_size=HS, block_tokens=BT, page_bytes=BT * H * 2 * HS * 2)
+    ns = lay.namespace("m", chunk_tokens=CH)
+    dep = Deployment((RankSpace(0, 0, lay, ns, True),), BT, CH, False)
+    w = WorkerSide(None, ConnectorConfig(root=str(tmp_path), chunk_tokens=CH,
+                                         staging_bytes=8 << 20), dep)
+    kv = [torch.randn(32, BT, H, 2 * HS, dtype=torch.bfloat16).permute(0, 2, 1, 3)
+          for _ in range(L)]
+    names = [f"model.layers.{i}.self_attn.attn" for i in range(L)]
+    w.register(dict(zip(names, kv)))
+    assert not w.disabled, w.disabled
+    w._async_gathers = True   # what CUDA tensors set at register (the tensors here are on CPU)
+    keys = chain_keys(ns.digest, np.arange(CH * 2), CH)
+    src = [4, 9, 2, 7]
+    w.bind(YRCacheMetadata(stores=[StoreOp("r1", {ns.hex: keys}, {ns.hex: ns.digest}, 0, src)],
+                           step=1))
+    w.start_load()
+    want = []
+    for i, n in enumerate(names):
+        w.save_layer(n)                  # enqueued: runs when the commit thread waits for it
+        want.append(kv[i][src].clone())
+    w.wait_for_save()
+    w.bind(YRCacheMetadata(delayed=["r1"], step=2))
+    assert w.get_finished(set()) == (None, None)   # the gathers have not run: blocks kept
+    released = None
+    for _ in range(400):
+        released, _ = w.get_finished(set())
+        if released:
+            break
+        time.sleep(0.01)
+    assert released == {"r1"}
+    for i in range(L):   # vLLM reuses the blocks now; the store must already hold the old KV
+        kv[i][src] = 0
+    published: list[bytes] = []
+    for _ in range(400):
+        meta = w.worker_meta()
+        assert meta is not None and meta.async_gathers
+        published += meta.published.get(ns.hex, [])
+        if published:
+            break
+        time.sleep(0.01)
+    assert published == keys
+    out = [torch.zeros_like(t) for t in kv]
+    lf = w.cache.load_chunks(keys, out, src)
+    assert lf.result(30).tokens == CH * 2
+    deferred.drain()
+    for i in range(L):
+        assert torch.equal(out[i][src], want[i]), f"layer {i}"
+    w.shutdown()
