@@ -764,6 +764,13 @@ class Cache:
         return sum(dense(t, t0, self.chunk_tokens, part, batch=batch)
                    for t, part in zip(layer, (seg[:half], seg[half:])))
 
+    def prepare_cuda(self, device: int = 0) -> None:
+        """Pin the staging (cudaHostRegister) and create ``device``'s copy engine now, at
+        startup, rather than on the first copy (pinning hundreds of MiB takes a while)."""
+        self._check_open()
+        G.require(device)
+        self._cuda_ready(device)
+
     def _cuda_ready(self, dev: int) -> None:
         """First CUDA copy on ``dev``: pin the staging arenas (cudaHostRegister, once)."""
         if dev in self._cuda_devices:

@@ -129,10 +129,17 @@ class WorkerSide:
             raise ValueError(f"KV layers on several devices: {sorted(devs)}")
         self._async_gathers = self._kv[0].device.type == "cuda"
         self._engine = IoEngine(self.cfg.backend)
-        self.cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
-                           staging_bytes=self.cfg.staging_bytes,
-                           host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
-                           capacity_bytes=self.cfg.capacity_bytes or None)
+        cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
+                      staging_bytes=self.cfg.staging_bytes,
+                      host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
+                      capacity_bytes=self.cfg.capacity_bytes or None)
+        if self._async_gathers:   # pin the staging now, not inside the first forward pass
+            try:
+                cache.prepare_cuda(self._kv[0].device.index or 0)
+            except BaseException:
+                cache.close()
+                raise
+        self.cache = cache
         logger.info("yrcache: worker tp%d/pp%d ready: %s mode, %d layers, %d-byte pages, "
                     "chunks of %d tokens, namespace %s, backend %s, root %s",
                     self.space.tp_rank, self.space.pp_rank, self.cfg.mode, layout.num_layers,
