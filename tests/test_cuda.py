@@ -253,6 +253,7 @@ def test_load_event_gates_a_consumer_kernel_without_host_wait() -> None:
     with torch.cuda.stream(compute):        # enqueued at once: no host synchronization
         out = layer[10:42].clone()
     assert not ev.query()                   # the copy is still waiting behind `slow`
+    assert ev.handle != 0 and ev.device == 0
     compute.synchronize()
     assert (out == 9).all()
 

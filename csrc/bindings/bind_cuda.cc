@@ -88,7 +88,10 @@ void bind_cuda(py::module_& m) {
       .def("query", &Event::query)
       .def("wait_on", &Event::wait_on, py::arg("stream"),
            "Make the stream's later work wait for this copy (no host wait).")
-      .def_property_readonly("device", &Event::device);
+      .def_property_readonly("device", &Event::device)
+      .def_property_readonly(
+          "handle", [](const Event& e) { return reinterpret_cast<std::uintptr_t>(e.raw()); },
+          "The cudaEvent_t as an integer (valid while this Event lives), for interop.");
 
   py::class_<Copier>(m, "Copier", "Copy streams, events and kernels of one device.")
       .def(py::init([](int device, std::size_t staging_bytes, const std::string& method) {
