@@ -401,5 +401,16 @@ def test_request_finished_delays_only_while_gathers_may_be_pending(
                          scheduled_cached_reqs=SimpleNamespace(req_ids=[],
                                                                num_computed_tokens=[]))
     assert metas[-1].delayed == (["a"] if device == "cuda" else [])
-    assert s.build_connector_meta(so).delayed == ["b"]    # the worker reports it when done
+    # a request aborted while its parked load runs: vLLM holds its blocks until the load reports
+    # (finished_recving); delaying it as well would free them twice
+    rc = step("c")
+    s._reqs["c"].parked_inflight = True   # what update_state_after_alloc sets for a parked load
+    s.update_connector_output(SimpleNamespace(finished_recving={"x"}, kv_connector_worker_meta=None))
+    assert s.request_finished(rc, []) == (False, None)
+    rd = step("d")
+    s._reqs["d"].parked_inflight = True
+    s.update_connector_output(SimpleNamespace(finished_recving={"d"}, kv_connector_worker_meta=None))
+    assert s.request_finished(rd, []) == (True, None)     # a worker reported async gathers
+    assert metas[-2].delayed == ["b"]                     # built in step c
+    assert s.build_connector_meta(so).delayed == ["d"]    # the worker reports it when done
     s.shutdown()

@@ -378,6 +378,7 @@ class Cache:
         self._pin_lock = threading.Lock()
         self._reaper: threading.Thread | None = None   # recycles slabs after their H2D copies
         self._reap_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed_reaper = False
         self._tier_max = host_tier_bytes
         self._tier: OrderedDict[bytes, np.ndarray] = OrderedDict()   # key -> all layers' bytes
         self._tier_bytes = 0
@@ -583,7 +584,7 @@ class Cache:
                     filled[c] += 1
                 elif c < first_bad[0]:
                     first_bad[0], reason[0] = c, why
-                elif c == first_bad[0] and reason[0] == "missing" and why != "missing":
+                elif c == first_bad[0] and reason[0] == "missing" and why.startswith("corrupt"):
                     reason[0] = why   # a corrupt object, removed while its other layers loaded
                 left[l] -= 1
                 while next_layer[0] < nl and left[next_layer[0]] == 0:
@@ -701,12 +702,16 @@ class Cache:
         if not events:
             self._release_load_slab(slab)
             return
-        with self._lock:
-            if self._reaper is None:
-                self._reaper = threading.Thread(target=self._reap, name="yrcache-cache-reaper",
-                                                daemon=True)
-                self._reaper.start()
-        self._reap_q.put((events, slab))
+        with self._lock:   # with close(): no item can land behind its stop sentinel
+            if not self._closed_reaper:
+                if self._reaper is None:
+                    self._reaper = threading.Thread(target=self._reap, daemon=True,
+                                                    name="yrcache-cache-reaper")
+                    self._reaper.start()
+                self._reap_q.put((events, slab))
+                return
+        _sync_all(events)   # close() has stopped the reaper: wait here
+        self._release_load_slab(slab)
 
     def _reap(self) -> None:
         while True:
@@ -984,8 +989,10 @@ class Cache:
             self._loader.shutdown(wait=False)
             self._bg_loader.shutdown(wait=False)
             self._committer.shutdown(wait=False)
-            if self._reaper is not None:
-                self._reap_q.put(None)
+            with self._lock:
+                self._closed_reaper = True
+                if self._reaper is not None:
+                    self._reap_q.put(None)
             self.store_.close()
             _OPEN.discard(self)
 

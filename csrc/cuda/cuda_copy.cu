@@ -41,9 +41,13 @@ bool thread_has_context() {
   static Fn fn = [] {
     void* p = nullptr;
     cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &p, 4000, cudaEnableDefault, &q) !=
-            cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
+#if CUDART_VERSION >= 12050
+    cudaError_t rc = cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &p, 4000,
+                                                      cudaEnableDefault, &q);
+#else  // 12.0-12.4: the versioned lookup does not exist yet
+    cudaError_t rc = cudaGetDriverEntryPoint("cuCtxGetCurrent", &p, cudaEnableDefault, &q);
+#endif
+    if (rc != cudaSuccess || q != cudaDriverEntryPointSuccess) {
       cudaGetLastError();
       p = nullptr;
     }

@@ -63,6 +63,7 @@ class _Req:
     plan: tuple[int, int, int, bool] | None = None   # (local tokens, hit tokens, hit chunks, park)
     first_ask: float = 0.0
     last_store_step: int = -1
+    parked_inflight: bool = False   # a parked load vLLM waits for (finished_recving) is running
 
 
 class SchedulerSide:
@@ -177,6 +178,7 @@ class SchedulerSide:
         # An empty key map makes every worker report these blocks as failed.
         keys = {h: k[c0:c1] for h, k in st.keys.items()} if ok else {}
         self._step_loads.append(LoadOp(request.request_id, keys, c0, bids, park))
+        st.parked_inflight = park
         if ok:
             st.stored = max(st.stored, hit)
         st.lookup = None
@@ -207,6 +209,10 @@ class SchedulerSide:
     def update_connector_output(self, out: Any) -> None:
         wm = getattr(out, "kv_connector_worker_meta", None)
         now = time.monotonic()
+        for rid in getattr(out, "finished_recving", None) or ():
+            st = self._reqs.get(rid)
+            if st is not None:
+                st.parked_inflight = False
         if isinstance(wm, YRCacheWorkerMeta):
             for keys in wm.published.values():
                 for k in keys:
@@ -246,6 +252,10 @@ class SchedulerSide:
         # With asynchronous gathers every request that had a store planned is delayed: the worker
         # releases it in the next get_finished once none of its gathers is running (at once if
         # none is), so a late report or async scheduling's step skew cannot free blocks early.
+        # A request aborted while its parked load runs is held by vLLM itself until the load
+        # reports (finished_recving); delaying it too would free its blocks twice.
+        if st is not None and st.parked_inflight:
+            return False, None
         delay = rid in self._gathering or (
             self._async_gathers and st is not None and st.last_store_step >= 0)
         if delay:

@@ -93,7 +93,7 @@ class WorkerSide:
         try:
             self._register(kv_caches)
         except Exception as e:  # noqa: BLE001 - never take vLLM down: disable, loudly
-            self.disabled = f"KV tensors do not match namespace {self.hex[:12]}: {e}"
+            self.disabled = f"worker setup for namespace {self.hex[:12]} failed: {e}"
             logger.error("yrcache: connector DISABLED on this worker: %s", self.disabled)
 
     def _register(self, kv_caches: dict[str, Any]) -> None:
