@@ -226,7 +226,7 @@ def test_symlinks_are_never_followed(store: Store, data_dir: Path) -> None:
 
 def test_bad_arguments(store: Store) -> None:
     k = chain(store.namespace, 1)[0]
-    with pytest.raises(ValueError, match="16-byte"):
+    with pytest.raises(ValueError, match="16 bytes"):
         store.put(b"short", [b"x"], parent=store.ns, chunk_index=0, token_count=1, dtype="u8")
     with pytest.raises(ValueError, match="at least one segment"):
         store.put(k, [], parent=store.ns, chunk_index=0, token_count=1, dtype="u8")

@@ -23,6 +23,7 @@ import errno
 import importlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import stat
@@ -35,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from . import envs
 from . import layout_fs as L
 from .format import ObjectFormatError, describe, parse_header, verify_segments
 from .janitor import read_header_bytes
@@ -43,6 +45,8 @@ from .keys import Namespace
 PROG = "yrcache"
 NS_JSON = "namespace.json"
 _READ_CHUNK = 16 << 20
+#: fsck's parallelism: more threads than this only queue on the same disk
+MAX_JOBS = 256
 
 
 class UsageError(Exception):
@@ -55,18 +59,18 @@ def human(n: float | None) -> str:
     if n is None:
         return "-"
     n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    for unit in units:
+        if abs(n) < 1024 or unit == units[-1]:
             return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 
 
 def parse_size(text: str) -> int:
-    """``10G``, ``512M``, ``1.5GiB``, ``4096`` -> bytes (binary units)."""
-    from .bench.common import parse_size as _parse
+    """``10G``, ``512M``, ``1.5GiB``, ``4096`` -> bytes (binary units), at most 8 EiB."""
     try:
-        n = _parse(text)
+        n = envs.parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     if n <= 0:
@@ -74,24 +78,25 @@ def parse_size(text: str) -> int:
     return n
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
+def _bounded(conv: Callable[[str], Any], lo: float, hi: float, what: str, *,
+             lo_open: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``conv(text)`` within [lo, hi] (or (lo, hi]); nan and inf are refused
+    (a nan would compare False everywhere: never stale, never evicted)."""
+    def parse(text: str) -> Any:
+        try:
+            v = conv(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not (math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi):
+            raise argparse.ArgumentTypeError(
+                f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text}")
+        return v
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
+_fraction = _bounded(float, 0, 1, "a number", lo_open=True)
+_seconds = _bounded(float, 0, 1e9, "a number of seconds")
+_jobs = _bounded(int, 1, MAX_JOBS, "an integer")
 
 
 def _when(t: float | None) -> str:
@@ -141,6 +146,10 @@ def _note(msg: str) -> None:
 # -- the root --------------------------------------------------------------------------------------
 @contextmanager
 def _open_root(path: str) -> Iterator[int]:
+    try:
+        L.check_root(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -338,7 +347,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from . import envs
     d = args.dir
-    if d is not None and not os.path.isdir(d):
+    if d is not None and (not d or "\0" in d or not os.path.isdir(d)):
         raise UsageError(f"{d}: no such directory")
     b = yrcache.build_info(d)
     doc: dict[str, Any] = {"version": yrcache.__version__, "build": {
@@ -546,12 +555,16 @@ def cmd_gc(args: argparse.Namespace) -> int:
             cap, source = (c, "ledger") if isinstance(c, int) and c > 0 else (None, "none")
         elif cap == 0:
             cap, source = None, "--capacity none"
-        jan = Janitor(rootfd, capacity=cap, low_watermark=args.low, high_watermark=args.high,
-                      tmp_max_age=args.tmp_max_age, orphan_grace=args.orphan_grace)
         try:
-            rep = jan.run_once(blocking=True)
-        finally:
-            jan.close()
+            jan = Janitor(rootfd, capacity=cap, low_watermark=args.low, high_watermark=args.high,
+                          tmp_max_age=args.tmp_max_age, orphan_grace=args.orphan_grace)
+            try:
+                rep = jan.run_once(blocking=True)
+            finally:
+                jan.close()
+        except OSError as e:  # e.g. a read-only root: the janitor cannot lock or remove there
+            raise UsageError(f"{args.root}: cannot run the janitor here: "
+                             f"{e.strerror or e}") from None
     doc: dict[str, Any] = {"root": os.path.abspath(args.root), "capacity": cap,
                            "capacity_from": source, "low_watermark": args.low,
                            "high_watermark": args.high, "tmp_max_age": args.tmp_max_age,
@@ -581,10 +594,16 @@ def _load_mac_key(path: str | None) -> bytes | None:
     if path is None:
         return None
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(4096)
-    except OSError as e:
-        raise UsageError(f"--mac-key-file {path}: {e.strerror or e}") from None
+        # O_NONBLOCK: a FIFO given by mistake must not hang the command; only files are keys
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"--mac-key-file {path}: not a regular file")
+            raw = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise UsageError(f"--mac-key-file {path!r}: {getattr(e, 'strerror', None) or e}") from None
     s = raw.strip()
     key = raw
     if 32 <= len(s) <= 128 and len(s) % 2 == 0:
@@ -654,7 +673,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         temps, tmp_foreign = ([], []) if only is not None else _tmp_entries(rootfd)
         foreign += tmp_foreign
 
-        with ThreadPoolExecutor(max(1, args.jobs)) as ex:
+        with ThreadPoolExecutor(args.jobs) as ex:
             results = list(ex.map(lambda o: _check_object(rootfd, o, mac_key), objs))
 
         bad: list[dict[str, Any]] = []
@@ -884,7 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--orphan-grace", type=_seconds, default=60.0, metavar="S",
                    help="orphans younger than this may be out-of-order publishes: noted, not "
                    "problems (default 60)")
-    s.add_argument("-j", "--jobs", type=int, default=4, help="objects checked in parallel (4)")
+    s.add_argument("-j", "--jobs", type=_jobs, default=4,
+                   help=f"objects checked in parallel (1-{MAX_JOBS}, default 4)")
     s.set_defaults(fn=cmd_fsck)
 
     sub.add_parser("bench", add_help=False, help="run a benchmark: bench [io|store] [ARGS...]")

@@ -14,6 +14,7 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
+from ._args import U32_MAX, check_int
 from ._native import _C
 
 _S = _C.store
@@ -25,7 +26,19 @@ FLAG_MAC: int = _S.FLAG_MAC
 CHECKSUM_IMPL: str = _S.CHECKSUM_IMPL
 checksum = _S.checksum
 checksums = _S.checksums
-header_bytes_for = _S.header_bytes_for
+
+#: Limits of the header fields (csrc/store/format.h: kMaxSegments, kMaxDims, kMaxObjectBytes, and
+#: u32 chunk_index / token_count, u64 shape dimensions). Checked at the call, in Python, so a bad
+#: argument raises there, never later in a writer thread (or as an object no reader accepts).
+MAX_SEGMENTS = 4096
+MAX_DIMS = 8
+MAX_OBJECT_BYTES = 1 << 40
+U64_MAX = (1 << 64) - 1
+
+
+def header_bytes_for(segments: int) -> int:
+    """Header size of an object with ``segments`` segments (4 KiB up to 120 of them)."""
+    return int(_S.header_bytes_for(check_int("segments", segments, 0, MAX_SEGMENTS)))
 
 
 class ObjectFormatError(ValueError):
@@ -33,6 +46,9 @@ class ObjectFormatError(ValueError):
 
 
 def align_up(n: int, a: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``a`` (> 0)."""
+    if a <= 0:
+        raise ValueError(f"alignment must be > 0, got {a}")
     return -(-n // a) * a
 
 
@@ -40,10 +56,34 @@ def segment_offsets(lengths: Sequence[int]) -> tuple[int, list[int], int]:
     """(header_bytes, segment offsets, object_bytes) of an object with these segment lengths."""
     hb = header_bytes_for(len(lengths))
     at, offs = hb, []
-    for n in lengths:
+    for i, n in enumerate(lengths):
         offs.append(at)
-        at = align_up(at + n)
+        at = align_up(at + check_int(f"lengths[{i}]", n, 0, MAX_OBJECT_BYTES))
     return hb, offs, at
+
+
+def check_fields(*, chunk_index: Any, token_count: Any, dtype: Any, shape: Any,
+                 lengths: Sequence[int]) -> tuple[int, ...]:
+    """Check an object's header fields against what the format can hold (TypeError for a wrong
+    type, ValueError out of range, naming the argument); returns ``shape`` as a tuple."""
+    check_int("chunk_index", chunk_index, 0, U32_MAX)
+    check_int("token_count", token_count, 1, U32_MAX)
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a str, got {type(dtype).__name__}")
+    if not 1 <= len(dtype) <= 16 or not dtype.isascii() or not dtype.isprintable() or " " in dtype:
+        raise ValueError(f"dtype must be 1-16 printable ASCII characters, got {dtype!r:.60}")
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise TypeError(f"shape must be a sequence of ints, got {type(shape).__name__}")
+    if len(shape) > MAX_DIMS:
+        raise ValueError(f"shape must be at most {MAX_DIMS} non-negative ints, got {len(shape)}")
+    dims = tuple(check_int(f"shape[{i}]", d, 0, U64_MAX) for i, d in enumerate(shape))
+    if len(lengths) > MAX_SEGMENTS:
+        raise ValueError(f"an object holds at most {MAX_SEGMENTS} segments, got {len(lengths)}")
+    total = segment_offsets(lengths)[2]
+    if total > MAX_OBJECT_BYTES:
+        raise ValueError(f"an object is at most {MAX_OBJECT_BYTES} bytes (readers refuse larger), "
+                         f"these segments make {total}")
+    return dims
 
 
 def _mac(key: bytes, *parts: Any) -> bytes:
@@ -66,8 +106,10 @@ def build_header(out: Any, *, ns: bytes, key: bytes, parent: bytes, chunk_index:
     """Encode the header of an object with these segment buffers into ``out`` (writable, at least
     ``header_bytes``). Returns the Header. Checksums every segment (C++, GIL released)."""
     lengths = [memoryview(s).nbytes for s in segments]
-    h = Header(ns, key, parent, chunk_index, token_count, dtype, list(shape), lengths,
-               created_unix_ns)
+    dims = check_fields(chunk_index=chunk_index, token_count=token_count, dtype=dtype,
+                        shape=shape, lengths=lengths)
+    h = Header(ns, key, parent, chunk_index, token_count, dtype, list(dims), lengths,
+               check_int("created_unix_ns", created_unix_ns, 0, U64_MAX))
     sums = checksums(list(segments))
     for i, c in enumerate(sums):
         tag = int.from_bytes(_mac(mac_key, key, i.to_bytes(4, "little"), segments[i])[:8],
@@ -121,6 +163,8 @@ def verify_segments(h: Any, items: Sequence[tuple[int, Any]], *,
 
 def describe(h: Any) -> dict[str, Any]:
     """A JSON-friendly view of a header (for ls/fsck)."""
+    if not isinstance(h, Header):
+        raise TypeError(f"describe() needs a parsed Header, got {type(h).__name__}")
     return {
         "version": h.version, "namespace": h.ns.hex(), "key": h.key.hex(),
         "parent": h.parent.hex(), "chunk_index": h.chunk_index, "tokens": h.token_count,
@@ -142,6 +186,10 @@ __all__ = [
     "checksum",
     "checksums",
     "describe",
+    "MAX_DIMS",
+    "MAX_OBJECT_BYTES",
+    "MAX_SEGMENTS",
+    "check_fields",
     "header_bytes_for",
     "parse_header",
     "segment_offsets",

@@ -153,6 +153,9 @@ class Usage:
             self._refresh_locked()
 
     def _refresh_locked(self) -> None:
+        if self.metafd < 0:  # closed, or a load-only root without a ledger: keep what we know
+            self._read_at = time.monotonic()
+            return
         d = _read_json(self.metafd, _USAGE)
         self._ledger = _int(d, "bytes")
         self._read_at = time.monotonic()
@@ -170,6 +173,12 @@ class Usage:
             if ok:
                 self._reserved += nbytes
         return ok, est > self.capacity * self.high_watermark
+
+    def close(self) -> None:
+        """Stop using the ledger's directory (its descriptor is closed by its owner): later
+        estimates answer from memory, never through a descriptor number reused meanwhile."""
+        with self._lock:
+            self.metafd = -1
 
     def release(self, nbytes: int) -> None:
         if self.capacity:
@@ -192,7 +201,7 @@ class Usage:
         with self._flush_lock:
             with self._lock:
                 pending = self._pending
-            if not pending:
+            if not pending or self.metafd < 0:
                 return
             try:
                 lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
@@ -237,7 +246,8 @@ class Janitor:
 
     def __init__(self, root_fd: int, *, capacity: int | None, low_watermark: float = 0.85,
                  high_watermark: float = 0.95, tmp_max_age: float = 600.0, orphan_grace: float = 60.0,
-                 on_evict: Callable[[str, str], None] | None = None) -> None:
+                 on_evict: Callable[[str, str], None] | None = None,
+                 read_only: bool = False) -> None:
         if capacity is not None and capacity <= 0:
             raise ValueError(f"capacity must be > 0 bytes, got {capacity}")
         if not 0 < low_watermark <= high_watermark <= 1:
@@ -250,22 +260,40 @@ class Janitor:
         self.tmp_max_age = tmp_max_age
         self.orphan_grace = orphan_grace
         self.on_evict = on_evict
-        self.metafd = L.open_dir(root_fd, L.META_DIR, create=True)
-        self.tmpfd = L.open_dir(root_fd, L.TMP_DIR, create=True)
+        #: a load-only root: passes do nothing (no lock taken, nothing removed, no ledger written)
+        self.read_only = read_only
+        self.metafd = self.tmpfd = -1
+        if read_only:  # the ledger is read when it exists; nothing is created
+            self.metafd = _open_dir_if_present(root_fd, L.META_DIR)
+        else:
+            self.metafd = L.open_dir(root_fd, L.META_DIR, create=True)
+            try:
+                self.tmpfd = L.open_dir(root_fd, L.TMP_DIR, create=True)
+            except BaseException:
+                os.close(self.metafd)
+                raise
         # (ns, key, ino) -> (parent hex, chunk index): headers are immutable, read each once.
+        # Holds only objects the last pass saw alive (pruned after every pass), so it follows
+        # the live set under churn instead of growing with every object ever published.
         self._parents: dict[tuple[str, str, int], tuple[str, int]] = {}
 
     def close(self) -> None:
         for fd in (self.metafd, self.tmpfd):
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:
                 pass
+        self.metafd = self.tmpfd = -1
+        self._parents.clear()
 
     # -- temp files -----------------------------------------------------------------------------
     def reclaim_tmp(self, now: float | None = None) -> int:
         """Remove temp files of writers that are gone: older than tmp_max_age, or written on this
         host by a pid that no longer exists (names carry host tag and pid)."""
+        if self.read_only or self.tmpfd < 0:
+            return 0
         now = time.time() if now is None else now
         n = 0
         for e in L._scandir(self.tmpfd):
@@ -291,6 +319,8 @@ class Janitor:
     # -- one pass -------------------------------------------------------------------------------
     def run_once(self, *, blocking: bool = False) -> JanitorReport:
         rep = JanitorReport()
+        if self.read_only or self.metafd < 0:  # load-only root, or closed: nothing to do
+            return rep
         try:
             lk = _Flock(self.metafd, _JANITOR_LOCK, blocking=blocking)
         except OSError as e:
@@ -350,6 +380,8 @@ class Janitor:
                 alive[o.ns_hex].discard(o.key_hex)
             rep.bytes = total
             rep.objects = sum(len(v) for v in alive.values())
+            live = {(o.ns_hex, o.key_hex, o.ino) for o in objs if o.key_hex in alive[o.ns_hex]}
+            self._parents = {k: v for k, v in self._parents.items() if k in live}
             rep.by_namespace = {k: len(v) for k, v in alive.items() if v}
             try:
                 self._write_ledger(total, added0, rep)
@@ -430,8 +462,6 @@ class Janitor:
                 logger.debug("janitor: cannot read %s: %s", o.key_hex, e)
             return _UNREADABLE
         info = (h.parent.hex(), h.chunk_index)
-        if len(self._parents) > 1 << 20:
-            self._parents.clear()
         self._parents[k] = info
         return info
 
@@ -449,6 +479,14 @@ class Janitor:
         if self.on_evict is not None:
             self.on_evict(o.ns_hex, o.key_hex)
         return "removed"
+
+
+def _open_dir_if_present(dirfd: int, rel: str) -> int:
+    """A descriptor of directory ``rel``, or -1 when it is absent or not ours to open."""
+    try:
+        return L.open_dir(dirfd, rel)
+    except OSError:
+        return -1
 
 
 _UNREADABLE = object()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,10 @@ KEY_SPEC_VERSION = 1
 #: Object format version (docs/object_format.md). Part of every namespace.
 FORMAT_VERSION = 1
 DIGEST_BYTES = 16
+#: bound on a namespace's canonical JSON (model names, salts, extras are short; a huge one is a bug)
+MAX_NAMESPACE_BYTES = 64 << 10
+#: integer fields fit a signed 64-bit integer wherever they end up
+_INT_MAX = (1 << 63) - 1
 
 _NS_DOMAIN = b"yrcache/namespace/v1\x00"
 _EXTRA_DOMAIN = b"yrcache/extra/v1\x00"
@@ -71,24 +75,30 @@ class Namespace:
     def __post_init__(self) -> None:
         for name in ("model", "dtype", "layout"):
             v = getattr(self, name)
-            if not isinstance(v, str) or not v:
-                raise ValueError(f"Namespace.{name} must be a non-empty str, got {v!r}")
+            if not isinstance(v, str):
+                raise TypeError(f"Namespace.{name} must be a str, got {type(v).__name__}")
+            if not v:
+                raise ValueError(f"Namespace.{name} must be a non-empty str")
         for name in ("num_layers", "kv_heads", "head_size", "chunk_tokens"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"Namespace.{name} must be a positive int, got {v!r}")
-        for name in ("block_tokens", "page_bytes", "first_layer", "first_kv_head"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"Namespace.{name} must be a non-negative int, got {v!r}")
+            _check_field(name, getattr(self, name), 1)
+        for name in ("block_tokens", "page_bytes", "first_layer", "first_kv_head",
+                     "format_version", "key_spec_version"):
+            _check_field(name, getattr(self, name), 0)
         if self.block_tokens and self.chunk_tokens % self.block_tokens:
             raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be a multiple of "
                              f"block_tokens ({self.block_tokens})")
         if not isinstance(self.salt, str):
-            raise ValueError(f"Namespace.salt must be a str, got {type(self.salt).__name__}")
+            raise TypeError(f"Namespace.salt must be a str, got {type(self.salt).__name__}")
+        if not isinstance(self.extra, Mapping):
+            raise TypeError(f"Namespace.extra must be a mapping of str to str (or {{}}), got "
+                            f"{type(self.extra).__name__}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.extra.items()):
-            raise ValueError("Namespace.extra must map str to str")
+            raise TypeError("Namespace.extra must map str to str")
         object.__setattr__(self, "extra", dict(sorted(self.extra.items())))
+        n = len(self.canonical())
+        if n > MAX_NAMESPACE_BYTES:  # it is written to namespace.json, read back by tools
+            raise ValueError(f"Namespace is too large: {n} bytes of canonical JSON, at most "
+                             f"{MAX_NAMESPACE_BYTES}")
 
     def __hash__(self) -> int:  # `extra` is a dict: hash the digest, which covers every field
         return hash(self.digest)
@@ -115,7 +125,18 @@ class Namespace:
         d = json.loads(text)
         if not isinstance(d, dict):
             raise ValueError("namespace JSON must be an object")
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"namespace JSON has unknown fields {sorted(unknown)}")
         return cls(**d)
+
+
+def _check_field(name: str, v: Any, lo: int) -> None:
+    # keys.py sits below yrcache._args (which imports DIGEST_BYTES from here): its own check.
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"Namespace.{name} must be an int, got {type(v).__name__} {v!r:.40}")
+    if not lo <= v <= _INT_MAX:
+        raise ValueError(f"Namespace.{name} must be in [{lo}, {_INT_MAX}], got {v}")
 
 
 def fold_extras(root: bytes, extras: Mapping[str, bytes | str] | None) -> bytes:
@@ -127,8 +148,11 @@ def fold_extras(root: bytes, extras: Mapping[str, bytes | str] | None) -> bytes:
     u32 len(name) || name || u32 len(value) || value)``, strings as UTF-8.
     """
     _check_digest(root, "root")
+    if extras is not None and not isinstance(extras, Mapping):
+        raise TypeError(f"extras must be a mapping of names to str/bytes, got "
+                        f"{type(extras).__name__}")
     if not extras:
-        return root
+        return bytes(root)
     parts = [_EXTRA_DOMAIN, root]
     for name in sorted(extras):
         if not isinstance(name, str):
@@ -163,8 +187,14 @@ def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_t
     """Keys of the full chunks of ``token_ids`` (a partial tail chunk has none), starting from
     ``root`` (a namespace digest, or :func:`fold_extras` of one)."""
     _check_digest(root, "root")
-    if not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
+    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int):
+        raise TypeError(f"chunk_tokens must be an int, got {type(chunk_tokens).__name__}")
+    if not 1 <= chunk_tokens <= _INT_MAX:
         raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
+    if max_chunks is not None and (isinstance(max_chunks, bool) or not isinstance(max_chunks, int)):
+        raise TypeError(f"max_chunks must be an int or None, got {type(max_chunks).__name__}")
+    if max_chunks is not None and max_chunks < 0:
+        raise ValueError(f"max_chunks must be >= 0, got {max_chunks}")
     arr = as_token_array(token_ids)
     n = arr.size // chunk_tokens
     if max_chunks is not None:
@@ -172,7 +202,7 @@ def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_t
     raw = memoryview(arr[: n * chunk_tokens].tobytes())
     step = chunk_tokens * 4
     keys: list[bytes] = []
-    prev = root
+    prev = bytes(root)
     for i in range(n):
         h = hashlib.blake2b(prev, digest_size=DIGEST_BYTES)
         h.update(raw[i * step:(i + 1) * step])
@@ -182,8 +212,10 @@ def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_t
 
 
 def _check_digest(d: bytes, what: str) -> None:
-    if not isinstance(d, (bytes, bytearray)) or len(d) != DIGEST_BYTES:
-        raise ValueError(f"{what} must be {DIGEST_BYTES} bytes, got {d!r:.40}")
+    if not isinstance(d, (bytes, bytearray)):
+        raise TypeError(f"{what} must be {DIGEST_BYTES} bytes, got {type(d).__name__} {d!r:.40}")
+    if len(d) != DIGEST_BYTES:
+        raise ValueError(f"{what} must be {DIGEST_BYTES} bytes, got {len(d)}: {bytes(d)!r:.40}")
 
 
 def is_hex_digest(s: str) -> bool:

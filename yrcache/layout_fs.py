@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._native import _C
 
@@ -33,6 +33,61 @@ _HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 _SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
 
 open_beneath = _C.io.open_beneath
+
+
+def check_root(root: Any) -> str:
+    """The absolute path of a cache root given as str, bytes or os.PathLike. TypeError for
+    anything else; ValueError for an empty path (it would silently make the current directory a
+    cache root) or one with a NUL byte."""
+    if not isinstance(root, (str, bytes, os.PathLike)):
+        raise TypeError(f"cache root must be a path (str, bytes or os.PathLike), got "
+                        f"{type(root).__name__}")
+    path = os.fspath(root)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError("cache root must not be empty (an empty path would make the current "
+                         "directory the cache root; pass '.' to mean it)")
+    if "\0" in path:
+        raise ValueError(f"cache root must not contain a NUL byte: {path!r:.80}")
+    return os.path.abspath(path)
+
+
+def root_error(err: int, what: str, path: str) -> OSError:
+    """An OSError (the subclass for ``err``) that names the cache root and says what is wrong."""
+    return OSError(err, f"yrcache: cache root {what}", path)
+
+
+def open_root(path: str, *, create: bool) -> int:
+    """A descriptor of the cache root directory ``path`` (absolute), created (with its parents)
+    when missing and ``create``. Failures raise an OSError naming the root and saying what is
+    wrong with it (missing, not a directory, not accessible), with the errno kept."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            raise root_error(errno.ENOENT, "does not exist", path) from None
+    except OSError as e:
+        raise _open_root_error(e, path) from None
+    try:
+        os.makedirs(path, DIR_MODE, exist_ok=True)
+    except OSError as e:
+        raise root_error(e.errno or errno.EIO, f"does not exist and cannot be created "
+                         f"({e.strerror or e})", path) from None
+    try:
+        return os.open(path, flags)
+    except OSError as e:
+        raise _open_root_error(e, path) from None
+
+
+def _open_root_error(e: OSError, path: str) -> OSError:
+    if e.errno == errno.ENOTDIR:
+        return root_error(e.errno, "is not a directory (or a component of its path is a file)",
+                          path)
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return root_error(e.errno, f"is not accessible ({e.strerror})", path)
+    return root_error(e.errno or errno.EIO, f"cannot be opened ({e.strerror or e})", path)
 
 
 def is_hex32(name: str) -> bool:
@@ -173,5 +228,5 @@ def _maybe_dir(dirfd: int, name: str) -> Iterator[int | None]:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "META_DIR", "OBJ_SUFFIX", "TMP_DIR", "TMP_SUFFIX",
-           "Foreign", "ObjectEntry", "is_hex32", "object_relpath", "open_beneath", "open_dir",
+           "Foreign", "ObjectEntry", "check_root", "is_hex32", "open_root", "root_error", "object_relpath", "open_beneath", "open_dir",
            "opened_dir", "walk_objects"]

@@ -23,6 +23,8 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
+import numbers
 import os
 import stat
 import threading
@@ -35,10 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import layout_fs as L
+from ._args import check_digest, check_digests, check_int
 from ._native import _C
 from .format import (
+    MAX_OBJECT_BYTES,
+    MAX_SEGMENTS,
     ObjectFormatError,
     build_header,
+    check_fields,
     describe,
     parse_header,
     segment_offsets,
@@ -56,7 +62,59 @@ MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE, errno.ENOTDIR})
 #: errno values of an entry that is not one of ours (a symlink, a directory, a FIFO...): corrupt.
 FOREIGN_ERRNOS = frozenset({errno.ELOOP, errno.EXDEV, errno.EISDIR, errno.EINVAL})
 
+#: errno values of a root that refuses writes: with read_only=None the store opens load-only.
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+#: bounds of the constructor's pool sizes and open-object cache (each handle is a descriptor)
+MAX_THREADS = 1024
+MAX_HANDLES = 4096
+#: durations above this (about 31 years) are mistakes; threading refuses some of them anyway
+MAX_SECONDS = 1e9
+
 Buffer = Any  # a buffer-protocol object (bytes-like, numpy array, HostBuffer, memoryview)
+
+
+def _check_real(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__} {v!r:.40}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return f
+
+
+def _check_seconds(name: str, v: Any) -> float:
+    f = _check_real(name, v)
+    if not 0 <= f <= MAX_SECONDS:
+        raise ValueError(f"{name} must be in [0, {MAX_SECONDS:g}] seconds, got {v}")
+    return f
+
+
+def _check_fraction(name: str, v: Any) -> float:
+    f = _check_real(name, v)
+    if not 0 < f <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {v}")
+    return f
+
+
+def _views(name: str, bufs: Any, *, writable: bool) -> list[memoryview]:
+    """Byte views of a sequence of buffers (TypeError for what is not one, ValueError for a
+    read-only destination or a non-contiguous buffer)."""
+    if isinstance(bufs, (str, bytes, bytearray, memoryview)) or not hasattr(bufs, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of buffers (one per segment), got "
+                        f"{type(bufs).__name__}")
+    out = []
+    for i, b in enumerate(bufs):
+        try:
+            v = memoryview(b)
+        except TypeError:
+            raise TypeError(f"{name}[{i}] must be a buffer (bytes-like, numpy array, HostBuffer), "
+                            f"got {type(b).__name__}") from None
+        if not v.c_contiguous:
+            raise ValueError(f"{name}[{i}] must be C-contiguous")
+        if writable and v.readonly:
+            raise ValueError("destination buffers must be writable")
+        out.append(v.cast("B") if v.ndim != 1 or v.format != "B" else v)
+    return out
 
 
 @dataclass(frozen=True)
@@ -99,8 +157,9 @@ class _Handle:
 
 
 _COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
-             "hits", "misses", "corrupt", "incomplete", "bytes_read", "open_handle_hits", "lookups", "lookup_keys", "evictions",
-             "orphans_removed", "tmp_reclaimed", "touches")
+             "dropped_read_only", "hits", "misses", "corrupt", "incomplete", "bytes_read",
+             "open_handle_hits", "lookups", "lookup_keys", "evictions", "orphans_removed",
+             "tmp_reclaimed", "touches")
 
 
 class Store:
@@ -134,22 +193,39 @@ class Store:
                  janitor_period: float = 30.0, tmp_max_age: float = 600.0,
                  orphan_grace: float = 60.0, touch_interval: float = 60.0,
                  index_ttl: float = 10.0, handle_ttl: float = 2.0, max_handles: int = 64,
-                 lookup_threads: int = 16, load_threads: int = 8, store_threads: int = 4) -> None:
+                 lookup_threads: int = 16, load_threads: int = 8, store_threads: int = 4,
+                 read_only: bool | None = None) -> None:
+        root = L.check_root(root)
         if not isinstance(namespace, Namespace):
             raise TypeError(f"namespace must be a yrcache.keys.Namespace, got "
                             f"{type(namespace).__name__}")
-        if mac_key is not None and (not isinstance(mac_key, bytes) or not 16 <= len(mac_key) <= 64):
-            raise ValueError("mac_key must be 16-64 bytes")
-        if capacity_bytes is not None and (not isinstance(capacity_bytes, int) or capacity_bytes <= 0):
-            raise ValueError(f"capacity_bytes must be a positive int, got {capacity_bytes!r}")
-        if not 0 < low_watermark <= high_watermark <= 1:
+        if engine is not None and not isinstance(engine, IoEngine):
+            raise TypeError(f"engine must be a yrcache.IoEngine or None, got {type(engine).__name__}")
+        if mac_key is not None:
+            if not isinstance(mac_key, bytes):
+                raise TypeError(f"mac_key must be bytes, got {type(mac_key).__name__}")
+            if not 16 <= len(mac_key) <= 64:
+                raise ValueError(f"mac_key must be 16-64 bytes, got {len(mac_key)}")
+        if capacity_bytes is not None:
+            check_int("capacity_bytes", capacity_bytes, 1)
+        for name, flag in (("durable", durable), ("read_only", read_only)):
+            if not isinstance(flag, bool) and not (name == "read_only" and flag is None):
+                raise TypeError(f"{name} must be a bool{' or None' * (name == 'read_only')}, "
+                                f"got {type(flag).__name__}")
+        low_watermark = _check_fraction("low_watermark", low_watermark)
+        high_watermark = _check_fraction("high_watermark", high_watermark)
+        if low_watermark > high_watermark:
             raise ValueError(f"need 0 < low_watermark <= high_watermark <= 1, got "
                              f"{low_watermark}, {high_watermark}")
+        for name, v in (("janitor_period", janitor_period), ("tmp_max_age", tmp_max_age),
+                        ("orphan_grace", orphan_grace), ("touch_interval", touch_interval),
+                        ("index_ttl", index_ttl), ("handle_ttl", handle_ttl)):
+            _check_seconds(name, v)
         for name, v in (("lookup_threads", lookup_threads), ("load_threads", load_threads),
                         ("store_threads", store_threads)):
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.root = os.path.abspath(os.fspath(root))
+            check_int(name, v, 1, MAX_THREADS)
+        check_int("max_handles", max_handles, 0, MAX_HANDLES)
+        self.root = root
         self.namespace = namespace
         self.ns = namespace.digest
         self.ns_hex = self.ns.hex()
@@ -158,38 +234,43 @@ class Store:
         self.touch_interval = touch_interval
         self.index_ttl = index_ttl
         self._mac = mac_key
-        os.makedirs(self.root, mode=L.DIR_MODE, exist_ok=True)
         self._fds: list[int] = []
+        self._nsfd: int | None = None
+        self._ns_probed = 0.0
+        self._lock = threading.Lock()
+        self._logged: set[tuple[str, str]] = set()
         try:
-            self._rootfd = self._keep_fd(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY |
-                                                 os.O_CLOEXEC))
-            self._nsfd = self._keep_fd(L.open_dir(self._rootfd, self.ns_hex, create=True))
-            self._tmpfd = self._keep_fd(L.open_dir(self._rootfd, L.TMP_DIR, create=True))
-            self._write_namespace_json()
+            self._rootfd = self._keep_fd(L.open_root(self.root, create=read_only is not True))
+            self._ro_reason = "read_only=True" if read_only else ""
+            if not read_only:
+                self._ro_reason = self._open_writable(probe=read_only is None)
+            if self._ro_reason:
+                self._open_read_only()
         except BaseException:
             for fd in self._fds:
                 os.close(fd)
             raise
         self._own_engine = engine is None
         self.engine = engine or IoEngine()
-        self._lock = threading.Lock()
         self._stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._errors: dict[int, int] = defaultdict(int)
-        # key -> when it was last known to exist (insertion-ordered: the oldest go first)
-        self._index: dict[bytes, float] = {}
+        # key -> when it was last known to exist, oldest first; entries past index_ttl are
+        # dropped, so it holds what this process recently saw, not every key it ever met
+        self._index: OrderedDict[bytes, float] = OrderedDict()
         self._index_max = 1 << 18
-        self._touched: dict[bytes, float] = {}
+        # key -> when this process last refreshed its mtime (same order and pruning)
+        self._touched: OrderedDict[bytes, float] = OrderedDict()
         self.handle_ttl = handle_ttl
         self._max_handles = max_handles
         self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
         self._forgets = 0   # bumped by every _forget: opens that raced one are not kept open
-        self._logged: set[tuple[str, str]] = set()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._tmp_ids = itertools.count()
         self._stat = _C.store.StatBatch(lookup_threads)
         # Warm the lookup path once (threads parked, code paved): a scheduler's first lookup
         # should cost what every later one does. 64 random keys: misses, about 0.1 ms locally.
-        self._stat.run_keys(self._nsfd, os.urandom(16 * 64), False)
+        self._stat.run_keys(self._nsfd if self._nsfd is not None else self._rootfd,
+                            os.urandom(16 * 64), False)
         self._loads = ThreadPoolExecutor(load_threads, thread_name_prefix="yrcache-load")
         self._stores = ThreadPoolExecutor(store_threads, thread_name_prefix="yrcache-store")
         for pool in (self._loads, self._stores):  # start a thread now, not in the first call
@@ -197,22 +278,71 @@ class Store:
         self._closed = False
         self.janitor = Janitor(self._rootfd, capacity=capacity_bytes, low_watermark=low_watermark,
                                high_watermark=high_watermark, tmp_max_age=tmp_max_age,
-                               orphan_grace=orphan_grace, on_evict=self._forget_hex)
+                               orphan_grace=orphan_grace, on_evict=self._forget_hex,
+                               read_only=self.read_only)
         self.usage = Usage(self.janitor.metafd, capacity_bytes, high_watermark=high_watermark)
         self._stats["tmp_reclaimed"] += self.janitor.reclaim_tmp()
         self._janitor_wake = threading.Event()
         self._janitor_stop = threading.Event()
         self._janitor_thread: threading.Thread | None = None
-        if janitor_period > 0:
+        if janitor_period > 0 and not self.read_only:
             self._janitor_thread = threading.Thread(target=self._janitor_loop,
                                                     args=(janitor_period,), daemon=True,
                                                     name="yrcache-janitor")
             self._janitor_thread.start()
 
+    def _open_writable(self, *, probe: bool) -> str:
+        """Open (creating) the namespace and temp directories and check that the root takes
+        writes. Returns "" when it does; with ``probe`` (auto-detection), why it does not when the
+        file system refuses writes (read-only, permissions): the store then opens load-only. Any
+        other failure raises an OSError naming the root."""
+        what = f"creating {self.ns_hex}/"
+        try:
+            self._nsfd = self._keep_fd(L.open_dir(self._rootfd, self.ns_hex, create=True))
+            what = f"creating {L.TMP_DIR}/"
+            self._tmpfd = self._keep_fd(L.open_dir(self._rootfd, L.TMP_DIR, create=True))
+            what = f"creating {L.META_DIR}/"
+            os.close(L.open_dir(self._rootfd, L.META_DIR, create=True))
+            # Existing directories open without a write: create (and remove) a file to know
+            # whether publishing can work here (a read-only mount, a root owned by someone else).
+            what = f"writing in {L.TMP_DIR}/"
+            name = f"{HOST_TAG}-{os.getpid()}-probe-{os.urandom(4).hex()}{L.TMP_SUFFIX}"
+            os.close(L.open_beneath(self._tmpfd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                    L.FILE_MODE))
+            os.unlink(name, dir_fd=self._tmpfd)
+        except OSError as e:
+            if probe and e.errno in READ_ONLY_ERRNOS:
+                for fd in self._fds[1:]:  # keep the root's descriptor only
+                    os.close(fd)
+                del self._fds[1:]
+                self._nsfd = None
+                return f"{e.strerror} ({what})"
+            raise L.root_error(e.errno or errno.EIO, f"is not usable: {what} failed "
+                               f"({e.strerror or e})", self.root) from None
+        self._write_namespace_json()
+        return ""
+
+    def _open_read_only(self) -> None:
+        """Load-only: nothing is created; an absent namespace directory is opened when it
+        appears (another node publishes into it later), meanwhile every lookup is a miss."""
+        self._tmpfd = -1
+        self._ns_dir()
+        if self._ro_reason != "read_only=True":
+            logger.warning("yrcache: cache root %s is load-only here (%s): lookups and loads work, "
+                           "stores are dropped, nothing is evicted or removed", self.root,
+                           self._ro_reason)
+
+    @property
+    def read_only(self) -> bool:
+        """True when this store never writes: ``read_only=True``, or a root auto-detected as not
+        writable (read-only file system, no write permission). Loads work; puts return False
+        (``dropped_read_only``); the janitor, touches and removals of bad objects are off."""
+        return bool(self._ro_reason)
+
     # -- public API -----------------------------------------------------------------------------
     def path_of(self, key: bytes) -> str:
         """Absolute path of an object (for tools; I/O goes through descriptors)."""
-        return os.path.join(self.root, self.ns_hex, L.object_relpath(self._hex(key)))
+        return os.path.join(self.root, self.ns_hex, L.object_relpath(check_digest("key", key).hex()))
 
     def put(self, key: bytes, segments: Sequence[Buffer], *, parent: bytes, chunk_index: int,
             token_count: int, dtype: str, shape: Sequence[int] = (),
@@ -222,24 +352,24 @@ class Store:
         (root full, I/O error: counted in stats). Segment buffers must stay unchanged until then;
         4 KiB-aligned buffers whose lengths are multiples of 4 KiB take the O_DIRECT path."""
         self._check_open()
-        self._check_key(key, "key")
-        self._check_key(parent, "parent")
-        if not segments:
+        key = check_digest("key", key)
+        parent = check_digest("parent", parent)
+        if not isinstance(dedup, bool):
+            raise TypeError(f"dedup must be a bool, got {type(dedup).__name__}")
+        views = _views("segments", segments, writable=False)
+        if not views:
             raise ValueError("an object needs at least one segment")
-        if not isinstance(chunk_index, int) or chunk_index < 0:
-            raise ValueError(f"chunk_index must be a non-negative int, got {chunk_index!r}")
-        if not isinstance(token_count, int) or token_count <= 0:
-            raise ValueError(f"token_count must be a positive int, got {token_count!r}")
-        if not isinstance(dtype, str) or not 1 <= len(dtype) <= 16 or not dtype.isascii() or \
-                not dtype.isprintable() or " " in dtype:
-            raise ValueError(f"dtype must be 1-16 printable ASCII characters, got {dtype!r}")
-        if len(shape) > 8 or any(not isinstance(d, int) or d < 0 for d in shape):
-            raise ValueError(f"shape must be at most 8 non-negative ints, got {shape!r}")
-        key, parent = bytes(key), bytes(parent)
-        views = [memoryview(s).cast("B") for s in segments]
+        shape = check_fields(chunk_index=chunk_index, token_count=token_count, dtype=dtype,
+                             shape=shape, lengths=[v.nbytes for v in views])
         fut: Future[bool] = Future(what="put")
+        if self.read_only:  # a load-only root: the cache skips the write, as when it is full
+            self._bump("dropped_read_only")
+            self._log_once("read-only", "root", "yrcache: cache root %s is load-only (%s): "
+                           "dropping stores", self.root, self._ro_reason)
+            fut.set_result(False)
+            return fut
         self._submit(self._stores, self._run, fut, self._put_sync, key, views, parent,
-                     chunk_index, token_count, dtype, tuple(shape), dedup)
+                     chunk_index, token_count, dtype, shape, dedup)
         return fut
 
     def get(self, key: bytes, bufs: Sequence[Buffer], *, layers: Sequence[int] | None = None,
@@ -252,29 +382,33 @@ class Store:
         ``byte_range=(start, n)`` loads bytes [start, start+n) of each chosen segment (a token
         range inside a chunk): the whole segment is read and verified, then the range copied."""
         self._check_open()
-        self._check_key(key, "key")
-        key = bytes(key)
-        views = [memoryview(b).cast("B") for b in bufs]
-        for v in views:
-            if v.readonly:
-                raise ValueError("destination buffers must be writable")
+        key = check_digest("key", key)
+        views = _views("bufs", bufs, writable=True)
         if layers is not None:
-            layers = [int(i) for i in layers]
+            layers = [check_int(f"layers[{j}]", i, 0, MAX_SEGMENTS - 1)
+                      for j, i in enumerate(_seq("layers", layers))]
             if len(layers) != len(views):
                 raise ValueError(f"{len(layers)} layers but {len(views)} buffers")
-            if len(set(layers)) != len(layers) or any(i < 0 for i in layers):
+            if len(set(layers)) != len(layers):
                 raise ValueError(f"layers must be distinct non-negative ints, got {layers}")
             if any(i >= self.namespace.num_layers for i in layers):
                 raise ValueError(f"layers {layers} out of range: the namespace has "
                                  f"{self.namespace.num_layers} layers")
         if byte_range is not None:
-            start, n = byte_range
-            if start < 0 or n <= 0:
-                raise ValueError(f"byte_range must be (start >= 0, n > 0), got {byte_range}")
+            br = _seq("byte_range", byte_range)
+            if len(br) != 2:
+                raise ValueError(f"byte_range must be (start, n), got {byte_range!r:.60}")
+            byte_range = (check_int("byte_range start", br[0], 0, MAX_OBJECT_BYTES),
+                          check_int("byte_range n", br[1], 1, MAX_OBJECT_BYTES))
+            n = byte_range[1]
             if any(v.nbytes != n for v in views):
                 raise ValueError(f"with byte_range each buffer must be {n} bytes")
         if lengths is not None:
-            lengths = [int(n) for n in lengths]
+            lengths = [check_int(f"lengths[{j}]", n, 0, MAX_OBJECT_BYTES)
+                       for j, n in enumerate(_seq("lengths", lengths))]
+            if not 1 <= len(lengths) <= MAX_SEGMENTS:
+                raise ValueError(f"an object holds 1-{MAX_SEGMENTS} segments, got "
+                                 f"{len(lengths)} lengths")
             idx = layers if layers is not None else list(range(len(views)))
             if layers is None and len(views) != len(lengths):
                 raise ValueError(f"{len(views)} buffers for {len(lengths)} segments")
@@ -296,9 +430,7 @@ class Store:
         """How many leading keys of this chain exist. Never raises for file-system trouble (an
         unreachable root answers 0). Hits refresh the matched objects' LRU age in the background."""
         self._check_open()
-        keys = [bytes(k) for k in keys]
-        for k in keys:
-            self._check_key(k, "key")
+        keys = check_digests("keys", keys)
         self._bump("lookups")
         self._bump("lookup_keys", len(keys))
         now = time.monotonic()
@@ -309,8 +441,9 @@ class Store:
                 if t is None or now - t > self.index_ttl:
                     break
                 n += 1
-        if n < len(keys):
-            res = self._stat.run_keys(self._nsfd, b"".join(keys[n:]), True)
+        nsfd = self._ns_dir() if n < len(keys) else None
+        if nsfd is not None:
+            res = self._stat.run_keys(nsfd, b"".join(keys[n:]), True)
             found = 0
             for r in res:
                 if r < 0:
@@ -322,7 +455,7 @@ class Store:
                 for k in keys[n:n + found]:
                     self._index.pop(k, None)  # re-inserted at the young end
                 self._index.update(dict.fromkeys(keys[n:n + found], now))
-                self._trim_index_locked()
+                self._trim_index_locked(now)
             n += found
         if n:
             self._touch_chain(keys[:n])
@@ -331,27 +464,32 @@ class Store:
     def lookup_async(self, keys: Sequence[bytes]) -> Future[int]:
         """:meth:`lookup` on the load pool: a scheduler can poll ``done()`` and ask again later."""
         self._check_open()
+        keys = check_digests("keys", keys)  # bad keys raise here, not on the Future
         fut: Future[int] = Future(what="lookup")
-        self._submit(self._loads, self._run, fut, self.lookup, list(keys))
+        self._submit(self._loads, self._run, fut, self.lookup, keys)
         return fut
 
     def exists(self, key: bytes) -> bool:
         """Whether the object is known to exist (in-process index, else one fstatat); no LRU
         touch. For dedup decisions."""
         self._check_open()
-        self._check_key(key, "key")
-        return self._exists(bytes(key))
+        return self._exists(check_digest("key", key))
 
     def contains(self, key: bytes) -> bool:
         return self.lookup([key]) == 1
 
     def delete(self, key: bytes) -> bool:
-        """Remove an object (tools and tests); True if it existed."""
+        """Remove an object (tools and tests); True if it existed. On a load-only store nothing
+        is removed: False."""
         self._check_open()
+        key = check_digest("key", key)
         self._forget(key)
+        nsfd = self._ns_dir()
+        if self.read_only or nsfd is None:
+            return False
         try:
-            with L.opened_dir(self._nsfd, L.object_relpath(self._hex(key)).rsplit("/", 1)[0]) as d:
-                os.unlink(self._hex(key) + L.OBJ_SUFFIX, dir_fd=d)
+            with L.opened_dir(nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
+                os.unlink(key.hex() + L.OBJ_SUFFIX, dir_fd=d)
             return True
         except OSError as e:
             if e.errno in MISSING_ERRNOS:
@@ -360,6 +498,8 @@ class Store:
 
     def read_header(self, key: bytes) -> Any:
         """The parsed, validated header of an object (raises ObjectFormatError / OSError)."""
+        self._check_open()
+        key = check_digest("key", key)
         fd = self._open_object_fd(key)
         try:
             return parse_header(read_header_bytes(fd), ns=self.ns, key=key, mac_key=self._mac)
@@ -368,6 +508,7 @@ class Store:
 
     def verify(self, key: bytes) -> GetResult:
         """Read and verify a whole object (for tools: no stats counted, nothing removed)."""
+        key = check_digest("key", key)
         try:
             h = self.read_header(key)
         except (OSError, ObjectFormatError) as e:
@@ -377,7 +518,11 @@ class Store:
         return self._get_sync(key, views, None, None, None, remove_bad=False, count=False)
 
     def run_janitor(self, *, blocking: bool = True) -> Any:
-        """Run a janitor pass now (``gc``); returns its JanitorReport."""
+        """Run a janitor pass now (``gc``); returns its JanitorReport (``ran`` False on a load-only
+        store, or while another process runs one and ``blocking`` is False)."""
+        self._check_open()
+        if not isinstance(blocking, bool):
+            raise TypeError(f"blocking must be a bool, got {type(blocking).__name__}")
         self.usage.flush()
         rep = self.janitor.run_once(blocking=blocking)
         if rep.ran:
@@ -414,7 +559,7 @@ class Store:
                 self._retire_locked(k, hd)
         if self._janitor_thread is not None:
             self._janitor_thread.join()
-        for step in (self.usage.flush, self.janitor.close, self._stat_close,
+        for step in (self.usage.flush, self.usage.close, self.janitor.close, self._stat_close,
                      self.engine.close if self._own_engine else None):
             if step is None:
                 continue
@@ -493,11 +638,16 @@ class Store:
                     pass
                 return False
         self.usage.added(object_bytes)
+        # The name now holds the new inode: retire a descriptor kept open on an object it
+        # replaced (dedup=False re-stores a chunk whose load failed), so later loads read this one.
+        self._forget(key)
         with self._lock:
             self._stats["objects_stored"] += 1
             self._stats["bytes_stored"] += h.object_bytes
-            self._index_add_locked(key, time.monotonic())
-            self._touched[key] = time.monotonic()
+            now = time.monotonic()
+            self._index_add_locked(key, now)
+            self._touched[key] = now  # fresh mtime: no touch needed for touch_interval
+            _trim_aged(self._touched, now, self.touch_interval, self._index_max)
         return True
 
     # -- get --------------------------------------------------------------------------------------
@@ -515,19 +665,28 @@ class Store:
                 self._read_verify(hd.file, h.object_bytes, key, views, layers, None, byte_range,
                                   known=h)
             except _Mismatch as e:
-                return self._mismatch(key, str(e), count)
-            except ObjectFormatError as e:
-                self._retire_handle(key, hd)
-                return self._corrupt(key, hd.ino, str(e), remove_bad, count)
-            except OSError as e:
-                self._retire_handle(key, hd)
-                return self._miss(key, e, count)
-            finally:
                 self._release_handle(hd)
-            self._bump("open_handle_hits")
-            return self._hit(key, views, h, count, gen)
+                return self._mismatch(key, str(e), count)
+            except (ObjectFormatError, OSError) as e:
+                self._retire_handle(key, hd)
+                self._release_handle(hd)
+                # The name may hold a new object by now (put(dedup=False) here, in another Store
+                # or on another node, after a load failed): read that one instead of reporting
+                # the descriptor's old inode. Otherwise the old inode is the object: judge it.
+                if not self._replaced(key, hd.ino):
+                    if isinstance(e, ObjectFormatError):
+                        return self._corrupt(key, hd.ino, str(e), remove_bad, count)
+                    return self._miss(key, e, count)
+            else:
+                self._release_handle(hd)
+                self._bump("open_handle_hits")
+                return self._hit(key, views, h, count, gen)
+        nsfd = self._ns_dir()
+        if nsfd is None:  # a load-only store whose namespace does not exist (yet)
+            return self._miss(key, FileNotFoundError(errno.ENOENT, "no namespace directory"),
+                              count)
         try:
-            f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=self._nsfd)
+            f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=nsfd)
         except OSError as e:
             if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
                 return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",
@@ -738,7 +897,10 @@ class Store:
             t = self._index.get(key)
             if t is not None and now - t <= self.index_ttl:
                 return True
-        r = self._stat.run_keys(self._nsfd, bytes(key), False)[0]
+        nsfd = self._ns_dir()
+        if nsfd is None:
+            return False
+        r = self._stat.run_keys(nsfd, bytes(key), False)[0]
         if r >= 0:
             with self._lock:
                 self._index_add_locked(key, now)
@@ -746,10 +908,15 @@ class Store:
         return False
 
     def _open_object_fd(self, key: bytes) -> int:
-        return L.open_beneath(self._nsfd, L.object_relpath(self._hex(key)), os.O_RDONLY)
+        nsfd = self._ns_dir()
+        if nsfd is None:
+            raise FileNotFoundError(errno.ENOENT, "no such namespace directory (yet)", self.ns_hex)
+        return L.open_beneath(nsfd, L.object_relpath(key.hex()), os.O_RDONLY)
 
     def _remove_if_same(self, key: bytes, ino: int) -> None:
         # Only the inode we found bad: a writer may have renamed a good object over it meanwhile.
+        if self.read_only or self._nsfd is None:  # a load-only store removes nothing
+            return
         try:
             with L.opened_dir(self._nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
                 name = key.hex() + L.OBJ_SUFFIX
@@ -759,15 +926,27 @@ class Store:
         except OSError:
             pass
 
+    def _replaced(self, key: bytes, ino: int) -> bool:
+        """Whether the object's name now holds another inode than ``ino`` (a stat, no open)."""
+        if self._nsfd is None:
+            return False
+        try:
+            st = os.stat(L.object_relpath(key.hex()), dir_fd=self._nsfd, follow_symlinks=False)
+        except OSError:
+            return False
+        return st.st_ino != ino
+
     def _touch_chain(self, keys: list[bytes]) -> None:
         """Refresh mtimes (LRU age) of a matched chain, rate-limited per key, in the background."""
+        if self.read_only:  # mtimes are the janitor's LRU ages: a load-only store leaves them
+            return
         now = time.monotonic()
         with self._lock:
             due = [k for k in keys if now - self._touched.get(k, -1e18) > self.touch_interval]
             for k in due:
+                self._touched.pop(k, None)  # re-inserted at the young end
                 self._touched[k] = now
-            if len(self._touched) > self._index_max:
-                self._touched.clear()
+            _trim_aged(self._touched, now, self.touch_interval, self._index_max)
         if due and not self._closed:
             try:
                 self._submit(self._stores, self._touch, due)
@@ -806,6 +985,7 @@ class Store:
         with self._lock:
             self._forgets += 1
             self._index.pop(key, None)
+            self._touched.pop(key, None)
             hd = self._handles.get(key)
             if hd is not None:
                 self._retire_locked(key, hd)
@@ -813,11 +993,10 @@ class Store:
     def _index_add_locked(self, key: bytes, t: float) -> None:
         self._index.pop(key, None)
         self._index[key] = t
-        self._trim_index_locked()
+        self._trim_index_locked(t)
 
-    def _trim_index_locked(self) -> None:
-        while len(self._index) > self._index_max:
-            del self._index[next(iter(self._index))]
+    def _trim_index_locked(self, now: float) -> None:
+        _trim_aged(self._index, now, self.index_ttl, self._index_max)
 
     def _bump(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -841,30 +1020,84 @@ class Store:
         return fd
 
     def _write_namespace_json(self) -> None:
+        """Write ``namespace.json`` (for people and fsck) unless a regular file is there. Anything
+        else in its place (a planted symlink, a FIFO) is replaced by an atomic rename, which
+        replaces the entry itself and never follows it. Failures are logged, not raised: objects
+        never depend on this file."""
+        name = "namespace.json"
         try:
-            os.close(L.open_beneath(self._nsfd, "namespace.json", os.O_RDONLY))
+            st = os.stat(name, dir_fd=self._nsfd, follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode):
+                return
+            replacing = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
         except FileNotFoundError:
-            tmp = f".namespace.{HOST_TAG}.{os.getpid()}.{os.urandom(4).hex()}"
+            replacing = ""
+        except OSError as e:
+            self._log_once("nsjson", "stat", "yrcache: cannot check %s/%s/%s: %s", self.root,
+                           self.ns_hex, name, e)
+            return
+        tmp = f".namespace.{HOST_TAG}.{os.getpid()}.{os.urandom(4).hex()}"
+        try:
             fd = L.open_beneath(self._nsfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, L.FILE_MODE)
             try:
                 os.write(fd, self.namespace.to_json().encode())
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, "namespace.json", src_dir_fd=self._nsfd, dst_dir_fd=self._nsfd)
+            os.rename(tmp, name, src_dir_fd=self._nsfd, dst_dir_fd=self._nsfd)
+        except OSError as e:  # e.g. a full root, or a directory planted in its place
+            try:
+                os.unlink(tmp, dir_fd=self._nsfd)
+            except OSError:
+                pass
+            self._log_once("nsjson", "write", "yrcache: cannot write %s/%s/%s: %s", self.root,
+                           self.ns_hex, name, e)
+            return
+        if replacing:
+            logger.warning("yrcache: %s/%s/%s was %s; replaced by the namespace's fields",
+                           self.root, self.ns_hex, name, replacing)
+
+    def _ns_dir(self) -> int | None:
+        """The namespace directory's descriptor; None while a load-only store finds none (it is
+        looked for again at most once a second: another node may publish into it later)."""
+        fd = self._nsfd
+        if fd is not None or not self.read_only:
+            return fd
+        now = time.monotonic()
+        if now - self._ns_probed < 1.0:
+            return None
+        self._ns_probed = now
+        try:
+            fd = L.open_dir(self._rootfd, self.ns_hex)
+        except OSError:
+            return None
+        with self._lock:
+            if self._nsfd is None and not getattr(self, "_closed", False):
+                self._nsfd = self._keep_fd(fd)
+                return fd
+        os.close(fd)
+        return self._nsfd
 
     def _check_open(self) -> None:
         if self._closed:
             raise _C.ClosedError("store is closed")
 
-    @staticmethod
-    def _check_key(k: bytes, what: str) -> None:
-        if not isinstance(k, (bytes, bytearray)) or len(k) != 16:
-            raise ValueError(f"{what} must be a 16-byte digest, got {k!r:.40}")
 
-    @staticmethod
-    def _hex(k: bytes) -> str:
-        return bytes(k).hex()
+
+def _trim_aged(d: OrderedDict[bytes, float], now: float, max_age: float, max_len: int) -> None:
+    """Drop the oldest entries of a key -> time dict kept oldest first: those older than
+    ``max_age`` (they answer nothing any more), and any beyond ``max_len``."""
+    while d:
+        k, t = next(iter(d.items()))
+        if len(d) <= max_len and now - t <= max_age:
+            return
+        d.popitem(last=False)
+
+
+def _seq(name: str, v: Any) -> list[Any]:
+    if isinstance(v, (str, bytes, bytearray)) or not hasattr(v, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(v).__name__}")
+    return list(v)
 
 
 def _reason(e: BaseException) -> str:

@@ -11,22 +11,7 @@ import sys
 import time
 from typing import Any
 
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
-          "G": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``"256K"`` -> 262144 (binary units: K, M, G, T; optional ``iB``/``B``)."""
-    s = text.strip().upper()
-    i = len(s)
-    while i > 0 and not (s[i - 1].isdigit() or s[i - 1] == "."):
-        i -= 1
-    unit = s[i:].strip()
-    if unit.endswith("B") and unit not in ("B", "KIB", "MIB", "GIB", "TIB"):
-        unit = unit[:-1]
-    if unit not in _UNITS or not s[:i]:
-        raise ValueError(f"not a size: {text!r} (use e.g. 256K, 1M, 1G)")
-    return int(float(s[:i]) * _UNITS[unit])
+from ..envs import parse_size  # noqa: F401 - it lives in yrcache.envs now (the CLI uses it)
 
 
 def fmt_size(n: int) -> str:
