@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +47,7 @@ import numpy as np
 
 from . import copy as C
 from . import cuda as G
+from ._args import U32_MAX, check_digest, check_digests, check_int
 from .format import align_up
 from .futures import Future
 from .io import HostBuffer
@@ -57,13 +58,16 @@ from .store import Store
 
 logger = logging.getLogger(__name__)
 
+#: threads one gather/scatter call may use (csrc/copy splits a call into at most 64 parts)
+MAX_COPY_THREADS = 64
+
 
 @dataclass(frozen=True)
 class StoreResult:
     chunks: int      # full chunks in the request
     stored: int      # written by this call
     existing: int    # already stored (by this process or visible on disk): not written again
-    dropped: int     # not stored: no free staging slab
+    dropped: int     # not stored: no free staging slab, or a load-only root
     failed: int      # not stored: the root was full, or a write failed (see stats)
 
 
@@ -133,7 +137,7 @@ class StoreWriter:
 
     def __init__(self, cache: Cache, keys: list[bytes], kv: Sequence[Any], ids: Any,
                  parent: bytes, first_index: int, batch: int, device: int = -1,
-                 stream: Any = None) -> None:
+                 stream: Any = None, replace: Collection[bytes] = ()) -> None:
         self._c, self._keys, self._kv, self._ids = cache, keys, kv, ids
         self._parent, self._first, self._batch = parent, first_index, batch
         self._device, self._stream = device, stream
@@ -141,9 +145,13 @@ class StoreWriter:
         self._chunks: list[tuple[int, bytes, _Staged]] = []   # (position in keys, key, staging)
         self._gathered: set[int] = set()
         self._open = True
-        self.existing = self.dropped = 0
+        self.existing = self.dropped = self.replaced = 0
         self.future = StoreFuture()
         claimed_key: bytes | None = None
+        if cache.read_only:   # a load-only root: nothing to claim, gather or write
+            self.dropped = len(keys)
+            cache._bump(store_dropped_read_only=len(keys))
+            keys = []
         try:
             for i, key in enumerate(keys):
                 with cache._lock:  # claim the key: one store per chunk in this process
@@ -151,7 +159,7 @@ class StoreWriter:
                     if claimed:
                         cache._inflight[key] = _Staged([], None)
                         claimed_key = key
-                if not claimed or cache.store_.exists(key):
+                if not claimed or (key not in replace and cache.store_.exists(key)):
                     self.existing += 1
                     if claimed:
                         cache._unclaim(key)
@@ -167,6 +175,7 @@ class StoreWriter:
                 st.views = [slab[l * cache._stride:l * cache._stride + cache.seg_bytes]
                             for l in range(cache.layout.num_layers)]
                 self._chunks.append((i, key, st))
+                self.replaced += key in replace
                 claimed_key = None
         except BaseException:
             if claimed_key is not None:   # claimed, not yet staged: release the claim too
@@ -267,7 +276,7 @@ class StoreWriter:
         finally:
             self.future.source_released.set_result(None)
             c._bump(stores=1, store_chunks=len(self._keys), store_existing=self.existing,
-                    store_dropped_staging=self.dropped,
+                    store_replaced=self.replaced, store_dropped_staging=self.dropped,
                     bytes_gathered=len(puts) * c.seg_bytes * c.layout.num_layers)
             c._finish_store(self.future, puts, len(self._keys), self.existing, self.dropped)
 
@@ -314,8 +323,8 @@ class StoreWriter:
         self._events = []
 
 
-_COUNTERS = ("stores", "store_chunks", "store_existing", "store_dropped_staging",
-             "store_failed", "store_aborted", "store_dropped_close", "loads", "load_chunks",
+_COUNTERS = ("stores", "store_chunks", "store_existing", "store_replaced",
+             "store_dropped_staging", "store_dropped_read_only", "store_failed", "store_aborted", "store_dropped_close", "loads", "load_chunks",
              "load_partial", "load_from_inflight", "load_tier_hits", "bytes_gathered",
              "bytes_scattered")
 
@@ -343,11 +352,14 @@ class Cache:
                  host_tier_bytes: int = 0, **store_args: Any) -> None:
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
+        if not isinstance(namespace, Namespace):
+            raise TypeError(f"namespace must be a Namespace (layout.namespace(model)), got "
+                            f"{type(namespace).__name__}")
         if not isinstance(layout, KVLayout):
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
-        for name, v in (("copy_threads", copy_threads), ("host_tier_bytes", host_tier_bytes)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        check_int("copy_threads", copy_threads, 0, MAX_COPY_THREADS)
+        check_int("host_tier_bytes", host_tier_bytes)
+        check_int("staging_bytes", staging_bytes, 1)
         _check_agrees(namespace, layout)
         self.namespace, self.layout, self.mode = namespace, layout, mode
         self.chunk_tokens = namespace.chunk_tokens
@@ -389,6 +401,12 @@ class Cache:
         self._closed_hard = False   # close() gave up waiting: loads stop issuing reads
         _OPEN.add(self)
 
+    @property
+    def read_only(self) -> bool:
+        """The root is load-only (not writable here, or ``read_only=True``): stores are dropped
+        (``StoreResult.dropped``, counter ``store_dropped_read_only``), loads work."""
+        return self.store_.read_only
+
     # -- keys -------------------------------------------------------------------------------------
     def keys(self, token_ids: Any, *, extras: Mapping[str, Any] | None = None) -> list[bytes]:
         """Chain keys of the full chunks of ``token_ids`` (extras: LoRA, multimodal, salt...)."""
@@ -420,19 +438,23 @@ class Cache:
 
     def begin_store(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
                     parent: bytes, first_index: int = 0, batch: int = 0,
-                    stream: Any = None) -> StoreWriter:
+                    stream: Any = None, replace: Collection[bytes] = ()) -> StoreWriter:
         """Store chunks ``keys`` (chunk ``first_index`` onwards of a chain whose previous key, or
         root, is ``parent``) layer by layer: ``gather(l)`` as soon as layer ``l`` is written (an
         engine calls it from its forward pass), then ``commit()``. ``block_ids`` (paged) hold the
         chunks' blocks in order, ``chunk_tokens // block_tokens`` per chunk. CUDA tensors: each
         ``gather(l)`` copies after the work enqueued on ``stream`` so far (default: torch's current
-        stream at that call), so it sees the layer the engine just wrote."""
+        stream at that call), so it sees the layer the engine just wrote. ``replace``: keys to
+        write even if an object exists (a load of it failed: what is there may be damaged, and a
+        store that skipped it would leave the damage for the next reader)."""
         self._check_open()
-        if not isinstance(first_index, int) or first_index < 0:
-            raise ValueError(f"first_index must be a non-negative int, got {first_index!r}")
-        ids = self._check_kv(kv, block_ids, len(keys), load=False)
+        keys = check_digests("keys", keys)
+        parent = check_digest("parent", parent)
+        first_index = check_int("first_index", first_index, 0, U32_MAX + 1 - len(keys))
+        replace = frozenset(check_digests("replace", replace))
+        ids = self._check_kv(kv, block_ids, len(keys), load=False, batch=batch)
         dev = self._kv_device(kv)
-        return StoreWriter(self, list(keys), kv, ids, parent, first_index, batch, dev, stream)
+        return StoreWriter(self, keys, kv, ids, parent, first_index, batch, dev, stream, replace)
 
     def lookup_keys(self, keys: Sequence[bytes]) -> int:
         """Leading chunks of ``keys`` that can be loaded (host tier, staged, or stored)."""
@@ -515,8 +537,8 @@ class Cache:
         current stream) before this call, and ``stream`` waits for each copy, so kernels the
         caller enqueues after a layer's future completes see that layer."""
         self._check_open()
-        keys = list(keys)
-        ids = self._check_kv(kv, block_ids, len(keys), load=True)
+        keys = check_digests("keys", keys)
+        ids = self._check_kv(kv, block_ids, len(keys), load=True, batch=batch)
         dev = self._kv_device(kv)
         gpu = None
         if dev >= 0:
@@ -836,7 +858,12 @@ class Cache:
             G.require(dev)
         return dev
 
-    def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int, *, load: bool) -> Any:
+    def _check_kv(self, kv: Sequence[Any], block_ids: Any, n_chunks: int, *, load: bool,
+                  batch: int) -> Any:
+        if not isinstance(kv, Sequence) or isinstance(kv, (str, bytes)):
+            raise TypeError(f"kv must be a sequence with one entry per layer (paged: the layer's "
+                            f"block tensor; dense: a (K, V) pair), got {type(kv).__name__}")
+        check_int("batch", batch)
         if len(kv) != self.layout.num_layers:
             raise ValueError(f"kv has {len(kv)} layers, the layout {self.layout.num_layers}")
         for i, entry in enumerate(kv):
@@ -864,7 +891,13 @@ class Cache:
                     if info.shape[2] < n_chunks * self.chunk_tokens:
                         raise ValueError(f"dense kv[{i}] holds {info.shape[2]} tokens, "
                                          f"{n_chunks * self.chunk_tokens} needed")
+                    if batch >= info.shape[0]:
+                        raise ValueError(f"batch {batch} out of range: dense kv[{i}] has "
+                                         f"{info.shape[0]} rows")
             return None
+        if batch:
+            raise ValueError(f"batch is for dense layouts; a paged layout takes block_ids "
+                             f"(got batch={batch})")
         blocks = None
         for i, t in enumerate(kv):
             info = C.tensor_info(t, allow_cuda=True)

@@ -13,8 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ._args import check_int
 from .keys import Namespace
 
+_PAGED_ONLY = ("block_tokens", "page_bytes")
+# Bounds far past any model, small enough that sizes computed from them stay exact in int64
+_MAX_LAYERS, _MAX_DIM, _MAX_PAGE = 1 << 16, 1 << 20, 1 << 34
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3": 1, "float8_e5m2": 1,
                 "int8": 1, "uint8": 1}
 
@@ -33,10 +37,13 @@ class KVLayout:
     def __post_init__(self) -> None:
         if self.kind not in ("paged", "dense"):
             raise ValueError(f"kind must be 'paged' or 'dense', got {self.kind!r}")
-        for f in ("num_layers", "kv_heads", "head_size"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or v <= 0:
-                raise ValueError(f"KVLayout.{f} must be a positive int, got {v!r}")
+        if not (isinstance(self.name, str) and 1 <= len(self.name) <= 64 and
+                self.name.isascii() and self.name.isprintable()):
+            raise ValueError(f"KVLayout.name must be 1-64 printable ASCII characters, got "
+                             f"{self.name!r:.80}")
+        for f, hi in (("num_layers", _MAX_LAYERS), ("kv_heads", _MAX_DIM), ("head_size", _MAX_DIM),
+                      ("block_tokens", _MAX_DIM), ("page_bytes", _MAX_PAGE)):
+            check_int(f"KVLayout.{f}", getattr(self, f), 0 if f in _PAGED_ONLY else 1, hi)
         if self.kind == "paged" and (self.block_tokens <= 0 or self.page_bytes <= 0):
             raise ValueError("a paged layout needs block_tokens > 0 and page_bytes > 0")
         if not (isinstance(self.dtype, str) and 1 <= len(self.dtype) <= 16 and

@@ -2,7 +2,7 @@
 """A pool of page-aligned staging slabs carved from one HostBuffer arena.
 
 The arena is allocated and registered with an engine's io_uring once (fixed-buffer I/O for every
-slab, no per-request pinning); the GPU issue registers the same arena with CUDA (cudaHostRegister),
+slab, no per-request pinning); the GPU path registers the same arena with CUDA (cudaHostRegister),
 so one staging memory serves both. Slabs are recycled, never freed, so the hot path allocates
 nothing.
 """
@@ -11,7 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ._args import check_int
 from .io import HostBuffer, IoEngine
+
+#: one pool's arena at most (1 TiB): a larger request is a unit mistake, not a staging size
+MAX_ARENA_BYTES = 1 << 40
 
 
 class BufferPool:
@@ -23,8 +27,8 @@ class BufferPool:
     """
 
     def __init__(self, slab_bytes: int, count: int, engine: IoEngine | None = None) -> None:
-        if slab_bytes <= 0 or count <= 0:
-            raise ValueError(f"slab_bytes and count must be > 0, got {slab_bytes}, {count}")
+        check_int("slab_bytes", slab_bytes, 1, MAX_ARENA_BYTES)
+        check_int("count", count, 1, MAX_ARENA_BYTES // (-(-slab_bytes // 4096) * 4096))
         self.slab_bytes = -(-slab_bytes // 4096) * 4096
         self.count = count
         self.arena: Any = HostBuffer(self.slab_bytes * count)
