@@ -30,6 +30,10 @@ class mem:
         def __buffer__(self, flags: int) -> memoryview: ...
 
 class io:
+    MAX_THREADS: int
+    MAX_QUEUE_DEPTH: int
+    MAX_CHUNK_BYTES: int
+    MAX_IO_BYTES: int
     class File:
         path: str
         direct: bool
@@ -39,7 +43,7 @@ class io:
         def open(path: str, flags: int, mode: int, direct: bool) -> io.File: ...
         @staticmethod
         def open_at(dirfd: int, path: str, flags: int, mode: int, direct: bool) -> io.File: ...
-        def fileno(self) -> int: ...
+        def fileno(self) -> int: ...  # -1 once closed
         def close(self) -> None: ...
     class Engine:
         backend: str

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as _cf
 import errno as _errno
+import math
+import numbers
 import os
 import threading
 import time
@@ -27,10 +29,25 @@ CancelledError = _cf.CancelledError
 _PENDING, _DONE = 0, 1
 
 
+def _timeout_arg(timeout: Any) -> float | None:
+    """A wait limit in seconds: None, +inf or more than any lock can wait (threading.TIMEOUT_MAX)
+    wait for ever; a negative one only polls (as in concurrent.futures); NaN and non-numbers are
+    refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    t = float(timeout)
+    if math.isnan(t):
+        raise ValueError("timeout must be a number of seconds or None, got nan")
+    return None if t > threading.TIMEOUT_MAX else max(t, 0.0)
+
+
 class Future(Generic[T]):
     """The eventual result of an asynchronous yrcache operation.
 
-    Thread-safe. The objects an operation uses (buffers, files) are kept alive until it completes.
+    Thread-safe. The objects an operation uses (buffers, files) are kept alive until it completes,
+    and no longer: a finished Future (and an exception's traceback holding it) keeps none of them.
     """
 
     __slots__ = ("_c", "_convert", "_what", "_path", "_keep", "_lock", "_cond", "_callbacks",
@@ -112,12 +129,13 @@ class Future(Generic[T]):
         return self.result(0)
 
     # -- internals ---------------------------------------------------------------------------
-    def _wait(self, timeout: float | None) -> None:
+    def _wait(self, timeout: Any) -> None:
+        timeout = _timeout_arg(timeout)
         if self._state == _DONE:
             return
         c = self._c
         if c is not None:
-            if not c.wait(-1.0 if timeout is None else max(timeout, 0.0)):
+            if not c.wait(-1.0 if timeout is None else timeout):
                 raise TimeoutError(f"{self._what or 'operation'} not done after {timeout} s")
             self._settle_native()
             return
@@ -144,7 +162,7 @@ class Future(Generic[T]):
             else:
                 self._result = self._convert(code) if self._convert else code
             self._state = _DONE
-
+            self._keep = None  # the operation is over: its buffers may go
     def _outcome_exc(self) -> BaseException | None:
         if self._c is not None:
             self._settle_native()
@@ -198,6 +216,14 @@ def _run_callback(fn: Callable[[Future[Any]], Any], fut: Future[Any]) -> None:
         logging.getLogger("yrcache").exception("exception in Future callback %r", fn)
 
 
+def _futures_arg(fs: Iterable[Any]) -> list[Future[Any]]:
+    fs = list(fs)
+    for f in fs:
+        if not isinstance(f, Future):
+            raise TypeError(f"expected yrcache Futures, got {type(f).__name__}")
+    return fs
+
+
 class DoneAndNotDone(NamedTuple):
     done: set[Future[Any]]
     not_done: set[Future[Any]]
@@ -206,7 +232,8 @@ class DoneAndNotDone(NamedTuple):
 def wait(fs: Iterable[Future[Any]], timeout: float | None = None,
          return_when: str = ALL_COMPLETED) -> DoneAndNotDone:
     """Wait for futures like ``concurrent.futures.wait``; returns ``(done, not_done)``."""
-    fs = set(fs)
+    fs = set(_futures_arg(fs))
+    timeout = _timeout_arg(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     if return_when == ALL_COMPLETED:
         for f in fs:  # wait on each native completion directly: no dispatcher hop
@@ -243,6 +270,8 @@ def wait(fs: Iterable[Future[Any]], timeout: float | None = None,
 def gather(*fs: Future[Any], timeout: float | None = None,
            return_exceptions: bool = False) -> list[Any]:
     """Results of all futures, in order. Raises the first exception unless return_exceptions."""
+    _futures_arg(fs)
+    timeout = _timeout_arg(timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     out: list[Any] = []
     for f in fs:

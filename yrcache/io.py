@@ -19,12 +19,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import envs
+from ._args import check_int
 from ._native import _C
 from .futures import Future
 
 logger = logging.getLogger(__name__)
 
 HostBuffer = _C.mem.HostBuffer
+
+# The native bounds: both layers refuse the same values, in the same words.
+MAX_THREADS: int = _C.io.MAX_THREADS
+_MAX_QUEUE_DEPTH: int = _C.io.MAX_QUEUE_DEPTH
+_MAX_CHUNK_BYTES: int = _C.io.MAX_CHUNK_BYTES
+_MAX_IO_BYTES: int = _C.io.MAX_IO_BYTES
+_MIN_CHUNK_BYTES = 4096
+
+
+def _file_arg(file: Any) -> File:
+    if not isinstance(file, File):
+        raise TypeError(f"file must be a yrcache.File, got {type(file).__name__}")
+    return file
+
 
 _MODES = {
     "r": os.O_RDONLY,
@@ -38,8 +53,9 @@ _MODES = {
 class File:
     """A file opened by an :class:`IoEngine` (an O_DIRECT descriptor plus a buffered one).
 
-    ``direct`` says whether O_DIRECT is in use; ``direct_reason`` says why not. Closing marks the
-    file closed for new requests; descriptors are released when requests in flight complete.
+    ``direct`` says whether O_DIRECT is in use; ``direct_reason`` says why not. Closing refuses new
+    requests and closes the descriptors at once, or as soon as the requests in flight complete:
+    whatever still references the File (a Future, a traceback) does not keep them open.
     """
 
     __slots__ = ("__weakref__", "_c")
@@ -64,8 +80,11 @@ class File:
         return self._c.closed
 
     def fileno(self) -> int:
-        """The buffered descriptor (valid until close)."""
-        return self._c.fileno()
+        """The buffered descriptor (valid until close; ValueError afterwards, as Python files)."""
+        fd = self._c.fileno()
+        if fd < 0:
+            raise ValueError(f"I/O operation on closed file {self.path}")
+        return fd
 
     def close(self) -> None:
         self._c.close()
@@ -106,18 +125,21 @@ class IoEngine:
                  callbacks: str = "thread") -> None:
         cfg = envs.io_defaults()
         backend = backend or cfg["backend"]
-        queue_depth = queue_depth or cfg["queue_depth"]
-        chunk_bytes = chunk_bytes or cfg["chunk_bytes"]
-        max_inflight_bytes = max_inflight_bytes or max(cfg["max_inflight_bytes"], chunk_bytes)
-        for name, v in (("queue_depth", queue_depth), ("chunk_bytes", chunk_bytes),
-                        ("max_inflight_bytes", max_inflight_bytes), ("threads", threads)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        queue_depth = check_int("queue_depth", queue_depth or cfg["queue_depth"], 1,
+                                _MAX_QUEUE_DEPTH)
+        chunk_bytes = check_int("chunk_bytes", chunk_bytes or cfg["chunk_bytes"],
+                                _MIN_CHUNK_BYTES, _MAX_CHUNK_BYTES)
+        max_inflight_bytes = check_int(
+            "max_inflight_bytes", max_inflight_bytes or max(cfg["max_inflight_bytes"], chunk_bytes),
+            _MIN_CHUNK_BYTES, _MAX_IO_BYTES)
+        threads = check_int("threads", threads, 0, MAX_THREADS)
+        if backend is not None and not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         if callbacks not in ("thread", "manual"):
             raise ValueError(f"callbacks must be 'thread' or 'manual', got {callbacks!r}")
         self._c = _C.io.Engine(backend, queue_depth, chunk_bytes, max_inflight_bytes, threads,
                                register_buffers)
-        self._direct = direct
+        self._direct = bool(direct)
         self._cq = self._c.completions
         self._ids = itertools.count(1)
         self._book = _Book()
@@ -186,12 +208,17 @@ class IoEngine:
         any symlink (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS): for shared cache roots.
         """
         self._check_open()
-        if mode not in _MODES:
+        if not isinstance(mode, str) or mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
         path = os.fspath(path)
         if not isinstance(path, str):
             raise TypeError(f"path must be str or os.PathLike[str], got {type(path).__name__}")
+        perm = check_int("perm", perm, 0, 0o777)  # a negative mode would be setuid|setgid|sticky
+        if dir_fd is not None:
+            dir_fd = check_int("dir_fd", dir_fd, -(2**31), 2**31 - 1)
         want = self._direct if direct is None else direct
+        if not isinstance(want, bool):
+            raise TypeError(f"direct must be a bool or None, got {type(want).__name__}")
         if dir_fd is None:
             f = File(_C.io.File.open(path, _MODES[mode], perm, want))
         else:
@@ -204,6 +231,7 @@ class IoEngine:
 
     def alloc(self, nbytes: int) -> Any:
         """A page-aligned :class:`HostBuffer` of ``nbytes``, registered with the ring if possible."""
+        self._check_open()
         buf = HostBuffer(nbytes)
         self.register(buf)
         return buf
@@ -211,6 +239,9 @@ class IoEngine:
     def register(self, buf: Any) -> bool:
         """Register a HostBuffer for fixed-buffer I/O; False (logged once) when not possible."""
         self._check_open()
+        if not isinstance(buf, HostBuffer):
+            raise TypeError(f"only a HostBuffer (from alloc()) can be registered, got "
+                            f"{type(buf).__name__}")
         r = self._c.register_buffer(buf)
         if r < 0 and r != -95:  # EOPNOTSUPP: backend without fixed buffers
             self._warn_once(("register", -r), "io_uring buffer registration failed (%s); "
@@ -247,18 +278,23 @@ class IoEngine:
     def fsync(self, file: File, *, datasync: bool = False) -> Future[None]:
         """fsync (or fdatasync) the file. Order it after writes by waiting for them first."""
         self._check_open()
+        file = _file_arg(file)
+        datasync = bool(datasync)
         i = next(self._ids)
+        # The native request holds the file (and closes it last if it was closed meanwhile).
         fut: Future[None] = Future(None, convert=_none, what="fdatasync" if datasync else "fsync",
-                                   path=file.path, keep=file)
+                                   path=file.path)
         return self._track(i, fut, lambda: self._c.fsync(i, file._c, datasync))
 
     def fallocate(self, file: File, offset: int, length: int, mode: int = 0) -> Future[None]:
         """Preallocate ``length`` bytes at ``offset`` (fallocate(2) mode flags)."""
         self._check_open()
-        if offset < 0 or length <= 0:
-            raise ValueError(f"fallocate needs offset >= 0 and length > 0, got {offset}, {length}")
+        file = _file_arg(file)
+        offset = check_int("fallocate offset", offset, 0, _MAX_IO_BYTES)
+        length = check_int("fallocate length", length, 1, _MAX_IO_BYTES)
+        mode = check_int("fallocate mode", mode, 0, 2**31 - 1)
         i = next(self._ids)
-        fut: Future[None] = Future(None, convert=_none, what="fallocate", path=file.path, keep=file)
+        fut: Future[None] = Future(None, convert=_none, what="fallocate", path=file.path)
         return self._track(i, fut, lambda: self._c.fallocate(i, file._c, mode, offset, length))
 
     def _rw(self, write: bool, extents: list[tuple[File, Any, int]], what: str) -> Future[int]:
@@ -266,13 +302,14 @@ class IoEngine:
         native = []
         keep = []
         for ext in extents:
+            if not isinstance(ext, (tuple, list)):
+                raise TypeError(f"extent must be a (file, buffer, offset) tuple, got "
+                                f"{type(ext).__name__}")
             if len(ext) != 3:
                 raise ValueError(f"extent must be (file, buffer, offset), got {ext!r}")
             file, buf, offset = ext
-            if not isinstance(file, File):
-                raise TypeError(f"file must be a yrcache.File, got {type(file).__name__}")
-            if not isinstance(offset, int) or offset < 0:
-                raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+            file = _file_arg(file)
+            offset = check_int("offset", offset, 0, _MAX_IO_BYTES)
             try:
                 mv = memoryview(buf)  # pins the exporter (a bytearray cannot be resized meanwhile)
             except TypeError:
@@ -281,7 +318,7 @@ class IoEngine:
             if not write and mv.readonly:
                 raise TypeError(f"cannot read into a read-only buffer ({type(buf).__name__})")
             native.append((file._c, mv, offset))
-            keep.append((file, buf, mv))
+            keep.append(mv)  # the memoryview holds the buffer; the native request holds the file
         i = next(self._ids)
         path = extents[0][0].path if len(extents) == 1 else None
         fut: Future[int] = Future(None, what=what, path=path, keep=keep)
@@ -372,6 +409,7 @@ def _none(_: int) -> None:
 
 
 def _consecutive(file: File, bufs: Sequence[Any], offset: int) -> list[tuple[File, Any, int]]:
+    offset = check_int("offset", offset, 0, _MAX_IO_BYTES)
     out = []
     for b in bufs:
         out.append((file, b, offset))

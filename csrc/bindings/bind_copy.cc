@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "bindings/bindings.h"
+#include "common/thread_group.h"
 #include "copy/copy.h"
 
 namespace yrc {
@@ -31,6 +32,9 @@ copy::PagedView paged(std::uintptr_t base, std::int64_t num_blocks, std::int64_t
   return copy::PagedView{base, num_blocks, page_bytes, block_stride};
 }
 
+unsigned threads_arg(py::handle threads) {
+  return static_cast<unsigned>(int_arg(threads, "threads", 0, kMaxThreads));
+}
 
 }  // namespace
 
@@ -38,7 +42,8 @@ void bind_copy(py::module_& m) {
   m.def(
       "gather_paged",
       [](std::uintptr_t base, std::int64_t num_blocks, std::int64_t page_bytes,
-         std::int64_t block_stride, py::handle ids, py::handle dst, unsigned threads) {
+         std::int64_t block_stride, py::handle ids, py::handle dst, py::handle threads_obj) {
+        const auto threads = threads_arg(threads_obj);
         auto [p, n] = id_span(ids);
         auto [d, dn] = buffer_span(dst, true);
         auto v = paged(base, num_blocks, page_bytes, block_stride);
@@ -51,7 +56,8 @@ void bind_copy(py::module_& m) {
   m.def(
       "scatter_paged",
       [](std::uintptr_t base, std::int64_t num_blocks, std::int64_t page_bytes,
-         std::int64_t block_stride, py::handle ids, py::handle src, unsigned threads) {
+         std::int64_t block_stride, py::handle ids, py::handle src, py::handle threads_obj) {
+        const auto threads = threads_arg(threads_obj);
         auto [p, n] = id_span(ids);
         auto [s, sn] = buffer_span(src, false);
         auto v = paged(base, num_blocks, page_bytes, block_stride);

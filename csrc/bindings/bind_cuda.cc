@@ -185,6 +185,7 @@ void bind_gds(py::module_& m) {
   m.def(
       "open",
       [status](const std::vector<std::string>& candidates) {
+        path_args(candidates, "candidates");
         const gds::Status* s;
         {
           py::gil_scoped_release nogil;

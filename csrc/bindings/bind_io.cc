@@ -1,8 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <pybind11/stl.h>
 
+#include <fcntl.h>
+
+#include <climits>
+
 #include "bindings/bindings.h"
+#include "common/align.h"
 #include "common/error.h"
+#include "common/thread_group.h"
 #include "io/direct_io.h"
 #include "io/io_engine.h"
 
@@ -15,15 +21,39 @@ std::vector<Extent> to_extents(const py::list& items, bool writable) {
   std::vector<Extent> out;
   out.reserve(items.size());
   for (py::handle h : items) {
-    auto t = h.cast<py::tuple>();
-    if (t.size() != 3) throw py::value_error("extent must be (file, buffer, offset)");
+    if (!py::isinstance<py::tuple>(h) || py::len(h) != 3)
+      throw py::type_error("extent must be a (file, buffer, offset) tuple");
+    auto t = py::reinterpret_borrow<py::tuple>(h);
+    if (!py::isinstance<FileHandle>(t[0])) throw py::type_error("extent file must be a File");
     auto file = t[0].cast<std::shared_ptr<FileHandle>>();
-    auto off = t[2].cast<long long>();
-    if (off < 0) throw py::value_error("offset must be >= 0, got " + std::to_string(off));
+    const auto off = static_cast<std::uint64_t>(int_arg(t[2], "offset", 0, kMaxIoBytes));
     auto [ptr, len] = buffer_span(t[1], writable);
-    out.push_back(Extent{std::move(file), ptr, len, static_cast<std::uint64_t>(off)});
+    out.push_back(Extent{std::move(file), ptr, len, off});
   }
   return out;
+}
+
+// open(2) flags and permission bits. Anything above 0o777 (setuid, setgid, sticky), or a negative
+// mode that the kernel would read as all of them, is refused.
+int flags_arg(py::handle flags) { return static_cast<int>(int_arg(flags, "flags", 0, INT_MAX)); }
+int perm_arg(py::handle mode) { return static_cast<int>(int_arg(mode, "mode", 0, 0777)); }
+
+// A directory descriptor to resolve beneath: an fd or AT_FDCWD. Other negative values are refused:
+// kNoDir would silently drop the confinement.
+int dir_fd_arg(py::handle dirfd) {
+  const auto fd = static_cast<int>(int_arg(dirfd, "dir_fd", INT_MIN, INT_MAX));
+  if (fd < 0 && fd != AT_FDCWD)
+    throw py::value_error("dir_fd must be an open directory descriptor or AT_FDCWD, got " +
+                          std::to_string(fd));
+  return fd;
+}
+
+std::shared_ptr<FileHandle> open_file(int dirfd, const std::string& path, py::handle flags,
+                                      py::handle mode, bool direct) {
+  path_arg(path);
+  const int fl = flags_arg(flags), md = perm_arg(mode);
+  py::gil_scoped_release nogil;
+  return FileHandle::open_at(dirfd, path, fl, md, direct);
 }
 
 py::dict stats_dict(const EngineStats& s) {
@@ -46,22 +76,36 @@ py::dict stats_dict(const EngineStats& s) {
 
 void bind_io(py::module_& m) {
   using release = py::call_guard<py::gil_scoped_release>;
+  m.attr("MAX_THREADS") = kMaxThreads;
+  m.attr("MAX_QUEUE_DEPTH") = kMaxQueueDepth;
+  m.attr("MAX_CHUNK_BYTES") = kMaxChunkBytes;
+  m.attr("MAX_IO_BYTES") = kMaxIoBytes;
 
   py::class_<FileHandle, std::shared_ptr<FileHandle>>(m, "File")
-      .def_static("open", &FileHandle::open, py::arg("path"), py::arg("flags"), py::arg("mode"),
-                  py::arg("direct"), release())
-      .def_static("open_at", &FileHandle::open_at, py::arg("dirfd"), py::arg("path"),
-                  py::arg("flags"), py::arg("mode"), py::arg("direct"), release())
+      .def_static(
+          "open",
+          [](const std::string& path, py::handle flags, py::handle mode, bool direct) {
+            return open_file(kNoDir, path, flags, mode, direct);
+          },
+          py::arg("path"), py::arg("flags"), py::arg("mode"), py::arg("direct"))
+      .def_static(
+          "open_at",
+          [](py::handle dirfd, const std::string& path, py::handle flags, py::handle mode,
+             bool direct) { return open_file(dir_fd_arg(dirfd), path, flags, mode, direct); },
+          py::arg("dirfd"), py::arg("path"), py::arg("flags"), py::arg("mode"), py::arg("direct"))
       .def_property_readonly("path", &FileHandle::path)
       .def_property_readonly("direct", &FileHandle::direct)
       .def_property_readonly("direct_reason", &FileHandle::direct_reason)
       .def_property_readonly("closed", &FileHandle::closed)
-      .def("fileno", [](const FileHandle& f) { return f.fd(false); })
+      .def("fileno", &FileHandle::fileno, "The buffered descriptor; -1 once closed.")
       .def("close", &FileHandle::close);
 
   m.def(
       "open_beneath",
-      [](int dirfd, const std::string& path, int flags, int mode) {
+      [](py::handle dirfd_obj, const std::string& path, py::handle flags_obj, py::handle mode_obj) {
+        const int dirfd = dir_fd_arg(dirfd_obj), flags = flags_arg(flags_obj);
+        const int mode = perm_arg(mode_obj);
+        path_arg(path);
         int fd;
         {
           py::gil_scoped_release nogil;
@@ -75,14 +119,17 @@ void bind_io(py::module_& m) {
       "closes). OSError with errno on failure (ELOOP/EXDEV for a symlink or an escape).");
 
   py::class_<IoEngine, std::shared_ptr<IoEngine>>(m, "Engine")
-      .def(py::init([](const std::string& backend, unsigned queue_depth, std::size_t chunk_bytes,
-                       std::size_t max_inflight_bytes, unsigned threads, bool register_buffers) {
+      .def(py::init([](const std::string& backend, py::handle queue_depth, py::handle chunk_bytes,
+                       py::handle max_inflight_bytes, py::handle threads, bool register_buffers) {
              EngineOptions o;
              o.backend = backend;
-             o.queue_depth = queue_depth;
-             o.chunk_bytes = chunk_bytes;
-             o.max_inflight_bytes = max_inflight_bytes;
-             o.threads = threads;
+             o.queue_depth =
+                 static_cast<unsigned>(int_arg(queue_depth, "queue_depth", 1, kMaxQueueDepth));
+             o.chunk_bytes = static_cast<std::size_t>(
+                 int_arg(chunk_bytes, "chunk_bytes", kDirectAlign, kMaxChunkBytes));
+             o.max_inflight_bytes = static_cast<std::size_t>(
+                 int_arg(max_inflight_bytes, "max_inflight_bytes", kDirectAlign, kMaxIoBytes));
+             o.threads = static_cast<unsigned>(int_arg(threads, "threads", 0, kMaxThreads));
              o.register_buffers = register_buffers;
              std::string reason;
              std::shared_ptr<IoEngine> e;
@@ -116,13 +163,16 @@ void bind_io(py::module_& m) {
            },
            py::arg("id"), py::arg("file"), py::arg("datasync"), release())
       .def("fallocate",
-           [](IoEngine& e, std::uint64_t id, std::shared_ptr<FileHandle> f, int mode,
-              std::uint64_t offset, std::uint64_t length) {
-             std::vector<Extent> ex{Extent{std::move(f), nullptr, length, offset}};
-             return e.submit(id, OpCode::Fallocate, std::move(ex), mode);
+           [](IoEngine& e, std::uint64_t id, std::shared_ptr<FileHandle> f, py::handle mode,
+              py::handle offset, py::handle length) {
+             const auto md = int_arg(mode, "mode", 0, INT_MAX);
+             const auto off = static_cast<std::uint64_t>(int_arg(offset, "offset", 0, kMaxIoBytes));
+             const auto len = static_cast<std::size_t>(int_arg(length, "length", 1, kMaxIoBytes));
+             std::vector<Extent> ex{Extent{std::move(f), nullptr, len, off}};
+             py::gil_scoped_release nogil;
+             return e.submit(id, OpCode::Fallocate, std::move(ex), md);
            },
-           py::arg("id"), py::arg("file"), py::arg("mode"), py::arg("offset"), py::arg("length"),
-           release())
+           py::arg("id"), py::arg("file"), py::arg("mode"), py::arg("offset"), py::arg("length"))
       .def("register_buffer", &IoEngine::register_buffer, py::arg("buffer"), release())
       .def_property_readonly("registered_buffers", &IoEngine::registered_buffers)
       .def("set_faults", [](IoEngine& e, const std::string& spec) { e.faults().set(spec); })
@@ -150,6 +200,7 @@ void bind_io(py::module_& m) {
     return py::make_tuple(ok, reason);
   });
   m.def("probe_odirect", [](const std::string& dir) {
+    path_arg(dir, "dir");
     std::string reason;
     bool ok;
     {

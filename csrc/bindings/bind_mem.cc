@@ -4,12 +4,18 @@
 
 namespace yrc {
 
+namespace {
+constexpr std::int64_t kMaxHostBytes = std::int64_t{1} << 62;
+}  // namespace
+
 void bind_mem(py::module_& m) {
   py::class_<HostBuffer, std::shared_ptr<HostBuffer>>(m, "HostBuffer", py::buffer_protocol(),
                                                       "Page-aligned host memory (buffer protocol).")
-      .def(py::init([](std::size_t nbytes) {
+      .def(py::init([](py::handle nbytes) {
+             // Beyond 2**62 no mapping can succeed; the bound keeps the page rounding from wrapping.
+             const auto n = static_cast<std::size_t>(int_arg(nbytes, "nbytes", 0, kMaxHostBytes));
              py::gil_scoped_release nogil;
-             return std::make_shared<HostBuffer>(nbytes);
+             return std::make_shared<HostBuffer>(n);
            }),
            py::arg("nbytes"))
       .def_buffer([](HostBuffer& b) {

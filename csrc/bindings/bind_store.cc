@@ -11,6 +11,7 @@
 
 #include "bindings/bindings.h"
 #include "common/error.h"
+#include "common/thread_group.h"
 #include "io/file.h"
 #include "store/checksum.h"
 #include "store/format.h"
@@ -215,11 +216,23 @@ void bind_store(py::module_& m) {
         "for bad bytes: they come from a shared directory.");
 
   py::class_<store::StatBatch>(m, "StatBatch")
-      .def(py::init<unsigned>(), py::arg("threads"))
+      .def(py::init([](py::handle threads) {
+             const auto n = static_cast<unsigned>(int_arg(threads, "lookup_threads", 0, kMaxThreads));
+             py::gil_scoped_release nogil;
+             return std::make_unique<store::StatBatch>(n);
+           }),
+           py::arg("threads"))
       .def_property_readonly("threads", &store::StatBatch::threads)
-      .def("run", &store::StatBatch::run, py::arg("dirfd"), py::arg("paths"),
-           py::arg("prefix_only") = false, py::call_guard<py::gil_scoped_release>(),
-           "stat each path beneath dirfd (no symlink followed) in parallel: size or -errno.")
+      .def(
+          "run",
+          [](store::StatBatch& sb, int dirfd, const std::vector<std::string>& paths,
+             bool prefix_only) {
+            path_args(paths, "paths");
+            py::gil_scoped_release nogil;
+            return sb.run(dirfd, paths, prefix_only);
+          },
+          py::arg("dirfd"), py::arg("paths"), py::arg("prefix_only") = false,
+          "stat each path beneath dirfd (no symlink followed) in parallel: size or -errno.")
       .def(
           "run_keys",
           [](store::StatBatch& sb, int dirfd, const py::bytes& keys, bool prefix_only) {

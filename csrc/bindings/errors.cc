@@ -53,4 +53,27 @@ std::pair<char*, std::size_t> buffer_span(py::handle obj, bool writable) {
   return span;
 }
 
+std::int64_t int_arg(py::handle v, const char* name, std::int64_t lo, std::int64_t hi) {
+  if (PyBool_Check(v.ptr()) || !PyIndex_Check(v.ptr()))
+    throw py::type_error(std::string(name) + " must be an int, got " +
+                         std::string(py::str(py::type::of(v).attr("__name__"))));
+  py::int_ i = py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr()));
+  if (!i) throw py::error_already_set();
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(i.ptr(), &overflow);
+  if (overflow != 0 || x < lo || x > hi) throw_range(name, lo, hi, py::str(i));
+  return x;
+}
+
+const std::string& path_arg(const std::string& path, const char* name) {
+  if (path.find('\0') != std::string::npos)
+    throw py::value_error(std::string(name) + ": embedded null byte");
+  return path;
+}
+
+const std::vector<std::string>& path_args(const std::vector<std::string>& paths, const char* name) {
+  for (const auto& p : paths) path_arg(p, name);
+  return paths;
+}
+
 }  // namespace yrc

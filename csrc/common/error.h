@@ -51,6 +51,19 @@ class CudaUnavailable : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// "name must be in [lo, hi], got x": the one wording of every range check, the same as the
+// Python layer's (yrcache/_args.py).
+[[noreturn]] inline void throw_range(const std::string& name, long long lo, long long hi,
+                                     const std::string& got) {
+  throw std::invalid_argument(name + " must be in [" + std::to_string(lo) + ", " +
+                              std::to_string(hi) + "], got " + got);
+}
+
+template <typename T>
+void check_range(T v, const std::string& name, long long lo, long long hi) {
+  if (v < static_cast<T>(lo) || v > static_cast<T>(hi)) throw_range(name, lo, hi, std::to_string(v));
+}
+
 [[noreturn]] inline void throw_errno(int err, const std::string& what, const std::string& path = {}) {
   throw SysError(err, what, path);
 }

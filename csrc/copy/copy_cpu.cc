@@ -3,10 +3,9 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <system_error>
-#include <thread>
 #include <vector>
 
+#include "common/thread_group.h"
 #include "copy/copy.h"
 
 namespace yrc::copy {
@@ -37,7 +36,8 @@ void check_ids(const PagedView& v, const std::int64_t* ids, std::size_t n, bool 
   }
 }
 
-// Runs fn(lo, hi) over [0, n) in `threads` contiguous parts (the calling thread takes the first).
+// Runs fn(lo, hi) over [0, n) in `threads` contiguous parts (the calling thread takes the first,
+// and any part whose thread could not be started).
 template <typename Fn>
 void parallel_for(std::size_t n, unsigned threads, Fn fn) {
   if (threads <= 1 || n < 2) {
@@ -45,19 +45,13 @@ void parallel_for(std::size_t n, unsigned threads, Fn fn) {
     return;
   }
   const std::size_t parts = std::min<std::size_t>({threads, n, 64});
-  std::vector<std::thread> pool;
-  pool.reserve(parts - 1);
+  ThreadGroup pool;  // joins on every exit path
   std::size_t started = 1;
-  for (; started < parts; ++started) {
-    try {
-      pool.emplace_back([&fn, n, parts, p = started] { fn(n * p / parts, n * (p + 1) / parts); });
-    } catch (const std::system_error&) {
-      break;  // no more threads: the calling thread copies the rest
-    }
-  }
+  for (; started < parts; ++started)
+    if (!pool.try_start([&fn, n, parts, p = started] { fn(n * p / parts, n * (p + 1) / parts); }))
+      break;
   fn(0, n / parts);
   for (std::size_t p = started; p < parts; ++p) fn(n * p / parts, n * (p + 1) / parts);
-  for (auto& t : pool) t.join();
 }
 
 char* page(const PagedView& v, std::int64_t id) {

@@ -124,6 +124,35 @@ std::shared_ptr<FileHandle> FileHandle::open_at(int dirfd, const std::string& pa
   return f;
 }
 
+FileHandle::Use::Use(std::shared_ptr<FileHandle> f) : f_(std::move(f)) {
+  YR_CHECK_ARG(f_ != nullptr, "file is None");
+  std::lock_guard<std::mutex> lk(f_->mu_);
+  if (f_->closed()) throw std::invalid_argument("I/O operation on closed file " + f_->path_);
+  f_->users_++;
+}
+
+FileHandle::Use::~Use() {
+  if (!f_) return;  // moved from
+  std::lock_guard<std::mutex> lk(f_->mu_);
+  if (--f_->users_ == 0 && f_->closed()) f_->close_fds_locked();
+}
+
+void FileHandle::close() noexcept {
+  std::lock_guard<std::mutex> lk(mu_);
+  closed_.store(true, std::memory_order_release);
+  if (users_ == 0) close_fds_locked();
+}
+
+void FileHandle::close_fds_locked() noexcept {
+  direct_fd_.reset();
+  buffered_fd_.reset();
+}
+
+int FileHandle::fileno() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return buffered_fd_.get();
+}
+
 std::string FileHandle::direct_reason() const {
   std::lock_guard<std::mutex> lk(mu_);
   return direct_reason_;

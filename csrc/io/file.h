@@ -31,21 +31,42 @@ class FileHandle {
   static std::shared_ptr<FileHandle> open_at(int dirfd, const std::string& path, int flags,
                                              int mode, bool want_direct);
 
+  // A request's claim on the descriptors. While any Use is held they stay open; close() with none
+  // held closes them at once. So whatever else keeps the handle alive (a File object referenced by
+  // a traceback, a Future) never keeps descriptors, or a deleted file's blocks, after close().
+  class Use {
+   public:
+    // Throws std::invalid_argument (ValueError) when the file is closed.
+    explicit Use(std::shared_ptr<FileHandle> f);
+    Use(Use&& o) noexcept = default;
+    Use& operator=(Use&&) = delete;
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+    ~Use();
+    FileHandle* get() const noexcept { return f_.get(); }
+
+   private:
+    std::shared_ptr<FileHandle> f_;
+  };
+
   const std::string& path() const noexcept { return path_; }
   bool direct() const noexcept { return direct_.load(std::memory_order_acquire); }
+  // For a request holding a Use: the descriptors cannot change under it.
   int fd(bool direct) const noexcept { return direct ? direct_fd_.get() : buffered_fd_.get(); }
+  // The buffered descriptor, or -1 once closed (callable from any thread).
+  int fileno() const;
   // Why O_DIRECT is not in use (empty when it is).
   std::string direct_reason() const;
   // Switches this file to buffered I/O for good (e.g. EINVAL at the first O_DIRECT I/O).
   // Returns true for the call that made the switch.
   bool disable_direct(const std::string& reason);
   bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
-  // Marks the file closed for new requests; descriptors close when the last request holding the
-  // handle completes.
-  void close() noexcept { closed_.store(true, std::memory_order_release); }
+  // Refuses new requests; closes the descriptors now, or when the last request in flight ends.
+  void close() noexcept;
 
  private:
   FileHandle() = default;
+  void close_fds_locked() noexcept;
   std::string path_;
   UniqueFd direct_fd_;
   UniqueFd buffered_fd_;
@@ -53,6 +74,7 @@ class FileHandle {
   std::atomic<bool> closed_{false};
   mutable std::mutex mu_;
   std::string direct_reason_;
+  int users_ = 0;  // Uses held (guarded by mu_)
 };
 
 }  // namespace yrc

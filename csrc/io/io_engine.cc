@@ -5,6 +5,7 @@
 
 #include "common/align.h"
 #include "common/error.h"
+#include "common/thread_group.h"
 #include "io/direct_io.h"
 
 namespace yrc {
@@ -40,11 +41,11 @@ IoEngine::IoEngine(const EngineOptions& opt)
 
 std::unique_ptr<IoEngine> IoEngine::create(const EngineOptions& in, std::string* reason) {
   EngineOptions opt = in;
-  YR_CHECK_ARG(opt.queue_depth >= 1 && opt.queue_depth <= 4096, "queue_depth must be in 1..4096");
-  YR_CHECK_ARG(opt.chunk_bytes >= kDirectAlign && opt.chunk_bytes <= (1u << 30),
-               "chunk_bytes must be in 4 KiB..1 GiB");
+  check_range(opt.queue_depth, "queue_depth", 1, kMaxQueueDepth);
+  check_range(opt.chunk_bytes, "chunk_bytes", kDirectAlign, kMaxChunkBytes);
   YR_CHECK_ARG(opt.max_inflight_bytes >= opt.chunk_bytes,
                "max_inflight_bytes must be at least chunk_bytes");
+  check_thread_count(opt.threads, "threads");
   opt.chunk_bytes = align_up(opt.chunk_bytes, kDirectAlign);
   if (reason) reason->clear();
   const std::string& b = opt.backend;
@@ -58,6 +59,8 @@ std::unique_ptr<IoEngine> IoEngine::create(const EngineOptions& in, std::string*
 #ifdef YRCACHE_HAVE_LIBURING
   try {
     return make_uring_engine(opt);
+  } catch (const ThreadStartError&) {
+    throw;  // out of threads: psync would need more of them
   } catch (const SysError& e) {
     std::string r = uring_reason(e.err(), e.what());
     if (b == "uring") throw BackendUnavailable(r);
@@ -75,14 +78,14 @@ std::shared_ptr<Completion> IoEngine::submit(std::uint64_t id, OpCode code,
                                              std::vector<Extent> extents, std::int64_t arg) {
   const bool data_op = code == OpCode::Read || code == OpCode::Write;
   YR_CHECK_ARG(!extents.empty(), "a request needs at least one extent");
-  for (const Extent& e : extents) {
-    YR_CHECK_ARG(e.file != nullptr, "file is None");
-    if (e.file->closed()) throw std::invalid_argument("I/O operation on closed file " + e.file->path());
-    YR_CHECK_ARG(!data_op || e.len == 0 || e.buf != nullptr, "buffer is NULL");
-    YR_CHECK_ARG(e.offset <= (std::uint64_t{1} << 62) && e.len <= (std::uint64_t{1} << 62),
-                 "offset/length out of range");
-  }
   auto op = std::make_shared<Op>();
+  op->uses.reserve(extents.size());
+  for (const Extent& e : extents) {
+    YR_CHECK_ARG(!data_op || e.len == 0 || e.buf != nullptr, "buffer is NULL");
+    check_range(e.offset, "offset", 0, kMaxIoBytes);
+    check_range(e.len, "length", 0, kMaxIoBytes);
+    op->uses.emplace_back(e.file);  // refuses a closed file
+  }
   op->id = id;
   op->code = code;
   op->completion = std::make_shared<Completion>(id, cq_);
@@ -115,7 +118,6 @@ std::shared_ptr<Completion> IoEngine::submit(std::uint64_t id, OpCode code,
     rel += e.len;
   }
   op->total = rel;
-  op->extents = std::move(extents);
   std::weak_ptr<Op> weak = op;
   op->completion->set_canceller([gate = gate_, weak]() {
     std::lock_guard<std::mutex> g(gate->mu);
@@ -139,8 +141,13 @@ std::shared_ptr<Completion> IoEngine::submit(std::uint64_t id, OpCode code,
       kick_locked();
     }
   }
-  if (!op->completion) completion->complete(0);  // zero-length request
+  if (!op->completion) complete_op(*op, completion, 0);  // zero-length request
   return completion;
+}
+
+void IoEngine::complete_op(Op& op, std::shared_ptr<Completion> completion, std::int64_t result) {
+  op.uses.clear();  // may close descriptors: outside mu_
+  completion->complete(result);
 }
 
 bool IoEngine::cancel_op(const std::shared_ptr<Op>& op) {
@@ -156,7 +163,7 @@ bool IoEngine::cancel_op(const std::shared_ptr<Op>& op) {
     stats_.cancelled++;
     if (--live_ops_ == 0) idle_cv_.notify_all();
   }
-  op->completion->complete(-ECANCELED);
+  complete_op(*op, op->completion, -ECANCELED);
   return true;
 }
 
@@ -251,7 +258,7 @@ void IoEngine::finish_task(std::unique_ptr<Task> t) {
       if (--live_ops_ == 0) idle_cv_.notify_all();
     }
   }
-  if (done) done->complete(result);
+  if (done) complete_op(*t->op, std::move(done), result);
 }
 
 void IoEngine::close(bool cancel_pending) {

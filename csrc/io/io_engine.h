@@ -22,6 +22,12 @@
 
 namespace yrc {
 
+// Bounds of the engine's arguments (the bindings check Python values against the same ones).
+inline constexpr unsigned kMaxQueueDepth = 4096;
+inline constexpr std::size_t kMaxChunkBytes = std::size_t{1} << 30;
+// Largest offset or length of one extent: offset + length stays far below off_t's limit.
+inline constexpr std::uint64_t kMaxIoBytes = std::uint64_t{1} << 62;
+
 struct EngineOptions {
   std::string backend = "auto";          // auto | uring | psync
   unsigned queue_depth = 8;              // kernel I/Os in flight per engine
@@ -45,7 +51,7 @@ struct Op;
 // One kernel-level I/O: a piece of an Op. Owned by the engine while queued or in flight.
 struct Task {
   std::shared_ptr<Op> op;
-  FileHandle* file = nullptr;  // kept alive by op->extents
+  FileHandle* file = nullptr;  // kept alive, descriptors open, by op->uses
   OpCode code = OpCode::Read;
   char* user = nullptr;        // caller memory for this piece
   char* io_buf = nullptr;      // memory the kernel reads/writes (user, or a bounce buffer)
@@ -67,7 +73,8 @@ struct Task {
 struct Op {
   std::uint64_t id = 0;
   OpCode code = OpCode::Read;
-  std::vector<Extent> extents;
+  // Dropped before the completion is announced: a finished request holds no descriptor.
+  std::vector<FileHandle::Use> uses;
   std::size_t total = 0;
   std::shared_ptr<Completion> completion;
   // Progress, guarded by the engine mutex.
@@ -163,6 +170,9 @@ class IoEngine {
 
  private:
   bool cancel_op(const std::shared_ptr<Op>& op);
+  // Releases the op's files, then finishes its completion. Called without mu_, once the op has
+  // nothing outstanding (so no other thread touches it).
+  static void complete_op(Op& op, std::shared_ptr<Completion> completion, std::int64_t result);
 };
 
 std::unique_ptr<IoEngine> make_psync_engine(const EngineOptions& opt);

@@ -4,9 +4,10 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <thread>
 
+#include "common/thread_group.h"
 #include "io/io_engine.h"
 
 namespace yrc {
@@ -15,9 +16,9 @@ namespace {
 class PsyncEngine final : public IoEngine {
  public:
   explicit PsyncEngine(const EngineOptions& opt) : IoEngine(opt) {
-    const unsigned n = opt.threads ? opt.threads : opt.queue_depth;
-    workers_.reserve(n);
-    for (unsigned i = 0; i < n; ++i) workers_.emplace_back([this] { run(); });
+    // queue_depth may be up to 4096 for io_uring; as a thread count it is capped.
+    const unsigned n = opt.threads ? opt.threads : std::min(opt.queue_depth, kMaxThreads);
+    workers_.start(n, [this] { run(); }, [this] { stop_workers(); });
   }
   ~PsyncEngine() override { close(false); }
   const char* name() const noexcept override { return "psync"; }
@@ -25,16 +26,19 @@ class PsyncEngine final : public IoEngine {
  protected:
   void kick_locked() override { work_cv_.notify_all(); }
   void shutdown() override {
+    stop_workers();
+    workers_.join();
+  }
+
+ private:
+  void stop_workers() {
     {
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
     }
     work_cv_.notify_all();
-    for (auto& w : workers_) w.join();
-    workers_.clear();
   }
 
- private:
   static std::int64_t execute(const Task& t) {
     const int fd = t.file->fd(t.direct && (t.code == OpCode::Read || t.code == OpCode::Write));
     ssize_t r = 0;
@@ -72,8 +76,8 @@ class PsyncEngine final : public IoEngine {
   }
 
   std::condition_variable work_cv_;
-  std::vector<std::thread> workers_;
   bool stop_ = false;
+  ThreadGroup workers_;  // last: its threads use the members above
 };
 
 }  // namespace

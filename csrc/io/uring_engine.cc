@@ -8,9 +8,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <thread>
 
 #include "common/error.h"
+#include "common/thread_group.h"
 #include "io/io_engine.h"
 
 namespace yrc {
@@ -35,7 +35,12 @@ class UringEngine final : public IoEngine {
         slots_.resize(kFixedSlots);
       }
     }
-    reaper_ = std::thread([this] { reap(); });
+    try {
+      reaper_.start(1, [this] { reap(); }, [] {});
+    } catch (...) {
+      io_uring_queue_exit(&ring_);  // no destructor runs for a constructor that throws
+      throw;
+    }
   }
 
   ~UringEngine() override {
@@ -194,9 +199,9 @@ class UringEngine final : public IoEngine {
   }
 
   io_uring ring_{};
-  std::thread reaper_;
   std::vector<Slot> slots_;
   bool stop_ = false;
+  ThreadGroup reaper_;  // last: the reaper uses the members above
 };
 
 }  // namespace

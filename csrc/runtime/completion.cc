@@ -6,10 +6,27 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <stdexcept>
 
 #include "common/error.h"
 
 namespace yrc {
+
+namespace {
+// Waits until ready() or timeout_s seconds. < 0, +inf or beyond any real wait (the conversion to
+// the clock's integer ticks would overflow) means no limit; NaN is refused rather than guessed.
+template <typename Ready>
+bool wait_seconds(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, double timeout_s,
+                  Ready ready) {
+  if (std::isnan(timeout_s)) throw std::invalid_argument("timeout must be a number, got nan");
+  if (timeout_s < 0 || timeout_s > 1e9) {
+    cv.wait(lk, ready);
+    return true;
+  }
+  return cv.wait_for(lk, std::chrono::duration<double>(timeout_s), ready);
+}
+}  // namespace
 
 CompletionQueue::CompletionQueue() : efd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   if (!efd_) throw_errno(errno, "eventfd");
@@ -43,12 +60,7 @@ void CompletionQueue::wake() {
 
 std::vector<std::uint64_t> CompletionQueue::pop(double timeout_s) {
   std::unique_lock<std::mutex> lk(mu_);
-  auto ready = [&] { return !ids_.empty() || woken_; };
-  if (timeout_s < 0) {
-    cv_.wait(lk, ready);
-  } else {
-    cv_.wait_for(lk, std::chrono::duration<double>(timeout_s), ready);
-  }
+  wait_seconds(cv_, lk, timeout_s, [&] { return !ids_.empty() || woken_; });
   woken_ = false;
   std::vector<std::uint64_t> out(ids_.begin(), ids_.end());
   ids_.clear();
@@ -61,12 +73,7 @@ std::vector<std::uint64_t> CompletionQueue::pop(double timeout_s) {
 bool Completion::wait(double timeout_s) {
   if (done()) return true;
   std::unique_lock<std::mutex> lk(mu_);
-  auto ready = [&] { return done_.load(std::memory_order_acquire); };
-  if (timeout_s < 0) {
-    cv_.wait(lk, ready);
-    return true;
-  }
-  return cv_.wait_for(lk, std::chrono::duration<double>(timeout_s), ready);
+  return wait_seconds(cv_, lk, timeout_s, [&] { return done_.load(std::memory_order_acquire); });
 }
 
 void Completion::complete(std::int64_t result) noexcept {

@@ -8,7 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-
+#include <thread>
 
 namespace yrc::store {
 
@@ -23,20 +23,24 @@ struct StatBatch::Job {
 };
 
 StatBatch::StatBatch(unsigned threads) {
+  check_thread_count(threads, "lookup_threads");
   if (threads == 0) threads = 1;
   const unsigned hw = std::thread::hardware_concurrency();
   spare_cores_ = std::min(threads, hw > 1 ? hw - 1 : 1u);
-  workers_.reserve(threads);
-  for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { worker(); });
+  workers_.start(threads, [this] { worker(); }, [this] { stop_workers(); });
 }
 
 StatBatch::~StatBatch() {
+  stop_workers();
+  workers_.join();
+}
+
+void StatBatch::stop_workers() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  for (auto& t : workers_) t.join();
 }
 
 void StatBatch::work_on(Job& job, std::size_t limit) {

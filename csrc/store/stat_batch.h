@@ -9,13 +9,16 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
+
+#include "common/thread_group.h"
 
 namespace yrc::store {
 
 class StatBatch {
  public:
+  // threads: 0..kMaxThreads (0 means 1). Throws invalid_argument beyond the bound and
+  // ThreadStartError when the system cannot start them.
   explicit StatBatch(unsigned threads);
   ~StatBatch();
   StatBatch(const StatBatch&) = delete;
@@ -31,6 +34,7 @@ class StatBatch {
  private:
   struct Job;
   void worker();
+  void stop_workers();
   // Stats up to `limit` unclaimed paths of the job.
   static void work_on(Job& job, std::size_t limit);
   static constexpr std::size_t kProbe = 8;  // paths the caller times before waking workers
@@ -42,7 +46,7 @@ class StatBatch {
   unsigned spare_cores_ = 1;  // workers woken for a fast (local) file system
   bool stop_ = false;
   std::mutex run_mu_;
-  std::vector<std::thread> workers_;
+  ThreadGroup workers_;  // last: its threads use the members above
 };
 
 }  // namespace yrc::store
