@@ -90,14 +90,19 @@ def tasks_of(uid):
             pass
     return n
 
-mine = len(os.listdir("/proc/self/task"))
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+mine = tasks()
 if os.geteuid() == 0:  # root ignores RLIMIT_NPROC: run as nobody
-    room = mine + tasks_of(65534) + 3
+    others = tasks_of(65534)
+    room = mine + others + 3
     resource.setrlimit(resource.RLIMIT_NPROC, (room, room))
     os.setgid(65534)
     os.setuid(65534)
 else:
-    room = tasks_of(os.getuid()) + 3
+    others = tasks_of(os.getuid()) - mine
+    room = mine + others + 3
     resource.setrlimit(resource.RLIMIT_NPROC, (room, room))
 
 def expect_eagain(what, fn):
@@ -123,6 +128,16 @@ src = np.arange(64, dtype=np.uint8)
 dst = bytearray(64)
 _C.copy.gather_paged(src.ctypes.data, 8, 8, 8, np.arange(8)[::-1].copy(), dst, 8)
 assert bytes(dst) == src.reshape(8, 8)[::-1].tobytes()  # the calling thread copied every part
+# Room for the psync worker but not for the Python dispatcher thread: the engine is closed (its
+# worker joined) before the error propagates, not left running until garbage collection.
+resource.setrlimit(resource.RLIMIT_NPROC, (mine + others + 1, room))
+try:
+    yrcache.IoEngine("psync", threads=1)
+    raise AssertionError("dispatcher: no error")
+except RuntimeError as e:
+    assert "thread" in str(e), e
+    print("dispatcher raised", type(e).__name__, flush=True)
+assert tasks() == mine, (tasks(), mine)
 # The threads that had started were joined: the same room serves a working engine again.
 resource.setrlimit(resource.RLIMIT_NPROC, (room, room))
 with yrcache.IoEngine("psync", threads=2, callbacks="manual") as eng:
@@ -138,7 +153,45 @@ def test_failed_thread_start_raises_instead_of_abort():
     assert "terminate called" not in r.stderr
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
     assert r.stdout.splitlines()[-1] == "OK"
-    assert r.stdout.count("raised") == 5
+    assert r.stdout.count("raised") == 6
+
+
+_NO_BOUNCE_MEMORY_CHILD = r"""
+import os, resource, sys
+import yrcache
+backend, path = sys.argv[1], sys.argv[2]
+eng = yrcache.IoEngine(backend, queue_depth=1, chunk_bytes=1 << 30, max_inflight_bytes=1 << 30)
+f = eng.open(path, "w")
+assert f.direct
+arena = yrcache.HostBuffer(2 << 20)
+view = memoryview(arena)[8:8 + (1 << 20)]  # misaligned memory: direct pieces need a bounce buffer
+view[:] = bytes(range(256)) * 4096
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
+limit = vm * 1024 + (256 << 20)  # no room for a 1 GiB bounce buffer
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    yrcache.HostBuffer(1 << 30)
+    raise AssertionError("RLIMIT_AS leaves room for a bounce buffer: the test proves nothing")
+except OSError:
+    pass
+assert eng.pwrite(f, view, 0).result(60) == 1 << 20
+assert eng.stats()["bounced"] == 0
+eng.close()
+f.close()
+with open(path, "rb") as g:
+    assert g.read() == bytes(view)
+print("OK", flush=True)
+"""
+
+
+def test_bounce_buffer_without_memory_goes_buffered(backend, data_dir):
+    """A bounce buffer that cannot be mapped (on a worker or the reaper thread) must not abort
+    the process: the piece goes through the buffered descriptor instead."""
+    r = run_child(_NO_BOUNCE_MEMORY_CHILD.replace("sys.argv[1], sys.argv[2]",
+                                                  f"{backend!r}, {str(data_dir / 'b.bin')!r}"),
+                  env={"OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-3000:])
+    assert r.stdout.strip() == "OK"
 
 
 # ---- 2. an embedded NUL never truncates a path ---------------------------------------------------
@@ -450,6 +503,29 @@ def test_native_completion_timeouts():
         assert cq.pop(INF) == []  # +inf is "no limit", woken at once: no overflow to "now"
         cq.wake()
         assert cq.pop(1e300) == []
+
+
+def test_callback_must_be_callable():
+    fut = _pending()
+    with pytest.raises(TypeError, match="callable"):
+        fut.add_done_callback(5)
+    fut.set_result(1)
+    with pytest.raises(TypeError, match="callable"):
+        fut.add_done_callback(None)
+
+
+@pytest.mark.parametrize(("args", "exc", "match"), [
+    ((0, 2**64 - 1, 2**64 - 1, 1, 4096, True), ValueError, "offset"),
+    ((0, 0, MAX_IO + 1, 1, 4096, True), ValueError, "length"),
+    ((0, 0, 1 << 40, 1, 4096, False), ValueError, "pieces"),
+    ((0, 0, 4096, 4096, 0, True), ValueError, "align"),
+    ((0, 0, 4096, 4096, 3000, True), ValueError, "power of two"),
+    ((0, -1, 4096, 4096, 4096, True), ValueError, "offset"),
+    ((0, 0.5, 4096, 4096, 4096, True), TypeError, "offset"),
+])
+def test_splitter_arguments(args, exc, match):
+    with pytest.raises(exc, match=match):
+        _C.io.split_request(*args)
 
 
 def test_wait_and_gather_refuse_non_futures():

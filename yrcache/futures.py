@@ -110,6 +110,8 @@ class Future(Generic[T]):
 
         If the future is already done, ``fn`` runs at once in the calling thread.
         """
+        if not callable(fn):
+            raise TypeError(f"callback must be callable, got {type(fn).__name__}")
         with self._lock:
             if not self._notified:
                 self._callbacks.append(fn)

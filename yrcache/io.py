@@ -158,7 +158,12 @@ class IoEngine:
             self._dispatcher = threading.Thread(
                 target=_dispatch, args=(self._c, self._cq, self._book, self._stop),
                 name=f"yrcache-io-{self.backend}", daemon=True)
-            self._dispatcher.start()
+            try:
+                self._dispatcher.start()
+            except BaseException:  # out of threads: stop the backend's, not leave them to __del__
+                self._dispatcher = None
+                self.close()
+                raise
         _live_engines.add(self)
 
     # -- properties --------------------------------------------------------------------------

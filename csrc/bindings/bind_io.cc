@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <climits>
 
 #include "bindings/bindings.h"
@@ -184,9 +185,17 @@ void bind_io(py::module_& m) {
       .def_property_readonly("closed", &IoEngine::closed);
 
   m.def("split_request",
-        [](std::uintptr_t buf, std::uint64_t offset, std::size_t len, std::size_t chunk,
-           std::size_t align, bool direct) {
-          YR_CHECK_ARG(align > 0 && (align & (align - 1)) == 0, "align must be a power of two");
+        [](std::uintptr_t buf, py::handle offset_obj, py::handle len_obj, py::handle chunk_obj,
+           py::handle align_obj, bool direct) {
+          // The engine's own bounds: beyond them offset + length wraps and the piece list grows
+          // without limit.
+          const auto offset = static_cast<std::uint64_t>(int_arg(offset_obj, "offset", 0, kMaxIoBytes));
+          const auto len = static_cast<std::size_t>(int_arg(len_obj, "length", 0, kMaxIoBytes));
+          const auto chunk = static_cast<std::size_t>(int_arg(chunk_obj, "chunk", 0, kMaxChunkBytes));
+          const auto align = static_cast<std::size_t>(int_arg(align_obj, "align", 1, kMaxChunkBytes));
+          YR_CHECK_ARG((align & (align - 1)) == 0, "align must be a power of two");
+          YR_CHECK_ARG(len / std::max(chunk, align) <= (std::size_t{1} << 24),
+                       "length / chunk must be at most 2**24 pieces");
           py::list out;
           for (const Piece& p : split_request(buf, offset, len, chunk, align, direct))
             out.append(py::make_tuple(p.offset, p.len, p.buf_off, p.direct, p.bounce));

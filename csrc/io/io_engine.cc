@@ -174,11 +174,20 @@ void IoEngine::prepare_issue_locked(Task& t) {
   inflight_bytes_ += t.len;
   stats_.tasks++;
   t.io_buf = t.user;
-  if (t.bounce) {
-    if (bounce_free_.empty()) {
+  if (t.bounce && bounce_free_.empty()) {
+    // This runs on the reaper and worker threads too, where an exception would abort the process.
+    // Without memory for a bounce buffer the piece goes through the buffered descriptor, which
+    // takes any alignment.
+    try {
+      bounce_free_.reserve(bounce_.size() + 1);  // finish_task's push_back then cannot throw
       bounce_.push_back(std::make_unique<HostBuffer>(opt_.chunk_bytes));
       bounce_free_.push_back(static_cast<int>(bounce_.size()) - 1);
+    } catch (const std::exception&) {
+      t.bounce = false;
+      t.direct = false;
     }
+  }
+  if (t.bounce) {
     t.bounce_slot = bounce_free_.back();
     bounce_free_.pop_back();
     t.io_buf = bounce_[t.bounce_slot]->data();

@@ -141,7 +141,8 @@ class IoEngine {
   void finish_task(std::unique_ptr<Task> t);
   void note(std::string msg);
   // Marks t in flight and points io_buf at the caller's memory or, for misaligned caller memory, at a
-  // chunk-sized bounce buffer (filled for writes). Called with mu_ held.
+  // chunk-sized bounce buffer (filled for writes; without memory for one, the piece turns buffered).
+  // Called with mu_ held; never throws (it runs on backend threads).
   void prepare_issue_locked(Task& t);
 
   // Lets cancellers and buffer-release hooks reach the engine only while it is open.
