@@ -103,6 +103,31 @@ def small_tmpfs(tmp_path: Path):
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
+@pytest.fixture
+def ro_bind(tmp_path: Path):
+    """ro_bind(src) -> a read-only bind mount of directory ``src`` (EROFS on every write, even
+    for root, unlike chmod); unmounted after the test (needs root)."""
+    mounts: list[Path] = []
+
+    def make(src: Path) -> Path:
+        d = tmp_path / f"ro-{len(mounts)}"
+        d.mkdir()
+        ok = os.geteuid() == 0 and shutil.which("mount") is not None and subprocess.run(
+            ["mount", "--bind", str(src), str(d)], capture_output=True).returncode == 0
+        require(ok, "a read-only bind mount needs root and mount(8)")
+        mounts.append(d)
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(d)], capture_output=True,
+                           text=True)
+        require(r.returncode == 0, f"remounting {d} read-only failed: {r.stderr.strip()}")
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in reversed(mounts):
+            subprocess.run(["umount", "-l", str(d)], check=False)
+
+
 def run_child(code: str, *, prefix: list[str] | None = None, timeout: float = 120,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run Python code in a child process (optionally under setpriv etc.) with this checkout on

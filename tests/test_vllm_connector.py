@@ -223,16 +223,64 @@ def test_load_faults_recompute_and_output_is_unchanged(model: Path, tmp_path: Pa
         (r,) = e.generate([P])
         assert r["cached"] == 1024 and same_output(r, ref)
         assert e.call("stats")["cache"]["load_partial"] == 2      # a whole hit again
-        # 3. every read fails with EIO
+        # 3. two damaged chunks: the load stops at the first, never reads the second; the
+        # recomputed KV is stored over both, so the next request hits whole again
+        for k, at in ((keys[1], 5000), (keys[3], -100)):   # layer 0 of chunk 1, the last of 3
+            p = object_path(root, ns, k)
+            data = bytearray(p.read_bytes())
+            data[at] ^= 0x40
+            p.write_bytes(bytes(data))
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert same_output(r, ref) and e.call("stats")["cache"]["load_partial"] == 3
+        e.call("drain")
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)
+        c = e.call("stats")["cache"]
+        assert c["load_partial"] == 3 and c["store_replaced"] >= 2    # repaired: a whole hit
+        # 4. every read fails with EIO
         e.call("faults", spec="read:eio@1+")
         assert e.call("reset")["ok"]
         (r,) = e.generate([P])
         e.call("faults", spec="")
         assert same_output(r, ref)
-        assert e.call("stats")["cache"]["load_partial"] == 3
+        assert e.call("stats")["cache"]["load_partial"] == 4
         assert e.call("reset")["ok"]
         (r,) = e.generate([P])
         assert r["cached"] == 1024 and same_output(r, ref)
+
+
+def test_unusable_root_disables_and_read_only_root_loads(model: Path, tmp_path: Path,
+                                                         ro_bind) -> None:
+    """A root that is a file: both roles disable the connector with one line naming the root,
+    and vLLM serves on. A read-only root (a consumer node): prefixes stored by another engine are
+    loaded, with identical output, and nothing is written."""
+    log = tmp_path / "vllm.log"
+    P, Q = rand_tokens(1100, 70), rand_tokens(1100, 71)
+    bad = tmp_path / "not-a-dir"
+    bad.write_bytes(b"keep")
+    with engine(model, bad, "async", log) as e:
+        (ref,) = e.generate([P])
+        st = e.call("stats")
+        assert str(bad) in st["disabled"] and str(bad) in st["scheduler_disabled"]
+        assert st["cache"] is None and ref["cached"] == 0
+    assert bad.read_bytes() == b"keep"
+    assert f"connector DISABLED: cache root {str(bad)!r}" in log.read_text()
+
+    root = tmp_path / "root"
+    with engine(model, root, "async", log) as e:
+        (ref,) = e.generate([P])
+    ro = ro_bind(root)
+    with engine(model, ro, "async", log) as e:
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)
+        e.generate([Q])                               # a miss: recomputed, not stored
+        st = e.call("stats")
+        assert not st["disabled"] and not st["scheduler_disabled"]
+        assert st["cache"]["load_chunks"] == 4 and st["cache"]["load_partial"] == 0
+        assert st["cache"]["stores"] == 0      # no store was even planned (Q was a miss)
+    assert "is load-only here" in log.read_text()
 
 
 def test_serving_benchmark_smoke(model: Path, tmp_path: Path) -> None:

@@ -308,7 +308,7 @@ def fake_request(rid: str, tokens: list[int], **kw) -> SimpleNamespace:
 def scheduler(tmp_path: Path, **kw):
     from yrcache.integrations.vllm import spaces
     from yrcache.integrations.vllm.scheduler import SchedulerSide
-    c = cfg(tmp_path / "root", **kw)
+    c = cfg(kw.pop("root", tmp_path / "root"), **kw)
     vc, kcc = fake_config()
     return SchedulerSide(vc, c, spaces.derive(vc, kcc, c))
 
@@ -341,6 +341,36 @@ def test_scheduler_defers_a_slow_lookup_instead_of_stalling(tmp_path: Path) -> N
     assert r == (CHUNK * 3, False)        # align_down(101 - 1, 16) = 96 = 3 chunks
     assert s.get_num_new_matched_tokens(req, 2 * BT) == (CHUNK * 3 - 2 * BT, False)
     s.shutdown()
+
+
+def test_scheduler_unusable_root_disables_and_read_only_root_only_loads(
+        tmp_path: Path, ro_bind, caplog: pytest.LogCaptureFixture) -> None:
+    from yrcache.integrations.vllm.metadata import YRCacheMetadata
+    (tmp_path / "root").write_bytes(b"a file")
+    with caplog.at_level(logging.ERROR, logger="yrcache.vllm"):
+        s = scheduler(tmp_path)            # no exception: vLLM serves on without the cache
+    assert str(tmp_path / "root") in s.disabled and not s.stores
+    assert [r.message for r in caplog.records].count(
+        f"yrcache: connector DISABLED: {s.disabled}") == 1
+    req = fake_request("a", list(range(CHUNK * 3)))
+    s.on_new_request(req)
+    assert s.get_num_new_matched_tokens(req, 0) == (0, False)
+    s.shutdown()
+    (tmp_path / "root").unlink()
+    (tmp_path / "ro").mkdir()
+    ro = ro_bind(tmp_path / "ro")
+    for root, load_only in ((tmp_path / "ro", False), (ro, True)):   # writable: the control
+        s = scheduler(tmp_path, root=str(root))
+        assert not s.disabled and s.load_only == load_only
+        s.bind_kv_cache_manager(object())
+        s.on_new_request(req)
+        meta = YRCacheMetadata()
+        with pytest.MonkeyPatch.context() as mp:
+            from yrcache.integrations.vllm import compat
+            mp.setattr(compat, "manager_block_ids", lambda kvm, rid: list(range(3 * PER)))
+            s._plan_store("a", 0, CHUNK * 3, meta)
+        assert len(meta.stores) == (0 if load_only else 1)
+        s.shutdown()
 
 
 def test_scheduler_refuses_inputs_it_cannot_fingerprint_and_folds_the_rest(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ...layout_fs import check_root
+from ...mem import MAX_ARENA_BYTES
+
 
 @dataclass(frozen=True)
 class ConnectorConfig:
@@ -51,6 +54,10 @@ class ConnectorConfig:
         if not self.root:
             raise ValueError("yrcache connector: 'root' (kv_connector_extra_config) or "
                              "YRCACHE_ROOT must name the cache directory")
+        try:
+            check_root(self.root)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"yrcache connector: root: {e}") from None
         if self.mode not in ("async", "sync"):
             raise ValueError(f"yrcache connector: mode must be 'async' or 'sync', got "
                              f"{self.mode!r}")
@@ -60,14 +67,13 @@ class ConnectorConfig:
         if self.backend not in ("auto", "uring", "psync"):
             raise ValueError(f"yrcache connector: backend must be auto, uring or psync, got "
                              f"{self.backend!r}")
-        for f in ("chunk_tokens", "staging_bytes"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"yrcache connector: {f} must be positive, got "
-                                 f"{getattr(self, f)}")
-        for f in ("capacity_bytes", "min_load_tokens", "park_load_tokens", "lookup_wait_ms",
-                  "drain_timeout_s", "host_tier_bytes"):
-            if getattr(self, f) < 0:
-                raise ValueError(f"yrcache connector: {f} must be >= 0, got {getattr(self, f)}")
+        for f, lo, hi in _RANGES:
+            v = getattr(self, f)
+            kinds = (int, float) if isinstance(lo, float) else (int,)   # an int is a float too
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                raise TypeError(f"yrcache connector: {f} must be {type(lo).__name__}, got {v!r}")
+            if not (lo <= v <= hi):   # NaN fails this too
+                raise ValueError(f"yrcache connector: {f} must be in [{lo}, {hi}], got {v!r}")
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any] | None,
@@ -94,6 +100,15 @@ class ConnectorConfig:
         return cls(**kw)
 
 
+_TOKENS, _BYTES = 1 << 24, 1 << 60
+_STAGING = MAX_ARENA_BYTES   # one BufferPool's bound
+#: each number's range: a value past these is a typo (or an overflow), not a setting
+_RANGES = (("chunk_tokens", 1, 1 << 20), ("staging_bytes", 1, _STAGING),
+           ("capacity_bytes", 0, _BYTES), ("host_tier_bytes", 0, _BYTES),
+           ("min_load_tokens", 0, _TOKENS), ("park_load_tokens", 0, _TOKENS),
+           ("lookup_wait_ms", 0.0, 60e3), ("drain_timeout_s", 0.0, 86400.0))
+
+
 def _parse(typ: Any, raw: Any, src: str) -> Any:
     t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
     try:
@@ -106,8 +121,8 @@ def _parse(typ: Any, raw: Any, src: str) -> Any:
         if not isinstance(raw, str):
             raise ValueError(f"expected a string, got {type(raw).__name__}")
         return raw
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"yrcache connector: {src}={raw!r} is invalid ({e})") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"yrcache connector: {src}={raw!r:.80} is invalid ({e})") from None
 
 
 __all__ = ["ConnectorConfig"]

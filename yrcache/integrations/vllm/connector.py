@@ -57,7 +57,7 @@ class YRCacheConnector(KVConnectorBase_V1):
         self._worker: Any = None
         try:
             dep = spaces.derive(vllm_config, kv_cache_config, self._cfg)
-        except ValueError as e:   # unsupported deployment: vLLM runs on without the cache
+        except (TypeError, ValueError) as e:   # unsupported deployment: vLLM runs on without it
             logger.error("yrcache: connector DISABLED: %s", e)
             return
         if role == KVConnectorRole.SCHEDULER:

@@ -30,6 +30,9 @@ class StoreOp:
     parents: dict[str, bytes]           # namespace hex -> key before first_chunk (or the root)
     first_chunk: int
     block_ids: list[int]
+    #: chunks [lo, hi) (absolute indices) are written even where an object exists: their load
+    #: failed, so what is there may be damaged (a store that skipped it would keep the damage)
+    replace: tuple[int, int] = (0, 0)
 
 
 @dataclass

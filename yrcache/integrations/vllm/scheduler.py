@@ -64,6 +64,8 @@ class _Req:
     first_ask: float = 0.0
     last_store_step: int = -1
     parked_inflight: bool = False   # a parked load vLLM waits for (finished_recving) is running
+    load_span: tuple[int, int] = (0, 0)   # chunks of its last load
+    repair: tuple[int, int] = (0, 0)      # chunks whose load failed: stored again over what is there
 
 
 class SchedulerSide:
@@ -72,8 +74,21 @@ class SchedulerSide:
         self.bt, self.chunk = dep.block_tokens, dep.chunk_tokens
         self.per = self.chunk // self.bt
         self.nss = dep.unique
+        self.disabled = ""
         # Lookups only: the workers' stores run the janitor and hold the capacity budget.
-        self.stores = {ns.hex: Store(cfg.root, ns, janitor_period=0) for ns in self.nss}
+        self.stores: dict[str, Store] = {}
+        try:
+            for ns in self.nss:
+                self.stores[ns.hex] = Store(cfg.root, ns, janitor_period=0)
+        except (OSError, ValueError) as e:   # like the workers: vLLM serves on without the cache
+            self.disabled = f"cache root {cfg.root!r} is unusable: {e}"
+            logger.error("yrcache: connector DISABLED: %s", self.disabled)
+            self._close_stores()
+        #: a root this process can read but not write: loads only, no store is planned
+        self.load_only = any(s.read_only for s in self.stores.values())
+        if self.load_only:
+            logger.warning("yrcache: cache root %s is load-only here (not writable): prefixes "
+                           "stored by others are loaded, nothing is stored", cfg.root)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
         self._reqs: dict[str, _Req] = {}
         self._kvm: Any = None
@@ -87,7 +102,6 @@ class SchedulerSide:
         # Gathers that finish after the step (CUDA copy streams): known from the device at start,
         # not from a worker's report, which arrives a step late (the first step would miss it)
         self._async_gathers = compat.device_type() != "cpu"
-        self.disabled = ""
         self._lock = threading.Lock()
         self._stats: dict[str, int] = {}
 
@@ -178,7 +192,7 @@ class SchedulerSide:
         # An empty key map makes every worker report these blocks as failed.
         keys = {h: k[c0:c1] for h, k in st.keys.items()} if ok else {}
         self._step_loads.append(LoadOp(request.request_id, keys, c0, bids, park))
-        st.parked_inflight = park
+        st.parked_inflight, st.load_span = park, (c0, c1)
         if ok:
             st.stored = max(st.stored, hit)
         st.lookup = None
@@ -227,8 +241,10 @@ class SchedulerSide:
                     self._published.pop(k, None)
             for rid, c in wm.load_failed.items():
                 st = self._reqs.get(rid)
-                if st is not None:   # recomputed chunks are stored again
+                if st is not None:   # recomputed chunks are stored again, over what is there
                     st.stored = min(st.stored, c)
+                    lo, hi = st.repair if st.repair[1] > st.repair[0] else (c, c)
+                    st.repair = (min(lo, c), max(hi, c + 1, st.load_span[1]))
                     for h in st.keys:
                         for k in st.keys[h][c:]:
                             self._published.pop(k, None)
@@ -276,8 +292,12 @@ class SchedulerSide:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._close_stores()
+
+    def _close_stores(self) -> None:
         for s in self.stores.values():
             s.close()
+        self.stores.clear()
 
     # -- internals --------------------------------------------------------------------------------
     def _track(self, request: Any) -> _Req:
@@ -352,7 +372,8 @@ class SchedulerSide:
 
     def _plan_store(self, rid: str, computed: int, scheduled: int, meta: YRCacheMetadata) -> None:
         st = self._reqs.get(rid)
-        if st is None or st.extras is None or scheduled <= 0 or not self._fingerprint_holds(st):
+        if st is None or st.extras is None or scheduled <= 0 or self.load_only or \
+                not self._fingerprint_holds(st):
             return
         full = min(computed + scheduled, int(st.request.num_tokens)) // self.chunk
         a = st.stored
@@ -368,13 +389,16 @@ class SchedulerSide:
         self._keys_upto(st, full)
         op = StoreOp(rid, {h: k[a:full] for h, k in st.keys.items()},
                      {h: (k[a - 1] if a else st.roots[h]) for h, k in st.keys.items()}, a,
-                     blocks[a * self.per:full * self.per])
+                     blocks[a * self.per:full * self.per],
+                     (max(a, st.repair[0]), min(full, st.repair[1])))
         deadline = time.monotonic() + PENDING_TTL_S
         for keys in op.keys.values():
             for k in keys:
                 if k not in self._published:
                     self._pending[k] = deadline
         st.stored, st.last_store_step = full, self._step
+        if full >= st.repair[1]:
+            st.repair = (0, 0)   # every chunk to repair is in a planned store now
         meta.stores.append(op)
         self._bump("store_chunks_planned", full - a)
 

@@ -54,6 +54,11 @@ class _Load:
     reported: bool = False
 
 
+class _RootUnusable(Exception):
+    """The Cache on the root cannot be set up: an OSError (the root is missing, not a directory,
+    not accessible; or staging memory cannot be had)."""
+
+
 class WorkerSide:
     def __init__(self, vllm_config: Any, cfg: ConnectorConfig, dep: Deployment) -> None:
         tp, _, pp, _ = compat.parallel_ranks()
@@ -92,6 +97,9 @@ class WorkerSide:
     def register(self, kv_caches: dict[str, Any]) -> None:
         try:
             self._register(kv_caches)
+        except _RootUnusable as e:   # as the scheduler side does: vLLM serves on without it
+            self.disabled = str(e)
+            logger.error("yrcache: connector DISABLED on this worker: %s", self.disabled)
         except Exception as e:  # noqa: BLE001 - never take vLLM down: disable, loudly
             self.disabled = f"worker setup for namespace {self.hex[:12]} failed: {e}"
             logger.error("yrcache: connector DISABLED on this worker: %s", self.disabled)
@@ -129,10 +137,14 @@ class WorkerSide:
             raise ValueError(f"KV layers on several devices: {sorted(devs)}")
         self._async_gathers = self._kv[0].device.type == "cuda"
         self._engine = IoEngine(self.cfg.backend)
-        cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
-                      staging_bytes=self.cfg.staging_bytes,
-                      host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
-                      capacity_bytes=self.cfg.capacity_bytes or None)
+        try:
+            cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
+                          staging_bytes=self.cfg.staging_bytes,
+                          host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
+                          capacity_bytes=self.cfg.capacity_bytes or None)
+        except OSError as e:   # the root (missing, a file, no permission), or memory
+            raise _RootUnusable(f"the cache on root {self.cfg.root!r} could not be set up: "
+                                f"{e}") from e
         if self._async_gathers:   # pin the staging now, not inside the first forward pass
             try:
                 cache.prepare_cuda(self._kv[0].device.index or 0)
@@ -173,10 +185,14 @@ class WorkerSide:
             keys = op.keys.get(self.hex)
             if not keys:
                 continue
+            if self.cache.read_only:   # a load-only root: nothing is stored, nothing pending
+                self._note(unpublished=keys)
+                continue
+            lo, hi = (max(0, c - op.first_chunk) for c in op.replace)
             try:
                 w = self.cache.begin_store(keys, self._kv, op.block_ids,
                                            parent=op.parents[self.hex],
-                                           first_index=op.first_chunk)
+                                           first_index=op.first_chunk, replace=keys[lo:hi])
             except Exception as e:  # noqa: BLE001 - a store fault is counted, never raised
                 logger.warning("yrcache: store of request %s not started: %s", op.req_id, e)
                 self._note(unpublished=keys)
