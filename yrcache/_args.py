@@ -7,8 +7,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from .keys import DIGEST_BYTES
-
+#: bytes of a key, a chain root and a namespace digest (BLAKE2b-128; docs/keys.md)
+DIGEST_BYTES = 16
 #: the widest unsigned field an object header holds (chunk_index, token_count)
 U32_MAX = (1 << 32) - 1
 

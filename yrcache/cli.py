@@ -23,7 +23,6 @@ import errno
 import importlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import stat
@@ -87,7 +86,7 @@ def _bounded(conv: Callable[[str], Any], lo: float, hi: float, what: str, *,
             v = conv(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if not (math.isfinite(v) and (lo < v if lo_open else lo <= v) and v <= hi):
+        if not ((lo < v if lo_open else lo <= v) and v <= hi):   # nan fails every comparison
             raise argparse.ArgumentTypeError(
                 f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text}")
         return v

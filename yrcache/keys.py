@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ._args import DIGEST_BYTES, check_digest, check_int
+
 #: Version of the key derivation rules in this module (docs/keys.md). Part of every namespace.
 KEY_SPEC_VERSION = 1
 #: Object format version (docs/object_format.md). Part of every namespace.
 FORMAT_VERSION = 1
-DIGEST_BYTES = 16
 #: bound on a namespace's canonical JSON (model names, salts, extras are short; a huge one is a bug)
 MAX_NAMESPACE_BYTES = 64 << 10
 #: integer fields fit a signed 64-bit integer wherever they end up
@@ -79,11 +80,12 @@ class Namespace:
                 raise TypeError(f"Namespace.{name} must be a str, got {type(v).__name__}")
             if not v:
                 raise ValueError(f"Namespace.{name} must be a non-empty str")
-        for name in ("num_layers", "kv_heads", "head_size", "chunk_tokens"):
-            _check_field(name, getattr(self, name), 1)
-        for name in ("block_tokens", "page_bytes", "first_layer", "first_kv_head",
-                     "format_version", "key_spec_version"):
-            _check_field(name, getattr(self, name), 0)
+        for name, lo in (("num_layers", 1), ("kv_heads", 1), ("head_size", 1),
+                         ("chunk_tokens", 1), ("block_tokens", 0), ("page_bytes", 0),
+                         ("first_layer", 0), ("first_kv_head", 0), ("format_version", 0),
+                         ("key_spec_version", 0)):   # plain ints: they go into canonical JSON
+            object.__setattr__(self, name, check_int(f"Namespace.{name}", getattr(self, name),
+                                                     lo, _INT_MAX))
         if self.block_tokens and self.chunk_tokens % self.block_tokens:
             raise ValueError(f"chunk_tokens ({self.chunk_tokens}) must be a multiple of "
                              f"block_tokens ({self.block_tokens})")
@@ -131,14 +133,6 @@ class Namespace:
         return cls(**d)
 
 
-def _check_field(name: str, v: Any, lo: int) -> None:
-    # keys.py sits below yrcache._args (which imports DIGEST_BYTES from here): its own check.
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"Namespace.{name} must be an int, got {type(v).__name__} {v!r:.40}")
-    if not lo <= v <= _INT_MAX:
-        raise ValueError(f"Namespace.{name} must be in [{lo}, {_INT_MAX}], got {v}")
-
-
 def fold_extras(root: bytes, extras: Mapping[str, bytes | str] | None) -> bytes:
     """The chain's starting point for a request: ``root`` (a namespace digest) with request inputs
     that change the KV but not the token ids folded in (LoRA adapter id, multimodal item hashes,
@@ -147,7 +141,7 @@ def fold_extras(root: bytes, extras: Mapping[str, bytes | str] | None) -> bytes:
     ``BLAKE2b-128("yrcache/extra/v1\\0" || root || for each (name, value) sorted by name:
     u32 len(name) || name || u32 len(value) || value)``, strings as UTF-8.
     """
-    _check_digest(root, "root")
+    check_digest("root", root)
     if extras is not None and not isinstance(extras, Mapping):
         raise TypeError(f"extras must be a mapping of names to str/bytes, got "
                         f"{type(extras).__name__}")
@@ -186,15 +180,10 @@ def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_t
                *, max_chunks: int | None = None) -> list[bytes]:
     """Keys of the full chunks of ``token_ids`` (a partial tail chunk has none), starting from
     ``root`` (a namespace digest, or :func:`fold_extras` of one)."""
-    _check_digest(root, "root")
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int):
-        raise TypeError(f"chunk_tokens must be an int, got {type(chunk_tokens).__name__}")
-    if not 1 <= chunk_tokens <= _INT_MAX:
-        raise ValueError(f"chunk_tokens must be a positive int, got {chunk_tokens!r}")
-    if max_chunks is not None and (isinstance(max_chunks, bool) or not isinstance(max_chunks, int)):
-        raise TypeError(f"max_chunks must be an int or None, got {type(max_chunks).__name__}")
-    if max_chunks is not None and max_chunks < 0:
-        raise ValueError(f"max_chunks must be >= 0, got {max_chunks}")
+    check_digest("root", root)
+    chunk_tokens = check_int("chunk_tokens", chunk_tokens, 1, _INT_MAX)
+    if max_chunks is not None:
+        max_chunks = check_int("max_chunks", max_chunks)
     arr = as_token_array(token_ids)
     n = arr.size // chunk_tokens
     if max_chunks is not None:
@@ -209,13 +198,6 @@ def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_t
         prev = h.digest()
         keys.append(prev)
     return keys
-
-
-def _check_digest(d: bytes, what: str) -> None:
-    if not isinstance(d, (bytes, bytearray)):
-        raise TypeError(f"{what} must be {DIGEST_BYTES} bytes, got {type(d).__name__} {d!r:.40}")
-    if len(d) != DIGEST_BYTES:
-        raise ValueError(f"{what} must be {DIGEST_BYTES} bytes, got {len(d)}: {bytes(d)!r:.40}")
 
 
 def is_hex_digest(s: str) -> bool:

@@ -43,7 +43,8 @@ class KVLayout:
                              f"{self.name!r:.80}")
         for f, hi in (("num_layers", _MAX_LAYERS), ("kv_heads", _MAX_DIM), ("head_size", _MAX_DIM),
                       ("block_tokens", _MAX_DIM), ("page_bytes", _MAX_PAGE)):
-            check_int(f"KVLayout.{f}", getattr(self, f), 0 if f in _PAGED_ONLY else 1, hi)
+            object.__setattr__(self, f, check_int(f"KVLayout.{f}", getattr(self, f),
+                                                  0 if f in _PAGED_ONLY else 1, hi))
         if self.kind == "paged" and (self.block_tokens <= 0 or self.page_bytes <= 0):
             raise ValueError("a paged layout needs block_tokens > 0 and page_bytes > 0")
         if not (isinstance(self.dtype, str) and 1 <= len(self.dtype) <= 16 and

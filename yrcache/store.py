@@ -51,7 +51,7 @@ from .format import (
     verify_segments,
 )
 from .futures import Future
-from .io import HostBuffer, IoEngine
+from .io import MAX_THREADS, HostBuffer, IoEngine
 from .janitor import HOST_TAG, MAX_HEADER_BYTES, Janitor, Usage, read_header_bytes
 from .keys import Namespace
 
@@ -65,7 +65,6 @@ FOREIGN_ERRNOS = frozenset({errno.ELOOP, errno.EXDEV, errno.EISDIR, errno.EINVAL
 #: errno values of a root that refuses writes: with read_only=None the store opens load-only.
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 #: bounds of the constructor's pool sizes and open-object cache (each handle is a descriptor)
-MAX_THREADS = 1024
 MAX_HANDLES = 4096
 #: durations above this (about 31 years) are mistakes; threading refuses some of them anyway
 MAX_SECONDS = 1e9
@@ -311,14 +310,20 @@ class Store:
                                     L.FILE_MODE))
             os.unlink(name, dir_fd=self._tmpfd)
         except OSError as e:
-            if probe and e.errno in READ_ONLY_ERRNOS:
+            if what.startswith("writing") and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                # A full root is still a writable one: puts fail with a counter until the
+                # janitor frees space, and loads go on (refusing it would stop both).
+                self._log_once("full", "open", "yrcache: cache root %s is full (%s); stores "
+                               "fail until space is freed", self.root, e.strerror)
+            elif probe and e.errno in READ_ONLY_ERRNOS:
                 for fd in self._fds[1:]:  # keep the root's descriptor only
                     os.close(fd)
                 del self._fds[1:]
                 self._nsfd = None
                 return f"{e.strerror} ({what})"
-            raise L.root_error(e.errno or errno.EIO, f"is not usable: {what} failed "
-                               f"({e.strerror or e})", self.root) from None
+            else:
+                raise L.root_error(e.errno or errno.EIO, f"is not usable: {what} failed "
+                                   f"({e.strerror or e})", self.root) from None
         self._write_namespace_json()
         return ""
 
@@ -638,10 +643,15 @@ class Store:
                     pass
                 return False
         self.usage.added(object_bytes)
-        # The name now holds the new inode: retire a descriptor kept open on an object it
-        # replaced (dedup=False re-stores a chunk whose load failed), so later loads read this one.
-        self._forget(key)
         with self._lock:
+            # The name now holds the new inode: retire a descriptor kept open on an object it
+            # replaced (dedup=False re-stores a chunk whose load failed), so later loads read
+            # this one. Not _forget(): that would also stop every load in flight from keeping its
+            # handle, and a read racing this put adopts only an object it verified (same key,
+            # same bytes), so it needs no such guard.
+            hd = self._handles.get(key)
+            if hd is not None:
+                self._retire_locked(key, hd)
             self._stats["objects_stored"] += 1
             self._stats["bytes_stored"] += h.object_bytes
             now = time.monotonic()
@@ -930,8 +940,9 @@ class Store:
         """Whether the object's name now holds another inode than ``ino`` (a stat, no open)."""
         if self._nsfd is None:
             return False
-        try:
-            st = os.stat(L.object_relpath(key.hex()), dir_fd=self._nsfd, follow_symlinks=False)
+        try:   # the shard directories are opened confined: a planted symlink is not followed
+            with L.opened_dir(self._nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
+                st = os.stat(key.hex() + L.OBJ_SUFFIX, dir_fd=d, follow_symlinks=False)
         except OSError:
             return False
         return st.st_ino != ino
