@@ -174,7 +174,7 @@ def test_recomputed_chunks_replace_damaged_objects(root: Path, replace: bool) ->
 @pytest.mark.parametrize("extra, msg", [
     ({}, "root"),
     ({"root": ""}, "root"),
-    ({"root": "/x\0y"}, "null byte"),
+    ({"root": "/x\0y"}, "NUL byte"),
     ({"root": 42}, "expected a string"),
     ({"root": "/x", "mode": "fast"}, "mode"),
     ({"root": "/x", "chunk_tokens": 0}, "chunk_tokens"),
