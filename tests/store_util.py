@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from yrcache import layout_fs as L
-from yrcache.format import segment_offsets
-from yrcache.io import HostBuffer
-from yrcache.keys import Namespace
+from yrcache.store import paths as L
+from yrcache.store.format import segment_offsets
+from yrcache.io.engine import HostBuffer
+from yrcache.store.keys import Namespace
 
 DTYPE = "bfloat16"
 # Segment lengths the geometry picks from: unaligned, exactly aligned (O_DIRECT path when the
@@ -130,7 +130,7 @@ WRITER_CODE = r"""
 import sys, os, json
 sys.path.insert(0, {tests!r})
 import store_util as U
-from yrcache.store import Store
+from yrcache.store.store import Store
 cfg = json.loads({cfg!r})
 store = Store(cfg["root"], U.namespace(), janitor_period=0, store_threads=cfg.get("threads", 4))
 print("ready", os.getpid(), flush=True)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache.cache import Cache
-from yrcache.layout import KVLayout
+from yrcache.cache.cache import Cache
+from yrcache.cache.layout import KVLayout
 
 L, BT, HEADS, HD, CHUNK = 4, 16, 2, 8, 64
 PAGE = 2 * BT * HEADS * HD * 2          # [2 (K,V), BT, HEADS, HD] float16
@@ -303,7 +303,7 @@ def test_exit_drains_async_stores(root: Path) -> None:
     code = f"""
 import numpy as np
 from tests.test_cache import NS, LAYOUT, paged_kv, PER, CHUNK
-from yrcache.cache import Cache
+from yrcache.cache.cache import Cache
 rng = np.random.default_rng(11)
 c = Cache({str(root)!r}, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0)
 f = c.store(rng.integers(0, 1000, CHUNK * 3), paged_kv(rng), np.arange(PER * 3))

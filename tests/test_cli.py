@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import yrcache
-from yrcache import cli
-from yrcache.format import segment_offsets
-from yrcache.keys import Namespace, chain_keys
-from yrcache.store import Store
+from yrcache.cli import commands as cli
+from yrcache.store.format import segment_offsets
+from yrcache.store.keys import Namespace, chain_keys
+from yrcache.store.store import Store
 
 from .conftest import REPO
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yrcache import copy as C
-from yrcache.io import HostBuffer
+from yrcache.cache import copy as C
+from yrcache.io.engine import HostBuffer
 
 RNG = np.random.default_rng(0)
 

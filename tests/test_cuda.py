@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache import cuda as G
-from yrcache import gds
+from yrcache.cuda import copy as G
+from yrcache.cuda import gds
 from yrcache._native import _C
-from yrcache.copy import gather_paged, scatter_paged
+from yrcache.cache.copy import gather_paged, scatter_paged
 from yrcache.errors import CudaError, CudaUnavailableError
-from yrcache.io import HostBuffer
+from yrcache.io.engine import HostBuffer
 
 from .conftest import REPO, require
 
@@ -90,8 +90,8 @@ def test_cache_refuses_cuda_tensors_without_a_device(tmp_path: Path) -> None:
     if HAVE_GPU:   # not applicable: test_cache_round_trip_cuda_tensors covers real ones
         assert G.available()
         return
-    from yrcache.cache import Cache
-    from yrcache.layout import KVLayout
+    from yrcache.cache.cache import Cache
+    from yrcache.cache.layout import KVLayout
     lay = KVLayout.paged("t", num_layers=2, dtype="uint8", kv_heads=1, head_size=8,
                          block_tokens=4, page_bytes=4096)
     host = np.zeros((8, 4096), np.uint8)
@@ -151,7 +151,7 @@ def test_io_engine_points_cufile_users_to_the_device_ladder() -> None:
 
 def test_device_io_ladder_decision_is_logged_with_its_reason() -> None:
     r = _child("import logging; logging.basicConfig(level=logging.INFO)\n"
-               "from yrcache import gds\nprint(gds.decide('auto'))\nprint(gds.decide('auto'))")
+               "from yrcache.cuda import gds\nprint(gds.decide('auto'))\nprint(gds.decide('auto'))")
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("device file I/O uses") == 1, r.stderr   # decided once, logged once
     first = r.stdout.strip().splitlines()[0]
@@ -185,7 +185,7 @@ def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad
     ids = rng.choice(nb, size=200, replace=False).astype(np.int64)
     buf, host = _pinned(200 * page)
     host[:] = 0xAB                            # poison
-    base, _, _, stride = yrcache.copy._paged(layer, allow_cuda=True)
+    base, _, _, stride = yrcache.cache.copy._paged(layer, allow_cuda=True)
     torch.cuda.synchronize()   # the copier's streams are not ordered after torch's
     c.gather_paged(base, nb, page, stride, ids, buf).synchronize()
     ref = np.empty(200 * page, np.uint8)
@@ -206,7 +206,7 @@ def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad
 @gpu
 @pytest.mark.cuda
 def test_dense_bit_exact_against_cpu() -> None:
-    from yrcache.copy import gather_dense
+    from yrcache.cache.copy import gather_dense
     t = torch.randn(2, 8, 1000, 128, dtype=torch.bfloat16, device="cuda")
     view = t[:, :, :, :]                    # [batch, heads, seq, head_dim]
     buf, host = _pinned(8 * 256 * 128 * 2)
@@ -290,8 +290,8 @@ def test_device_file_round_trip_every_rung(tmp_path: Path, prefer: str) -> None:
 
 
 def _paged_cache(root: Path, mode: str, L: int = 4):
-    from yrcache.cache import Cache
-    from yrcache.layout import KVLayout
+    from yrcache.cache.cache import Cache
+    from yrcache.cache.layout import KVLayout
     H, HS, BT = 8, 128, 16
     lay = KVLayout.paged("vllm-cuda-LBNHC", num_layers=L, dtype="bfloat16", kv_heads=H,
                          head_size=HS, block_tokens=BT, page_bytes=BT * H * 2 * HS * 2)
@@ -341,8 +341,8 @@ def test_vllm_worker_hooks_on_cuda_tensors(tmp_path: Path, monkeypatch: pytest.M
     from yrcache.integrations.vllm.metadata import LoadOp, StoreOp, YRCacheMetadata
     from yrcache.integrations.vllm.spaces import Deployment, RankSpace
     from yrcache.integrations.vllm.worker import WorkerSide
-    from yrcache.keys import chain_keys
-    from yrcache.layout import KVLayout
+    from yrcache.store.keys import chain_keys
+    from yrcache.cache.layout import KVLayout
     L, H, HS, BT, CH = 4, 8, 128, 16, 64
     monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
     monkeypatch.setattr(compat, "layer_index", lambda n: int(n.split(".")[2]))
@@ -451,8 +451,8 @@ class _DeferredDevice:
 
 @pytest.fixture
 def deferred(monkeypatch: pytest.MonkeyPatch) -> _DeferredDevice:
-    import yrcache.cache as cache_mod
-    from yrcache import copy as C
+    import yrcache.cache.cache as cache_mod
+    from yrcache.cache import copy as C
     dev = _DeferredDevice()
     fake = type("FakeCuda", (), {})()
     fake.device_of = lambda t: 0
@@ -476,8 +476,8 @@ def test_cache_gpu_orchestration_waits_for_copies(tmp_path: Path, mode: str, bac
     staging and the load below would miss); loads recycle a slab only after its scatter ran (else
     the KV would hold another chunk's bytes); a parked (background) load, which no stream waits
     for, completes only after its copies ran."""
-    from yrcache.cache import Cache
-    from yrcache.layout import KVLayout
+    from yrcache.cache.cache import Cache
+    from yrcache.cache.layout import KVLayout
     L, BT, PAGE, CH = 3, 16, 8192, 64
     lay = KVLayout.paged("deferred", num_layers=L, dtype="uint8", kv_heads=1, head_size=8,
                          block_tokens=BT, page_bytes=PAGE)
@@ -536,8 +536,8 @@ def test_vllm_worker_releases_blocks_only_after_gathers(tmp_path: Path,
     from yrcache.integrations.vllm.metadata import StoreOp, YRCacheMetadata
     from yrcache.integrations.vllm.spaces import Deployment, RankSpace
     from yrcache.integrations.vllm.worker import WorkerSide
-    from yrcache.keys import chain_keys
-    from yrcache.layout import KVLayout
+    from yrcache.store.keys import chain_keys
+    from yrcache.cache.layout import KVLayout
     L, H, HS, BT, CH = 3, 2, 16, 16, 32
     monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
     monkeypatch.setattr(compat, "layer_index", lambda n: int(n.split(".")[2]))

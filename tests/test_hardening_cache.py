@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache.cache import Cache
+from yrcache.cache.cache import Cache
 from yrcache.integrations.vllm.config import ConnectorConfig
-from yrcache.layout import KVLayout
+from yrcache.cache.layout import KVLayout
 
 from .test_cache import BT, CHUNK, HD, HEADS, LAYOUT, NS, PER, paged_kv, same
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache import cli
-from yrcache import format as F
-from yrcache.keys import Namespace, chain_keys, fold_extras
-from yrcache.store import Store
+from yrcache.cli import commands as cli
+from yrcache.store import format as F
+from yrcache.store.keys import Namespace, chain_keys, fold_extras
+from yrcache.store.store import Store
 
 from . import store_util as U
 from .conftest import require, run_child
@@ -185,7 +185,7 @@ def test_unreadable_root_names_the_root(data_dir: Path, ns: Namespace) -> None:
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import store_util as U
-from yrcache.store import Store
+from yrcache.store.store import Store
 try:
     Store({str(root)!r}, U.namespace("hardening"))
 except PermissionError as e:

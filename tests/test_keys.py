@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yrcache.keys import Namespace, as_token_array, chain_keys, fold_extras, is_hex_digest
+from yrcache.store.keys import Namespace, as_token_array, chain_keys, fold_extras, is_hex_digest
 
 from .conftest import REPO
 
@@ -61,7 +61,7 @@ def test_vectors(case: dict) -> None:
 def test_deterministic_across_processes() -> None:
     """No per-process seed: a child with a different PYTHONHASHSEED derives the same keys."""
     case = VECTORS["cases"][0]
-    code = ("import json,sys; from yrcache.keys import *; c=json.loads(sys.argv[1]);"
+    code = ("import json,sys; from yrcache.store.keys import *; c=json.loads(sys.argv[1]);"
             "ns=Namespace(**c['namespace']); print(chain_keys(ns.digest, range(1000), 256)[-1].hex())")
     for seed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True,

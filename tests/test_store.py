@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache import layout_fs as L
-from yrcache.keys import Namespace, chain_keys
-from yrcache.store import Store
+from yrcache.store import paths as L
+from yrcache.store.keys import Namespace, chain_keys
+from yrcache.store.store import Store
 
 from .conftest import run_child
 
@@ -121,8 +121,8 @@ def test_cold_lookup_from_another_process(store: Store, data_dir: Path) -> None:
     put_chain(store, keys[:30], n=1, nbytes=4096)
     code = f"""
 import numpy as np
-from yrcache.keys import chain_keys
-from yrcache.store import Store
+from yrcache.store.keys import chain_keys
+from yrcache.store.store import Store
 from tests.test_store import make_ns, chain
 ns = make_ns()
 with Store({str(data_dir / 'root')!r}, ns, janitor_period=0) as st:
@@ -329,7 +329,7 @@ def test_janitor_thread_and_lock(data_dir: Path, ns: Namespace) -> None:
         while _tree_bytes(Path(st.root)) > cap * 0.85 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _tree_bytes(Path(st.root)) <= cap * 0.85
-        from yrcache.janitor import _Flock
+        from yrcache.store.janitor import _Flock
         lk = _Flock(st.janitor.metafd, "janitor.lock", blocking=True)
         try:
             assert st.run_janitor(blocking=False).ran is False
@@ -447,7 +447,7 @@ def test_janitor_leaves_other_format_versions_alone(data_dir: Path, ns: Namespac
     """Another yrcache version (its own namespace) may share the root: its objects are never
     removed as corrupt or orphaned."""
     from yrcache._native import _C
-    from yrcache.janitor import _UNREADABLE
+    from yrcache.store.janitor import _UNREADABLE
     other = make_ns(format_version=2)
     with Store(data_dir / "root", other, janitor_period=0) as st:
         k = chain(other, 1)[0]

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import yrcache
-from yrcache import format as F
-from yrcache import layout_fs as L
+from yrcache.store import format as F
+from yrcache.store import paths as L
 from yrcache._native import _C
-from yrcache.janitor import HOST_TAG
-from yrcache.store import Store
+from yrcache.store.janitor import HOST_TAG
+from yrcache.store.store import Store
 
 from . import store_util as U
 from .conftest import REPO, run_child
@@ -290,7 +290,7 @@ def test_corruption_is_a_miss(data_dir, mac):
     ctx: dict[str, str] = {}
     cases = CORRUPTIONS + (MAC_CORRUPTIONS if mac else [])
     victims = {c: _victim_key(i) for i, c in enumerate(cases)}
-    other_ns = yrcache.keys.Namespace(model="other", dtype=U.DTYPE, num_layers=4, kv_heads=2,
+    other_ns = yrcache.store.keys.Namespace(model="other", dtype=U.DTYPE, num_layers=4, kv_heads=2,
                                       head_size=64, layout="test-dense")
     with _open_store(donor_root, mac_key=mac_key) as donor, \
             Store(donor_root, other_ns, janitor_period=0, mac_key=mac_key) as donor_ns, \
@@ -488,7 +488,7 @@ def test_fifo_named_like_an_object_does_not_block(data_dir):
 import os, sys
 sys.path.insert(0, {str(REPO / 'tests')!r})
 import store_util as U
-from yrcache.store import Store
+from yrcache.store.store import Store
 s = Store({str(data_dir / 'root')!r}, U.namespace(), janitor_period=0)
 k = U.make_key("fifo")
 assert U.put(s, k).result()

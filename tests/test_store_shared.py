@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from yrcache import layout_fs as L
-from yrcache.store import Store
+from yrcache.store import paths as L
+from yrcache.store.store import Store
 
 from .conftest import REPO, run_child
 from .test_store import SEG, chain, empty, make_ns, put_chain, segs_for
@@ -35,7 +35,7 @@ def test_published_on_a_found_and_verified_on_b(shared_dirs: tuple[Path, Path]) 
     code = f"""
 import json
 from tests.test_store import make_ns, chain, empty, segs_for, SEG
-from yrcache.store import Store
+from yrcache.store.store import Store
 ns = make_ns()
 keys = chain(ns, 12)
 with Store({str(b / 'root')!r}, ns, janitor_period=0) as st:
@@ -84,7 +84,7 @@ def test_per_layer_reads_across_mounts(shared_dirs: tuple[Path, Path]) -> None:
 _WRITER = """
 import sys, time
 from tests.test_store import make_ns, chain, put_chain
-from yrcache.store import Store
+from yrcache.store.store import Store
 root, seed0, n, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 ns = make_ns()
 with Store(root, ns, capacity_bytes=cap, janitor_period=0.3, store_threads=2) as st:

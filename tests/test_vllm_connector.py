@@ -14,8 +14,8 @@ import pytest
 
 from .conftest import require
 from .vllm_util import Engine, vllm_status
-from yrcache.keys import Namespace, chain_keys, fold_extras
-from yrcache.store import Store
+from yrcache.store.keys import Namespace, chain_keys, fold_extras
+from yrcache.store.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 

@@ -138,7 +138,7 @@ def store_op(dep, tokens_seed: int, blocks: list[int], rid: str = "r1"):
     import numpy as np
 
     from yrcache.integrations.vllm.metadata import StoreOp
-    from yrcache.keys import chain_keys
+    from yrcache.store.keys import chain_keys
     ns = dep.unique[0]
     toks = np.random.default_rng(tokens_seed).integers(0, 1000, CHUNK * (len(blocks) // PER))
     keys = chain_keys(ns.digest, toks, CHUNK)
@@ -319,7 +319,7 @@ def test_scheduler_defers_a_slow_lookup_instead_of_stalling(tmp_path: Path) -> N
     ns = s.nss[0]
     store = s.stores[ns.hex]
     toks = list(range(CHUNK * 3 + 5))
-    from yrcache.keys import chain_keys
+    from yrcache.store.keys import chain_keys
     for i, k in enumerate(chain_keys(ns.digest, toks, CHUNK)):
         segs = [np.zeros(PER * ns.page_bytes, np.uint8) for _ in range(L)]
         assert store.put(k, segs, parent=ns.digest if i == 0 else

@@ -16,12 +16,9 @@ from ._native import _C
 from .errors import BackendUnavailableError, ClosedError, CudaError, CudaUnavailableError
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError, Future,
                       gather, wait)
-from .io import File, HostBuffer, IoEngine
-from .cache import Cache, LoadFuture, LoadResult, StoreFuture, StoreResult, StoreWriter
-from .keys import Namespace, chain_keys, fold_extras
-from .layout import KVLayout
-from .mem import BufferPool
-from .store import GetResult, Store
+from .io import BufferPool, File, HostBuffer, IoEngine
+from .cache import Cache, KVLayout, LoadFuture, LoadResult, StoreFuture, StoreResult, StoreWriter
+from .store import GetResult, Namespace, Store, chain_keys, fold_extras
 
 __version__: str = _C.build_info()["version"]
 

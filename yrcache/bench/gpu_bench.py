@@ -11,7 +11,7 @@ rewrites it with ``"partial": true`` after each step, so a later timeout still l
 * **file**: a paged Cache (32 layers, 64 KiB pages, 256-token chunks: 32 MiB objects) storing and
   loading ~1 GiB in sync mode from CUDA tensors vs from CPU tensors (the host O_DIRECT path, same
   Cache, same disk, interleaved), beside a re-measured D2H/H2D copy peak; then
-  ``yrcache.gds.DeviceFileIO`` round trips (256 MiB) through each backend it can construct.
+  ``yrcache.cuda.gds.DeviceFileIO`` round trips (256 MiB) through each backend it can construct.
 * **overlap**: a bf16 8192^3 matmul loop on the default stream alone vs with a background thread
   sustaining ``Copier.gather_paged`` offload (two ops in flight) of another tensor, per method.
 * **serve**: TTFT of a random-weight Llama-3-8B shape (transformers, bf16, on the GPU) at 8K and
@@ -111,7 +111,7 @@ def _torch(dev: int) -> Any:
     if not torch.cuda.is_available():
         raise RuntimeError(f"torch {torch.__version__} sees no CUDA device "
                            f"(torch.version.cuda={torch.version.cuda})")
-    from yrcache import cuda as G
+    from yrcache.cuda import copy as G
     ok, why = G.status()
     if not ok:
         raise RuntimeError(f"yrcache's CUDA path is unusable: {why}")
@@ -192,9 +192,9 @@ class Ctx:
 
 def _copy_peak(torch: Any, dev: int, nbytes: int, reps: int) -> dict[str, Any]:
     """D2H and H2D GB/s of one _C.cuda.memcpy of nbytes between pinned host and device memory."""
-    from yrcache import cuda as G
+    from yrcache.cuda import copy as G
     from yrcache._native import _C
-    from yrcache.io import HostBuffer
+    from yrcache.io.engine import HostBuffer
     host = HostBuffer(nbytes)
     G.pin(host)
     flat = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=f"cuda:{dev}")
@@ -218,9 +218,9 @@ def _sync_call(fn: Callable[..., Any], *args: Any) -> None:
 # -- phase 1: copy -------------------------------------------------------------------------------
 def phase_copy(c: Ctx) -> None:
     torch = _torch(c.dev)
-    from yrcache import cuda as G
+    from yrcache.cuda import copy as G
     from yrcache._native import _C
-    from yrcache.io import HostBuffer
+    from yrcache.io.engine import HostBuffer
     dev = c.dev
     dv = f"cuda:{dev}"
     total = (16 if c.quick else 64) * MIB
@@ -393,7 +393,7 @@ def phase_file(c: Ctx) -> None:
 
 def _file_cache(c: Ctx, torch: Any, root: str) -> None:
     import yrcache
-    from yrcache.layout import KVLayout
+    from yrcache.cache.layout import KVLayout
     dev = c.dev
     dv = f"cuda:{dev}"
     L, page, bt, chunk = 32, 64 * KIB, 16, 256
@@ -475,7 +475,7 @@ def _file_cache(c: Ctx, torch: Any, root: str) -> None:
                 load(path, t, 2)
                 drop(cache.keys(t))
             warm = time.perf_counter() - t0
-        from yrcache import cuda as G
+        from yrcache.cuda import copy as G
         cfg["gpu_copy_method"] = G.copier(dev).method
         # a slow disk: shrink so that max_reps repetitions (4 ops of k chunks) fit the budget
         est_rep = warm / 2 * n_chunks
@@ -561,7 +561,7 @@ def _file_dfio(c: Ctx, torch: Any, root: str) -> None:
 
 def _dfio_body(c: Ctx, torch: Any, root: str, size: int, reps: int, budget: float,
                out: dict[str, Any]) -> None:
-    from yrcache import gds
+    from yrcache.cuda import gds
     dev = c.dev
     torch.cuda.set_device(dev)
     src = torch.randint(0, 256, (size,), dtype=torch.uint8, device=f"cuda:{dev}")
@@ -702,9 +702,9 @@ class _Offload:
 
 def phase_overlap(c: Ctx) -> None:
     torch = _torch(c.dev)
-    from yrcache import cuda as G
+    from yrcache.cuda import copy as G
     from yrcache._native import _C
-    from yrcache.io import HostBuffer
+    from yrcache.io.engine import HostBuffer
     dev = c.dev
     dv = f"cuda:{dev}"
     page, total = 64 * KIB, 64 * MIB
@@ -853,7 +853,7 @@ def phase_serve(c: Ctx) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import yrcache
-    from yrcache.layout import KVLayout
+    from yrcache.cache.layout import KVLayout
     dev = c.dev
     dv = f"cuda:{dev}"
     lengths = c.a.serve_tokens or ([8192] if c.quick else [8192, 32768])

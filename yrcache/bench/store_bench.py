@@ -47,10 +47,10 @@ from typing import Any
 import numpy as np
 
 import yrcache
-from yrcache.format import CHECKSUM_IMPL, checksums, segment_offsets
-from yrcache.keys import Namespace, chain_keys, fold_extras
-from yrcache.mem import BufferPool
-from yrcache.store import Store
+from yrcache.store.format import CHECKSUM_IMPL, checksums, segment_offsets
+from yrcache.store.keys import Namespace, chain_keys, fold_extras
+from yrcache.io.buffers import BufferPool
+from yrcache.store.store import Store
 
 from .common import Notes, Progress, fmt_size, fs_of, parse_size, sysinfo, usable_dir
 
@@ -81,7 +81,7 @@ FIO_MAPPING = ("fio gets --numjobs=J (J = --fio-jobs, default the store's store_
                "put/get does one object), load_layer the default roundrobin with --bs=segment "
                "(segment i of every file, then segment i+1: layer-major like the per-layer gets). "
                "--fixedbufs=1 --registerfiles=1 because the engine registers its buffers")
-VERIFY_METHOD = ("yrcache.format.checksums (XXH3-64, the store's segment checksum) over the "
+VERIFY_METHOD = ("yrcache.store.format.checksums (XXH3-64, the store's segment checksum) over the "
                  "segments of N objects held in the load slabs after a whole-object load run, "
                  "one call per object, one thread; fraction = verify time / the same pair's load "
                  "time. Loads verify on --load-threads threads overlapped with I/O, so this is the "
@@ -96,8 +96,8 @@ LOOKUP_METHOD = ("warm: Store.lookup in the process that published the chain (in
 
 _CHILD = r"""
 import json, sys, time
-from yrcache.keys import Namespace
-from yrcache.store import Store
+from yrcache.store.keys import Namespace
+from yrcache.store.store import Store
 cfg = json.loads(sys.stdin.read())
 keys = [bytes.fromhex(k) for k in cfg["keys"]]
 t0 = time.perf_counter()

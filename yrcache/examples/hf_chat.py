@@ -66,7 +66,7 @@ def synthetic_turns(tok: Any, sizes: list[int], seed: int = 0) -> list[list[int]
 
 
 def kv_layout(model: Any, dtype: str) -> Any:
-    from yrcache.layout import KVLayout
+    from yrcache.cache.layout import KVLayout
     c = model.config
     return KVLayout.dense(num_layers=c.num_hidden_layers, dtype=dtype,
                           kv_heads=c.num_key_value_heads,

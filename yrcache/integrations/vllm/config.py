@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ...layout_fs import check_root
-from ...mem import MAX_ARENA_BYTES
+from ...store.paths import check_root
+from ...io.buffers import MAX_ARENA_BYTES
 
 
 @dataclass(frozen=True)

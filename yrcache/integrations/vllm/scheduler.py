@@ -24,8 +24,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...keys import chain_keys, fold_extras
-from ...store import Store
+from ...store.keys import chain_keys, fold_extras
+from ...store.store import Store
 from . import compat
 from .config import ConnectorConfig
 from .metadata import LoadOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta

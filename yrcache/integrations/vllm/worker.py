@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ...cache import Cache, LoadFuture, StoreFuture, StoreWriter
-from ...io import IoEngine
+from ...cache.cache import Cache, LoadFuture, StoreFuture, StoreWriter
+from ...io.engine import IoEngine
 from . import compat
 from .config import ConnectorConfig
 from .metadata import LoadOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta

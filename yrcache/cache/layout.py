@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ._args import check_int
-from .keys import Namespace
+from .._args import check_int
+from ..store.keys import Namespace
 
 _PAGED_ONLY = ("block_tokens", "page_bytes")
 # Bounds far past any model, small enough that sizes computed from them stay exact in int64

@@ -46,15 +46,15 @@ from typing import Any
 import numpy as np
 
 from . import copy as C
-from . import cuda as G
-from ._args import U32_MAX, check_digest, check_digests, check_int
-from .format import align_up
-from .futures import Future
-from .io import HostBuffer
-from .keys import Namespace, chain_keys, fold_extras
+from ..cuda import copy as G
+from .._args import U32_MAX, check_digest, check_digests, check_int
+from ..store.format import align_up
+from ..futures import Future
+from ..io.engine import HostBuffer
+from ..store.keys import Namespace, chain_keys, fold_extras
 from .layout import KVLayout
-from .mem import BufferPool
-from .store import Store
+from ..io.buffers import BufferPool
+from ..store.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ class Cache:
         root: the cache directory (local or shared file system).
         namespace: what the objects' bytes depend on; see :meth:`KVLayout.namespace`. Must agree
             with ``layout``.
-        layout: how the engine holds its KV (:class:`~yrcache.layout.KVLayout`).
+        layout: how the engine holds its KV (:class:`~yrcache.cache.layout.KVLayout`).
         mode: ``"async"`` (store returns once the KV is copied out; load returns at once with
             per-layer futures) or ``"sync"`` (store returns when durable; load when complete).
         staging_bytes: bound on staging memory, split between stores and loads.
@@ -553,7 +553,7 @@ class Cache:
             (self._bg_loader if background else self._loader).submit(
                 self._load_guarded, lf, keys, kv, ids, batch, gpu)
         except RuntimeError as e:  # the loader was shut down by a concurrent close()
-            from ._native import _C
+            from .._native import _C
             self._fail_load(lf, _C.ClosedError(f"cache is closed ({e})"))
             raise _C.ClosedError("cache is closed") from e
         if self.mode == "sync" and not background:
@@ -1031,7 +1031,7 @@ class Cache:
 
     def _check_open(self) -> None:
         if self._closed:
-            from ._native import _C
+            from .._native import _C
             raise _C.ClosedError("cache is closed")
 
     def __enter__(self) -> Cache:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ._args import check_int
-from .io import HostBuffer, IoEngine
+from .._args import check_int
+from .engine import HostBuffer, IoEngine
 
 #: one pool's arena at most (1 TiB): a larger request is a unit mistake, not a staging size
 MAX_ARENA_BYTES = 1 << 40

@@ -35,11 +35,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from . import envs
-from . import layout_fs as L
-from .format import ObjectFormatError, describe, parse_header, verify_segments
-from .janitor import read_header_bytes
-from .keys import Namespace
+from .. import envs
+from ..store import paths as L
+from ..store.format import ObjectFormatError, describe, parse_header, verify_segments
+from ..store.janitor import read_header_bytes
+from ..store.keys import Namespace
 
 PROG = "yrcache"
 NS_JSON = "namespace.json"
@@ -344,7 +344,7 @@ def fs_type(path: str) -> dict[str, Any]:
 def cmd_info(args: argparse.Namespace) -> int:
     import yrcache
 
-    from . import envs
+    from .. import envs
     d = args.dir
     if d is not None and (not d or "\0" in d or not os.path.isdir(d)):
         raise UsageError(f"{d}: no such directory")
@@ -542,7 +542,7 @@ def cmd_du(args: argparse.Namespace) -> int:
 
 # -- gc --------------------------------------------------------------------------------------------
 def cmd_gc(args: argparse.Namespace) -> int:
-    from .janitor import Janitor
+    from ..store.janitor import Janitor
     if args.low > args.high:
         raise UsageError(f"--low ({args.low}) must not exceed --high ({args.high})")
     with _open_root(args.root) as rootfd:

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from . import copy as C
-from ._native import _C
-from .errors import CudaError, CudaUnavailableError
+from ..cache import copy as C
+from .._native import _C
+from ..errors import CudaError, CudaUnavailableError
 
 _lock = threading.Lock()
 _copiers: dict[int, Any] = {}

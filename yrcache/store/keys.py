@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._args import DIGEST_BYTES, check_digest, check_int
+from .._args import DIGEST_BYTES, check_digest, check_int
 
 #: Version of the key derivation rules in this module (docs/keys.md). Part of every namespace.
 KEY_SPEC_VERSION = 1

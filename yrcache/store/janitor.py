@@ -37,8 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import layout_fs as L
-from ._native import _C
+from . import paths as L
+from .._native import _C
 from .format import ObjectFormatError, parse_header
 
 logger = logging.getLogger(__name__)

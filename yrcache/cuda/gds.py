@@ -26,9 +26,9 @@ import tempfile
 import threading
 from typing import Any
 
-from . import cuda
-from ._native import _C
-from .io import HostBuffer, IoEngine
+from . import copy as cuda
+from .._native import _C
+from ..io.engine import HostBuffer, IoEngine
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def decide(prefer: str = "auto") -> tuple[str, str]:
 
 
 def _uring_ok() -> tuple[bool, str]:
-    from . import build_info
+    from .. import build_info
     info = build_info()
     if "uring" not in info["backends"]:
         return False, "not compiled"

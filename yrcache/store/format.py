@@ -14,8 +14,8 @@ import hmac
 from collections.abc import Sequence
 from typing import Any
 
-from ._args import U32_MAX, check_int
-from ._native import _C
+from .._args import U32_MAX, check_int
+from .._native import _C
 
 _S = _C.store
 Header = _S.Header

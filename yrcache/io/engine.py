@@ -18,10 +18,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from . import envs
-from ._args import check_int
-from ._native import _C
-from .futures import Future
+from .. import envs
+from .._args import check_int
+from .._native import _C
+from ..futures import Future
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._native import _C
+from .._native import _C
 
 
 class TensorInfo(NamedTuple):

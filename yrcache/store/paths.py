@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from ._native import _C
+from .._native import _C
 
 META_DIR = ".yrcache"
 TMP_DIR = ".tmp"

@@ -11,7 +11,7 @@ many processes on many nodes share (docs/store.md).
   key, geometry, size, checksums, MAC), and reports a *miss* for anything wrong: a vanished
   object (ENOENT/ESTALE: another node evicted it), a corrupt or truncated one (then removed), an
   I/O error. Only bad arguments raise; cache faults never reach the serving loop as exceptions.
-- capacity: see :mod:`yrcache.janitor`.
+- capacity: see :mod:`yrcache.store.janitor`.
 
 Trust model: checksums catch accidents (torn writes, bit rot, truncation, foreign files), not a
 malicious writer with write access to the root. For roots shared with writers you do not trust,
@@ -36,9 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import layout_fs as L
-from ._args import check_digest, check_digests, check_int
-from ._native import _C
+from . import paths as L
+from .._args import check_digest, check_digests, check_int
+from .._native import _C
 from .format import (
     MAX_OBJECT_BYTES,
     MAX_SEGMENTS,
@@ -50,8 +50,8 @@ from .format import (
     segment_offsets,
     verify_segments,
 )
-from .futures import Future
-from .io import MAX_THREADS, HostBuffer, IoEngine
+from ..futures import Future
+from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
 from .janitor import HOST_TAG, MAX_HEADER_BYTES, Janitor, Usage, read_header_bytes
 from .keys import Namespace
 
@@ -166,7 +166,7 @@ class Store:
 
     Args:
         root: the cache directory (local or shared file system). Created if missing.
-        namespace: a :class:`~yrcache.keys.Namespace` (its digest names the directory).
+        namespace: a :class:`~yrcache.store.keys.Namespace` (its digest names the directory).
         engine: the I/O engine (one is made if not given, and closed with the store).
         capacity_bytes: byte budget of the whole root (all namespaces); None: unbounded.
         low_watermark / high_watermark: the janitor evicts down to ``low * capacity`` once
@@ -196,7 +196,7 @@ class Store:
                  read_only: bool | None = None) -> None:
         root = L.check_root(root)
         if not isinstance(namespace, Namespace):
-            raise TypeError(f"namespace must be a yrcache.keys.Namespace, got "
+            raise TypeError(f"namespace must be a yrcache.store.keys.Namespace, got "
                             f"{type(namespace).__name__}")
         if engine is not None and not isinstance(engine, IoEngine):
             raise TypeError(f"engine must be a yrcache.IoEngine or None, got {type(engine).__name__}")
