@@ -238,3 +238,32 @@ def test_soak_structures_and_descriptors_stay_bounded(root: Path) -> None:
         assert st["staging_free_load_slabs"] == c._lpool.count
         assert st["store"]["evictions"] > 0 and st["stores"] == 100
         assert fds0 is not None and _fds() <= fds0 + 2
+
+
+def test_every_connector_setting_is_a_registered_variable() -> None:
+    """One registry (yrcache.envs.ENV) holds every YRCACHE_* variable: the connector's overrides
+    included, so `yrcache info` lists them and a typo is reported."""
+    import dataclasses
+
+    from yrcache import envs
+    for f in dataclasses.fields(ConnectorConfig):
+        assert f"YRCACHE_{f.name.upper()}" in envs.ENV, f.name
+    with pytest.raises(KeyError, match="not a registered"):
+        envs.raw("YRCACHE_NO_SUCH_THING")
+
+
+def test_env_values_are_parsed_and_typos_reported(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from yrcache import cli, envs
+    monkeypatch.setenv("YRCACHE_GPU_COPY", "teleport")
+    with pytest.raises(ValueError, match="YRCACHE_GPU_COPY='teleport' is invalid"):
+        envs.get("YRCACHE_GPU_COPY")
+    monkeypatch.setenv("YRCACHE_CHUNK_BYTES", "2M")
+    assert envs.get("YRCACHE_CHUNK_BYTES") == 2 << 20
+    monkeypatch.setenv("YRCACHE_QEUE_DEPTH", "4")   # a typo
+    assert cli.main(["info", "--json"]) == 0
+    import json
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["env_unknown"] == ["YRCACHE_QEUE_DEPTH"]
+    assert doc["env"]["YRCACHE_CHUNK_BYTES"] == "2M"
+    assert set(doc["env_known"]) == set(envs.ENV)

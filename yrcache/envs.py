@@ -1,9 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Environment overrides (``YRCACHE_*``), parsed in one place. C++ never reads the environment."""
+"""Every ``YRCACHE_*`` environment variable, registered in :data:`ENV` (name, default, parser,
+doc) and read through :func:`get` / :func:`raw`; ``yrcache info`` lists them. C++ never reads the
+environment."""
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
@@ -39,24 +43,80 @@ def parse_size(text: str) -> int:
         raise ValueError(f"size {text!r:.60} is out of range (0 to {MAX_SIZE} bytes, 8 EiB)")
     return int(n)
 
-#: name -> (default, parser, doc)
-ENV: dict[str, tuple[Any, Any, str]] = {
-    "YRCACHE_BACKEND": ("auto", str, "I/O backend: auto | uring | psync"),
-    "YRCACHE_QUEUE_DEPTH": (8, int, "kernel I/Os in flight per engine"),
-    "YRCACHE_CHUNK_BYTES": (1 << 20, int, "large requests are cut into pieces of this size"),
-    "YRCACHE_INFLIGHT_BYTES": (16 << 20, int, "cap on bytes in flight per engine"),
-}
+
+@dataclass(frozen=True)
+class Var:
+    """One ``YRCACHE_*`` environment variable: its default (None: unset means "not given"), how
+    its text is parsed, and what it does. Every variable yrcache reads is registered here."""
+
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"one of {', '.join(allowed)}")
+        return text
+    return parse
+
+
+def _connector(key: str, doc: str) -> Var:
+    # The vLLM connector parses these itself (ConnectorConfig: the value's type and range, with
+    # kv_connector_extra_config[key] as the other source); here they are registered and listed.
+    return Var(f"YRCACHE_{key.upper()}", None, str, f"vLLM connector: overrides "
+               f"kv_connector_extra_config['{key}'] ({doc})")
+
+
+ENV: dict[str, Var] = {v.name: v for v in (
+    # the I/O engine's defaults (IoEngine arguments override them)
+    Var("YRCACHE_BACKEND", "auto", _choice("auto", "uring", "psync"),
+        "I/O backend: auto | uring | psync (also the vLLM connector's 'backend')"),
+    Var("YRCACHE_QUEUE_DEPTH", 8, int, "kernel I/Os in flight per engine"),
+    Var("YRCACHE_CHUNK_BYTES", 1 << 20, parse_size, "large requests are cut into pieces of this"),
+    Var("YRCACHE_INFLIGHT_BYTES", 16 << 20, parse_size, "cap on bytes in flight per engine"),
+    # the GPU data path
+    Var("YRCACHE_GPU_COPY", "staged", _choice("staged", "mapped", "dma"),
+        "how gathers/scatters reach pinned host memory: staged | mapped | dma (docs/gpu.md)"),
+    Var("YRCACHE_GPU_STAGING_MB", 16, int, "device staging per copy direction, MiB"),
+    Var("YRCACHE_CUFILE_LIB", "", str, "libcufile to try first (then the nvidia-cufile wheel, "
+        "then the loader path)"),
+    # the vLLM connector (docs/vllm.md)
+    _connector("root", "the cache directory"),
+    _connector("mode", "async | sync"),
+    _connector("chunk_tokens", "tokens per object"),
+    _connector("capacity_bytes", "byte budget of the root; 0: unbounded"),
+    _connector("staging_bytes", "host memory for staging"),
+    _connector("salt", "tenant salt"),
+    _connector("min_load_tokens", "shorter hits are recomputed"),
+    _connector("park_load_tokens", "longer hits load with the request parked"),
+    _connector("lookup_wait_ms", "how long a step waits for a lookup"),
+    _connector("model_id", "model identity in the namespace"),
+    _connector("drain_timeout_s", "wait for in-flight stores at shutdown"),
+    _connector("host_tier_bytes", "host-memory LRU in front of the files; 0: off"),
+    _connector("load_failure_policy", "recompute | fail"),
+)}
+
+
+def raw(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The variable's text, None when unset or empty. Only registered names may be read."""
+    if name not in ENV:
+        raise KeyError(f"{name} is not a registered yrcache environment variable (envs.ENV)")
+    v = (os.environ if environ is None else environ).get(name)
+    return v if v else None
 
 
 def get(name: str) -> Any:
-    default, parse, _ = ENV[name]
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+    """The variable parsed, or its default; ValueError naming it when its text is invalid."""
+    var, text = ENV[name], raw(name)
+    if text is None:
+        return var.default
     try:
-        return parse(raw)
+        return var.parse(text)
     except ValueError as e:
-        raise ValueError(f"environment variable {name}={raw!r} is invalid: {e}") from None
+        raise ValueError(f"environment variable {name}={text!r} is invalid: {e}") from None
 
 
 def io_defaults() -> dict[str, Any]:
@@ -66,3 +126,6 @@ def io_defaults() -> dict[str, Any]:
         "chunk_bytes": get("YRCACHE_CHUNK_BYTES"),
         "max_inflight_bytes": get("YRCACHE_INFLIGHT_BYTES"),
     }
+
+
+__all__ = ["ENV", "MAX_SIZE", "Var", "get", "io_defaults", "parse_size", "raw"]

@@ -354,7 +354,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     doc["io_uring"] = b["io_uring"]
     doc["default_backend"] = ("uring" if "uring" in b["backends"] and b["io_uring"]["usable"]
                               else "psync")
-    doc["env"] = {k: os.environ[k] for k in envs.ENV if os.environ.get(k)}
+    doc["env"] = {k: v for k in envs.ENV if (v := envs.raw(k)) is not None}
+    doc["env_known"] = {k: {"default": v.default, "doc": v.doc} for k, v in envs.ENV.items()}
+    unknown = sorted(k for k in os.environ if k.startswith("YRCACHE_") and k not in envs.ENV)
+    if unknown:   # a typo would otherwise be silently ignored
+        doc["env_unknown"] = unknown
     if d is not None:
         doc["dir"] = {"path": os.path.abspath(d), "odirect": b["odirect"], "fs": fs_type(d)}
 
@@ -378,6 +382,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         lines.append(f"  cufile:     {'yes' if bi.get('cufile') else 'no'}")
         for k, v in doc["env"].items():
             lines.append(f"  env:        {k}={v}")
+        for k in doc.get("env_unknown", []):
+            lines.append(f"  env:        {k} is not a yrcache variable (known: yrcache info "
+                         f"--json, env_known)")
         if "dir" in doc:
             dd = doc["dir"]
             od = dd["odirect"]

@@ -17,12 +17,12 @@ the device's current torch stream. Without a driver or device every call raises
 """
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
+from .. import envs
 from ..cache import copy as C
 from .._native import _C
 from ..errors import CudaError, CudaUnavailableError
@@ -56,10 +56,8 @@ def copier(device: int = 0) -> Any:
     with _lock:
         c = _copiers.get(device)
         if c is None:
-            method = os.environ.get("YRCACHE_GPU_COPY", "staged")
-            if method not in METHODS:
-                raise ValueError(f"YRCACHE_GPU_COPY must be one of {METHODS}, got {method!r}")
-            staging = int(os.environ.get("YRCACHE_GPU_STAGING_MB", "16")) << 20
+            method = envs.get("YRCACHE_GPU_COPY")
+            staging = envs.get("YRCACHE_GPU_STAGING_MB") << 20
             c = _copiers[device] = _C.cuda.Copier(device, staging, method)
         return c
 

@@ -26,6 +26,7 @@ import tempfile
 import threading
 from typing import Any
 
+from .. import envs
 from . import copy as cuda
 from .._native import _C
 from ..io.engine import HostBuffer, IoEngine
@@ -40,7 +41,7 @@ _lock = threading.Lock()
 def cufile_candidates() -> list[str]:
     """Where libcufile may be: YRCACHE_CUFILE_LIB, the nvidia-cufile wheel, the search path."""
     out: list[str] = []
-    env = os.environ.get("YRCACHE_CUFILE_LIB")
+    env = envs.get("YRCACHE_CUFILE_LIB")
     if env:
         out.append(env)
     spec = importlib.util.find_spec("nvidia")

@@ -1,15 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """The connector's settings: ``kv_connector_extra_config`` keys, each overridable by an environment
-variable ``YRCACHE_<KEY>`` (upper case), so an operator can change one without editing a launch
-command. Parsed once per process, with errors that name the key."""
+variable ``YRCACHE_<KEY>`` (upper case, registered in :mod:`yrcache.envs`), so an operator can
+change one without editing a launch command. Parsed once per process, with errors that name the
+key."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ... import envs
 from ...store.paths import check_root
 from ...io.buffers import MAX_ARENA_BYTES
 
@@ -79,7 +80,6 @@ class ConnectorConfig:
     def from_extra(cls, extra: Mapping[str, Any] | None,
                    environ: Mapping[str, str] | None = None) -> ConnectorConfig:
         extra = dict(extra or {})
-        environ = os.environ if environ is None else environ
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(extra) - set(fields))
         if unknown:
@@ -89,8 +89,8 @@ class ConnectorConfig:
         for name, f in fields.items():
             raw: Any = extra.get(name)
             src = f"kv_connector_extra_config[{name!r}]"
-            env = environ.get(f"YRCACHE_{name.upper()}")
-            if env not in (None, ""):
+            env = envs.raw(f"YRCACHE_{name.upper()}", environ)
+            if env is not None:
                 raw, src = env, f"YRCACHE_{name.upper()}"
             if raw is None:
                 continue
