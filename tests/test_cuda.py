@@ -29,6 +29,7 @@ from yrcache._native import _C
 from yrcache.cache.copy import gather_paged, scatter_paged
 from yrcache.errors import CudaError, CudaUnavailableError
 from yrcache.io.engine import HostBuffer
+from yrcache.tensors import paged_geometry
 
 from .conftest import REPO, require
 
@@ -185,7 +186,7 @@ def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad
     ids = rng.choice(nb, size=200, replace=False).astype(np.int64)
     buf, host = _pinned(200 * page)
     host[:] = 0xAB                            # poison
-    base, _, _, stride = yrcache.cache.copy._paged(layer, allow_cuda=True)
+    base, _, _, stride = paged_geometry(layer, allow_cuda=True)
     torch.cuda.synchronize()   # the copier's streams are not ordered after torch's
     c.gather_paged(base, nb, page, stride, ids, buf).synchronize()
     ref = np.empty(200 * page, np.uint8)

@@ -47,6 +47,7 @@ import numpy as np
 
 from . import copy as C
 from ..cuda import copy as G
+from ..tensors import dense_geometry, paged_geometry, tensor_info
 from .._args import U32_MAX, check_digest, check_digests, check_int
 from ..store.format import align_up
 from ..futures import Future
@@ -880,7 +881,7 @@ class Cache:
                 if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                     raise ValueError(f"dense kv[{i}] must be a (K, V) pair")
                 for t in pair:
-                    info = C.tensor_info(t, allow_cuda=True)
+                    info = tensor_info(t, allow_cuda=True)
                     if len(info.shape) != 4 or info.shape[1] != self.layout.kv_heads or \
                             info.shape[3] != self.layout.head_size or \
                             info.elem_bytes != self.layout.elem_bytes:
@@ -900,7 +901,7 @@ class Cache:
                              f"(got batch={batch})")
         blocks = None
         for i, t in enumerate(kv):
-            info = C.tensor_info(t, allow_cuda=True)
+            info = tensor_info(t, allow_cuda=True)
             page = info.elem_bytes * int(np.prod(info.shape[1:], dtype=np.int64))
             if page != self.layout.page_bytes:
                 raise ValueError(f"kv[{i}] has {page}-byte blocks, the layout "
@@ -1063,7 +1064,7 @@ def _gpu_paged(gather: bool, gpu: _Gpu) -> Any:
             ev = G.scatter_paged(layer, ids, seg, after_stream=gpu.after_stream,
                                  after_event=gpu.after_event, signal=gpu.signal)
         gpu.events.append(ev)
-        return len(ids) * C._paged(layer, allow_cuda=True)[2]
+        return len(ids) * paged_geometry(layer, allow_cuda=True).page_bytes
     return fn
 
 
@@ -1076,8 +1077,7 @@ def _gpu_dense(gather: bool, gpu: _Gpu) -> Any:
             ev = G.scatter_dense(t, t0, n, part, batch=batch, after_stream=gpu.after_stream,
                                  after_event=gpu.after_event, signal=gpu.signal)
         gpu.events.append(ev)
-        _, shape, _, es = C._dense(t, allow_cuda=True)
-        return shape[1] * n * shape[3] * es
+        return dense_geometry(t, allow_cuda=True).token_bytes(n)
     return fn
 
 

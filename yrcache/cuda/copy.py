@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from .. import envs
-from ..cache import copy as C
 from .._native import _C
 from ..errors import CudaError, CudaUnavailableError
+from ..tensors import block_id_array, dense_geometry, paged_geometry
 
 _lock = threading.Lock()
 _copiers: dict[int, Any] = {}
@@ -105,7 +105,8 @@ def device_of(t: Any) -> int:
 
 
 def _paged(layer: Any) -> tuple[int, int, int, int, int]:
-    base, nb, page, stride = C._paged(layer, allow_cuda=True)
+    """(device, address, num_blocks, page_bytes, block_stride) of a CUDA paged layer."""
+    base, nb, page, stride = paged_geometry(layer, allow_cuda=True)
     return device_of(layer), base, nb, page, stride
 
 
@@ -116,7 +117,8 @@ def gather_paged(layer: Any, block_ids: Any, dst: Any, *, after_stream: Any = No
     no ordering). Returns the completion Event."""
     dev, base, nb, page, stride = _paged(layer)
     s = _opt_stream(after_stream, dev)
-    return copier(dev).gather_paged(base, nb, page, stride, C._ids(block_ids), dst, s, after_event)
+    ids = block_id_array(block_ids)
+    return copier(dev).gather_paged(base, nb, page, stride, ids, dst, s, after_event)
 
 
 def scatter_paged(layer: Any, block_ids: Any, src: Any, *, after_stream: Any = None,
@@ -125,15 +127,15 @@ def scatter_paged(layer: Any, block_ids: Any, src: Any, *, after_stream: Any = N
     for it (None: nobody's). Returns the completion Event."""
     dev, base, nb, page, stride = _paged(layer)
     a, sig = _opt_stream(after_stream, dev), _opt_stream(signal, dev)
-    return copier(dev).scatter_paged(base, nb, page, stride, C._ids(block_ids), src, a,
-                                     after_event, sig)
+    ids = block_id_array(block_ids)
+    return copier(dev).scatter_paged(base, nb, page, stride, ids, src, a, after_event, sig)
 
 
 def gather_dense(t: Any, t0: int, n: int, dst: Any, *, batch: int = 0, after_stream: Any = None,
                  after_event: Any = None) -> Any:
     """Tokens [t0, t0+n) of a CUDA [batch, heads, seq, head_dim] tensor -> ``dst`` head-major."""
     dev = device_of(t)
-    base, shape, strides, es = C._dense(t, allow_cuda=True)
+    base, shape, strides, es = dense_geometry(t, allow_cuda=True)
     s = _opt_stream(after_stream, dev)
     return copier(dev).gather_dense(base, shape, strides, es, batch, t0, n, dst, s, after_event)
 
@@ -141,7 +143,7 @@ def gather_dense(t: Any, t0: int, n: int, dst: Any, *, batch: int = 0, after_str
 def scatter_dense(t: Any, t0: int, n: int, src: Any, *, batch: int = 0, after_stream: Any = None,
                   after_event: Any = None, signal: Any = None) -> Any:
     dev = device_of(t)
-    base, shape, strides, es = C._dense(t, allow_cuda=True)
+    base, shape, strides, es = dense_geometry(t, allow_cuda=True)
     a, sig = _opt_stream(after_stream, dev), _opt_stream(signal, dev)
     return copier(dev).scatter_dense(base, shape, strides, es, batch, t0, n, src, a,
                                      after_event, sig)
