@@ -20,7 +20,7 @@ import yrcache
 from yrcache import _C
 from yrcache.futures import Future
 
-from .conftest import run_child, uring_status
+from .conftest import run_child
 
 MAX_IO = _C.io.MAX_IO_BYTES
 NAN, INF = float("nan"), float("inf")
@@ -274,7 +274,7 @@ def test_many_failed_ops_keep_fd_count_bounded(backend, data_dir):
             (data_dir / "ro.bin").write_bytes(b"x" * 8192)
             base = nfds()
             kept = []
-            for i in range(100):
+            for _ in range(100):
                 f = eng.open(data_dir / "ro.bin", "r")
                 try:
                     eng.pwrite(f, bytearray(8192), 0).result(10)
@@ -297,7 +297,7 @@ def test_close_while_in_flight_closes_when_done(engine, data_dir):
     assert (data_dir / "inflight.bin").stat().st_size == 4 << 20
 
 
-# ---- 4. permission bits ---------------------------------------------------------------------------
+# ---- 4. permission bits --------------------------------------------------------------------------
 @pytest.mark.parametrize(("perm", "exc"), [
     (-1, ValueError), (0o1000, ValueError), (0o4755, ValueError), (0o2777, ValueError),
     (2**31, ValueError), (2**63, ValueError), (1.5, TypeError), (True, TypeError),
@@ -538,7 +538,7 @@ def test_wait_and_gather_refuse_non_futures():
         yrcache.wait([_pending()], timeout=0, return_when="SOMETIMES")
 
 
-# ---- closed objects --------------------------------------------------------------------------------
+# ---- closed objects ------------------------------------------------------------------------------
 def _ops(eng, f):
     b = bytearray(4096)
     return {
@@ -664,7 +664,7 @@ def test_buffer_pool_release_foreign_and_twice(engine):
     assert pool.available == 2
 
 
-# ---- soak: descriptors and bookkeeping stay bounded over 2,000 operations (half fail) -------------
+# ---- soak: descriptors and bookkeeping stay bounded over 2,000 operations (half fail) ------------
 SOAK_ROUNDS = 340  # 6 operations each
 
 
@@ -672,7 +672,8 @@ def test_soak_fds_and_inflight_bounded(backend, data_dir):
     (data_dir / "ro.bin").write_bytes(b"r" * 8192)
     buf = np.arange(8192, dtype=np.uint8)
     out = np.zeros(8192, np.uint8)
-    with yrcache.IoEngine(backend, queue_depth=4, chunk_bytes=4096, max_inflight_bytes=16384) as eng:
+    with yrcache.IoEngine(backend, queue_depth=4, chunk_bytes=4096,
+                          max_inflight_bytes=16384) as eng:
         base = nfds()
         peak_book = ops = failed = 0
         for i in range(SOAK_ROUNDS):

@@ -140,7 +140,8 @@ def test_tmpfs_accepts_odirect(backend, small_tmpfs):
 
 
 def test_einval_at_first_io_falls_back(backend, data_dir, caplog):
-    """A file system that accepts O_DIRECT at open but returns EINVAL at the first I/O (injected)."""
+    """A file system that accepts O_DIRECT at open but returns EINVAL at the first I/O
+    (injected)."""
     with yrcache.IoEngine(backend, chunk_bytes=1 << 16) as eng:
         f = eng.open(data_dir / "e.bin", "w")
         assert f.direct

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import require
-from .vllm_util import Engine, vllm_status
 from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.store.store import Store
+
+from .conftest import require
+from .vllm_util import Engine, vllm_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -298,7 +299,8 @@ def test_serving_benchmark_smoke(model: Path, tmp_path: Path) -> None:
     assert s["outputs_identical_to_native"] is True
     assert set(s["users"]) == {"native", "sync", "async"}
     hit = s["conversation"][1]
-    assert hit["sync"]["cached"] > 0 and hit["async"]["cached"] > 0 and hit["recompute"]["cached"] == 0
+    assert hit["sync"]["cached"] > 0 and hit["async"]["cached"] > 0
+    assert hit["recompute"]["cached"] == 0
     assert all(r["ttft"] > 0 for p in doc["passes"] for row in p["users"]
                for m in ("native", "sync", "async") for r in [row[m]])
 

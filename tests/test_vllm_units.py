@@ -52,7 +52,7 @@ def cfg(root: Path, **kw):
                               **kw})
 
 
-# -- config -----------------------------------------------------------------------------------------
+# -- config ----------------------------------------------------------------------------------------
 def test_config_extra_env_and_errors(tmp_path: Path) -> None:
     from yrcache.integrations.vllm.config import ConnectorConfig
     c = ConnectorConfig.from_extra({"root": str(tmp_path), "mode": "sync", "chunk_tokens": 512},
@@ -68,7 +68,7 @@ def test_config_extra_env_and_errors(tmp_path: Path) -> None:
         ConnectorConfig.from_extra({"root": "/x", "mode": "fast"}, environ={})
 
 
-# -- namespaces ---------------------------------------------------------------------------------------
+# -- namespaces ------------------------------------------------------------------------------------
 def test_namespaces_per_rank(tmp_path: Path) -> None:
     from yrcache.integrations.vllm import spaces
     vc, kcc = fake_config(tp=2, total_kv=4)
@@ -95,6 +95,7 @@ def test_namespaces_per_rank(tmp_path: Path) -> None:
 
 def test_mla_is_stored_once_and_unsupported_models_are_refused(tmp_path: Path) -> None:
     from vllm.v1.kv_cache_interface import MLAAttentionSpec, SlidingWindowSpec
+
     from yrcache.integrations.vllm import spaces
     vc, kcc = fake_config(tp=2)
     kcc.kv_cache_groups[0].kv_cache_spec = MLAAttentionSpec(block_size=BT, num_kv_heads=1,
@@ -114,12 +115,12 @@ def test_mla_is_stored_once_and_unsupported_models_are_refused(tmp_path: Path) -
         spaces.derive(*fake_config(layout="LHBNC"), cfg(tmp_path))
 
 
-# -- worker side ------------------------------------------------------------------------------------
+# -- worker side -----------------------------------------------------------------------------------
 def names() -> list[str]:
     return [f"model.layers.{i}.self_attn.attn" for i in range(L)]
 
 
-def kv_tensors(blocks: int = 32, heads: int = HEADS, seed: int = 0) -> dict[str, "torch.Tensor"]:
+def kv_tensors(blocks: int = 32, heads: int = HEADS, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {n: torch.randint(-2**15, 2**15, (blocks, heads, BT, 2 * HS), dtype=torch.int16,
                              generator=g).view(torch.bfloat16) for n in names()}
@@ -156,8 +157,8 @@ def run_step(w, meta, *, layers: bool = True) -> None:
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
-def test_worker_layer_wait_returns_before_later_layers_load(tmp_path: Path, mode: str,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_layer_wait_returns_before_later_layers_load(
+        tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from yrcache.integrations.vllm.metadata import LoadOp, YRCacheMetadata
     w, dep = worker(tmp_path, monkeypatch, mode=mode)
     kv = kv_tensors()
@@ -286,7 +287,8 @@ def test_register_mismatch_disables_loudly(tmp_path: Path, monkeypatch: pytest.M
                                               [4, 5], False)]))
     assert w.load_errors() == {4, 5}                  # vLLM recomputes what it planned to load
     assert w.worker_meta().disabled
-    for bad, match in [({n: t.transpose(1, 2) for n, t in kv_tensors().items()}, "contiguous|shape"),
+    transposed = {n: t.transpose(1, 2) for n, t in kv_tensors().items()}
+    for bad, match in [(transposed, "contiguous|shape"),
                        ({n: t.float() for n, t in kv_tensors().items()}, "float32"),
                        (dict(list(kv_tensors().items())[:3]), "3 KV layers")]:
         w2, _ = worker(tmp_path, monkeypatch)
@@ -296,7 +298,7 @@ def test_register_mismatch_disables_loudly(tmp_path: Path, monkeypatch: pytest.M
         assert re.search(match, w2.disabled), w2.disabled
 
 
-# -- scheduler side ---------------------------------------------------------------------------------
+# -- scheduler side --------------------------------------------------------------------------------
 def fake_request(rid: str, tokens: list[int], **kw) -> SimpleNamespace:
     d = dict(request_id=rid, prompt_token_ids=tokens, all_token_ids=tokens,
              num_tokens=len(tokens), cache_salt=None, lora_request=None, mm_features=[],
@@ -435,11 +437,13 @@ def test_request_finished_delays_only_while_gathers_may_be_pending(
     # (finished_recving); delaying it as well would free them twice
     rc = step("c")
     s._reqs["c"].parked_inflight = True   # what update_state_after_alloc sets for a parked load
-    s.update_connector_output(SimpleNamespace(finished_recving={"x"}, kv_connector_worker_meta=None))
+    s.update_connector_output(SimpleNamespace(finished_recving={"x"},
+                                              kv_connector_worker_meta=None))
     assert s.request_finished(rc, []) == (False, None)
     rd = step("d")
     s._reqs["d"].parked_inflight = True
-    s.update_connector_output(SimpleNamespace(finished_recving={"d"}, kv_connector_worker_meta=None))
+    s.update_connector_output(SimpleNamespace(finished_recving={"d"},
+                                              kv_connector_worker_meta=None))
     assert s.request_finished(rd, []) == (True, None)     # a worker reported async gathers
     assert metas[-2].delayed == ["b"]                     # built in step c
     assert s.build_connector_meta(so).delayed == ["d"]    # the worker reports it when done

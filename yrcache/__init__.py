@@ -13,11 +13,18 @@ import os
 from typing import Any
 
 from ._native import _C
-from .errors import BackendUnavailableError, ClosedError, CudaError, CudaUnavailableError
-from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, CancelledError, Future,
-                      gather, wait)
-from .io import BufferPool, File, HostBuffer, IoEngine
 from .cache import Cache, KVLayout, LoadFuture, LoadResult, StoreFuture, StoreResult, StoreWriter
+from .errors import BackendUnavailableError, ClosedError, CudaError, CudaUnavailableError
+from .futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    CancelledError,
+    Future,
+    gather,
+    wait,
+)
+from .io import BufferPool, File, HostBuffer, IoEngine
 from .store import GetResult, Namespace, Store, chain_keys, fold_extras
 
 __version__: str = _C.build_info()["version"]
@@ -46,7 +53,8 @@ def build_info(directory: str | os.PathLike[str] | None = None) -> dict[str, Any
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BackendUnavailableError", "BufferPool",
     "Cache", "KVLayout", "LoadFuture", "LoadResult", "StoreFuture", "StoreResult", "StoreWriter",
-    "CancelledError", "ClosedError", "CudaError", "CudaUnavailableError", "File", "Future", "GetResult",
+    "CancelledError", "ClosedError", "CudaError", "CudaUnavailableError", "File", "Future",
+    "GetResult",
     "HostBuffer", "IoEngine", "Namespace", "Store", "__version__", "build_info", "chain_keys",
     "fold_extras", "gather", "wait",
 ]

@@ -2,8 +2,8 @@
 """Exceptions raised by yrcache.
 
 OS failures are plain ``OSError`` subclasses chosen by errno (``FileNotFoundError``,
-``PermissionError``, ``OSError(errno.ENOSPC)``...), raised by ``Future.result()`` or by the call that
-failed synchronously. Bad arguments raise ``ValueError``/``TypeError``.
+``PermissionError``, ``OSError(errno.ENOSPC)``...), raised by ``Future.result()`` or by the call
+that failed synchronously. Bad arguments raise ``ValueError``/``TypeError``.
 """
 from __future__ import annotations
 

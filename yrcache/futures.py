@@ -36,7 +36,8 @@ def _timeout_arg(timeout: Any) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+        raise TypeError(f"timeout must be a number of seconds or None, got "
+                        f"{type(timeout).__name__}")
     t = float(timeout)
     if math.isnan(t):
         raise ValueError("timeout must be a number of seconds or None, got nan")

@@ -6,8 +6,8 @@ forward pre-hook on decoder layer i waits only for layer i), prefill only the ne
 greedily, and store the conversation's KV for the next turn. The model is built locally with random
 weights (no downloads); token ids are synthetic (a tokenizer does not change what is cached).
 
-    python -m yrcache.examples.hf_chat --shape 400m --turns 4 --first-tokens 4096 --turn-tokens 128 \\
-        --modes recompute,sync,async --json ttft.json --plot ttft.png
+    python -m yrcache.examples.hf_chat --shape 400m --turns 4 --first-tokens 4096 \\
+        --turn-tokens 128 --modes recompute,sync,async --json ttft.json --plot ttft.png
 """
 from __future__ import annotations
 
@@ -126,7 +126,8 @@ class ChatLoop:
             hit = min(self.cache.lookup(ids), (len(ids) - 1) // chunk * chunk)
             if hit:
                 cfg = self.model.config
-                shape = (1, cfg.num_key_value_heads, hit, cfg.hidden_size // cfg.num_attention_heads)
+                head_dim = cfg.hidden_size // cfg.num_attention_heads
+                shape = (1, cfg.num_key_value_heads, hit, head_dim)
                 dt, dev = self.model.dtype, self.model.device
                 past = DynamicCache(ddp_cache_data=[(torch.empty(shape, dtype=dt, device=dev),
                                                      torch.empty(shape, dtype=dt, device=dev))

@@ -96,7 +96,8 @@ class File:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<yrcache.File {self.path!r} direct={self.direct}{' closed' if self.closed else ''}>"
+        closed = " closed" if self.closed else ""
+        return f"<yrcache.File {self.path!r} direct={self.direct}{closed}>"
 
 
 class IoEngine:
@@ -235,7 +236,8 @@ class IoEngine:
         return f
 
     def alloc(self, nbytes: int) -> Any:
-        """A page-aligned :class:`HostBuffer` of ``nbytes``, registered with the ring if possible."""
+        """A page-aligned :class:`HostBuffer` of ``nbytes``, registered with the ring if
+        possible."""
         self._check_open()
         buf = HostBuffer(nbytes)
         self.register(buf)

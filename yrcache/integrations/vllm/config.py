@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import envs
-from ...store.paths import check_root
 from ...io.buffers import MAX_ARENA_BYTES
+from ...store.paths import check_root
 
 
 @dataclass(frozen=True)

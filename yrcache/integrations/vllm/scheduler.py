@@ -65,7 +65,7 @@ class _Req:
     last_store_step: int = -1
     parked_inflight: bool = False   # a parked load vLLM waits for (finished_recving) is running
     load_span: tuple[int, int] = (0, 0)   # chunks of its last load
-    repair: tuple[int, int] = (0, 0)      # chunks whose load failed: stored again over what is there
+    repair: tuple[int, int] = (0, 0)      # chunks whose load failed: stored over what is there
 
 
 class SchedulerSide:

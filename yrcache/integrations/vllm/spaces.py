@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...store.keys import Namespace
 from ...cache.layout import KVLayout
+from ...store.keys import Namespace
 from . import compat
 from .config import ConnectorConfig
 

@@ -54,7 +54,7 @@ class _Load:
     reported: bool = False
 
 
-class _RootUnusable(Exception):
+class _RootUnusableError(Exception):
     """The Cache on the root cannot be set up: an OSError (the root is missing, not a directory,
     not accessible; or staging memory cannot be had)."""
 
@@ -97,7 +97,7 @@ class WorkerSide:
     def register(self, kv_caches: dict[str, Any]) -> None:
         try:
             self._register(kv_caches)
-        except _RootUnusable as e:   # as the scheduler side does: vLLM serves on without it
+        except _RootUnusableError as e:   # as the scheduler side does: vLLM serves on without it
             self.disabled = str(e)
             logger.error("yrcache: connector DISABLED on this worker: %s", self.disabled)
         except Exception as e:  # noqa: BLE001 - never take vLLM down: disable, loudly
@@ -143,7 +143,7 @@ class WorkerSide:
                           host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
                           capacity_bytes=self.cfg.capacity_bytes or None)
         except OSError as e:   # the root (missing, a file, no permission), or memory
-            raise _RootUnusable(f"the cache on root {self.cfg.root!r} could not be set up: "
+            raise _RootUnusableError(f"the cache on root {self.cfg.root!r} could not be set up: "
                                 f"{e}") from e
         if self._async_gathers:   # pin the staging now, not inside the first forward pass
             try:
