@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Page-aligned host memory for O_DIRECT staging. Allocated with mmap so the address and length are
-// page aligned (cudaMallocHost memory is not guaranteed to be, see kvikio). Registrations with an
-// io_uring (and, in the GPU issue, cudaHostRegister) attach an undo hook that runs before munmap,
-// so a recycled virtual address can never alias a stale registered page.
+// page aligned (cudaMallocHost memory is not guaranteed to be, see kvikio). io_uring and CUDA
+// registrations attach an undo hook that runs before munmap, so a recycled virtual address can
+// never alias a stale registered page.
 #pragma once
 #include <cstddef>
 #include <functional>
