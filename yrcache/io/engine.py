@@ -9,18 +9,17 @@
 """
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from .. import envs
 from .._args import check_int
 from .._native import _C
+from .._util import LogOnce, close_at_exit, forget_at_exit
 from ..futures import Future
 
 logger = logging.getLogger(__name__)
@@ -146,7 +145,7 @@ class IoEngine:
         self._book = _Book()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._warned: set[tuple[str, Any]] = set()
+        self._warn_once = LogOnce(logger)
         reason = self._c.fallback_reason
         if reason:
             logger.warning("yrcache I/O engine: %s", reason)
@@ -165,7 +164,7 @@ class IoEngine:
                 self._dispatcher = None
                 self.close()
                 raise
-        _live_engines.add(self)
+        close_at_exit(self, tier=1)   # after the caches built on it (tier 0)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -230,7 +229,7 @@ class IoEngine:
         else:
             f = File(_C.io.File.open_at(dir_fd, path, _MODES[mode], perm, want))
         if want and not f.direct:
-            self._warn_once(("odirect", os.fstat(f.fileno()).st_dev),
+            self._warn_once("odirect", str(os.fstat(f.fileno()).st_dev),
                             "O_DIRECT unavailable for %s: %s; using buffered I/O on this file "
                             "system", path, f.direct_reason)
         return f
@@ -251,7 +250,7 @@ class IoEngine:
                             f"{type(buf).__name__}")
         r = self._c.register_buffer(buf)
         if r < 0 and r != -95:  # EOPNOTSUPP: backend without fixed buffers
-            self._warn_once(("register", -r), "io_uring buffer registration failed (%s); "
+            self._warn_once("register", str(-r), "io_uring buffer registration failed (%s); "
                             "using unregistered I/O (raise RLIMIT_MEMLOCK to enable)",
                             os.strerror(-r))
         return r == 0
@@ -361,11 +360,6 @@ class IoEngine:
         for msg in self._c.take_notices():
             logger.warning("yrcache I/O engine: %s", msg)
 
-    def _warn_once(self, key: tuple[str, Any], fmt: str, *args: Any) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            logger.warning(fmt, *args)
-
     # -- lifecycle ---------------------------------------------------------------------------
     def close(self, *, cancel: bool = False) -> None:
         """Finish (or with ``cancel=True`` cancel, where not yet started) all work in flight, then
@@ -383,7 +377,7 @@ class IoEngine:
         else:
             self.run_callbacks()
         self._log_notices()
-        _live_engines.discard(self)
+        forget_at_exit(self)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -458,18 +452,6 @@ def _dispatch(native: Any, cq: Any, book: _Book, stop: threading.Event) -> None:
             logger.warning("yrcache I/O engine: %s", msg)
         if stop.is_set() and not book.inflight:
             return
-
-
-_live_engines: weakref.WeakSet[IoEngine] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for eng in list(_live_engines):
-        try:
-            eng.close()
-        except Exception:
-            pass
 
 
 __all__ = ["File", "HostBuffer", "IoEngine"]
