@@ -1,17 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Helpers shared by the benchmarks: sizes, a description of the machine, a table and a plot."""
+"""What every benchmark shares: sizes, a description of the machine, the summary of repeated
+samples, the text table, the bar chart, notes and progress."""
 from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..envs import parse_size  # noqa: F401 - it lives in yrcache.envs now (the CLI uses it)
+import numpy as np
+
 
 
 def fmt_size(n: int) -> str:
@@ -97,62 +103,143 @@ def sysinfo(directory: str) -> dict[str, Any]:
     }
 
 
-def format_table(results: list[dict[str, Any]], footnote: str = "") -> str:
-    """One line per result: medians, min-max, ratio and CPU s/GB of the measured side and fio."""
-    def f(x: float | None, spec: str = ".2f") -> str:
-        return "-" if x is None else format(x, spec)
-
-    hdr = (f"{'op':<6}{'bs':>7}{'qd':>4}  {'backend/tool':<15}{'GB/s':>7}{'min-max':>12}"
-           f"{'fio GB/s':>10}{'min-max':>12}{'ratio':>7}{'CPU s/GB':>10}{'fio':>8}")
-    lines = [hdr, "-" * len(hdr)]
-    for r in results:
-        e, fi = r["engine"], r["fio"]
-        head = f"{r['op']:<6}{fmt_size(r['block_bytes']):>7}{r['queue_depth']:>4}  {r['backend']:<15}"
-        if e is None:
-            lines.append(head + f"not comparable: {r['note']}")
-            continue
-        star = "*" if fi is not None and "reference" in fi else " "
-        lines.append(
-            head + f"{f(e['gbps_median']):>7}{f(e['gbps_min']) + '-' + f(e['gbps_max']):>12}"
-            + (f"{f(fi['gbps_median']) + star:>10}{f(fi['gbps_min']) + '-' + f(fi['gbps_max']):>12}"
-               if fi else f"{'-':>10}{'-':>12}")
-            + f"{f(r['ratio']):>7}{f(e['cpu_s_per_gb_median'], '.3f'):>10}"
-            + f"{f(fi['cpu_s_per_gb_median'] if fi else None, '.3f'):>8}")
-    if footnote and any(r["fio"] and "reference" in r["fio"] for r in results):
-        lines.append(footnote)
-    return "\n".join(lines)
+def _quantile(ordered: list[float], q: float, method: str) -> float:
+    if method == "nearest":  # nearest rank, ties to even
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+    return float(np.percentile(np.asarray(ordered, dtype=float), q))
 
 
-def plot_bars(results: list[dict[str, Any]], path: str) -> str | None:
-    """PNG bar chart of GB/s, measured side vs fio, min-max error bars; a reason if not drawn."""
+def summarize(xs: Sequence[float], *, digits: int = 6, quantile: str = "linear",
+              **keys: str) -> dict[str, Any]:
+    """The summary of repeated samples ``xs`` that a report asks for, as ``key=stat`` pairs in
+    output order. A stat is ``n``, ``mean``, ``median``, ``min``, ``max``, ``samples`` (the
+    samples rounded to ``digits``, in run order) or ``pNN`` (the NN-th percentile: numpy's linear
+    interpolation, or with ``quantile="nearest"`` the nearest rank; ``p50`` is the median).
+    Without samples every statistic is None, ``n`` 0 and ``samples`` empty."""
+    ordered = sorted(xs)
+    out: dict[str, Any] = {}
+    for key, stat in keys.items():
+        if stat == "n":
+            out[key] = len(xs)
+        elif stat == "samples":
+            out[key] = [round(x, digits) for x in xs]
+        elif not xs:
+            out[key] = None
+        elif stat in ("median", "p50"):
+            out[key] = statistics.median(ordered)
+        elif stat == "mean":
+            out[key] = statistics.fmean(ordered)
+        elif stat == "min":
+            out[key] = ordered[0]
+        elif stat == "max":
+            out[key] = ordered[-1]
+        elif re.fullmatch(r"p\d+(\.\d+)?", stat):
+            out[key] = _quantile(ordered, float(stat[1:]), quantile)
+        else:
+            raise ValueError(f"unknown statistic {stat!r} for {key!r}")
+    return out
+
+
+def num(x: float | None, spec: str = ".2f") -> str:
+    """``x`` formatted with ``spec``, ``-`` for None: a table cell."""
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any] | str], *,
+                 indent: str = "", rule: bool = True) -> str:
+    """A text table: ``columns`` are (header, format spec such as ``">7"`` or ``"<11"``); a row
+    is a sequence of cells, each formatted with its column's spec, except the last cell of a row
+    shorter than the header, which is written as it is (``"not run: why"``); a row that is a
+    string is written as it is. ``rule``: a line of dashes under the header."""
+    def line(cells: Sequence[Any]) -> str:
+        short = len(cells) < len(columns)
+        parts = [format(str(cell), spec) for cell, (_, spec) in zip(cells, columns)]
+        if short and cells:
+            parts[-1] = str(cells[-1])
+        return indent + "".join(parts)
+
+    hdr = line([h for h, _ in columns])
+    out = [hdr] + ([indent + "-" * (len(hdr) - len(indent))] if rule else [])
+    out += [indent + r if isinstance(r, str) else line(r) for r in rows]
+    return "\n".join(out)
+
+
+@dataclass
+class Bars:
+    """One series of a bar panel: a value per x position (NaN: no bar), optional error bars
+    (below, above) and a colour (one, or one per bar)."""
+    label: str
+    values: list[float]
+    err: tuple[list[float], list[float]] | None = None
+    color: str | list[str] | None = None
+
+
+@dataclass
+class Panel:
+    """One bar chart: x tick labels, its series side by side, and red dashed target marks
+    (x index, y, annotation or None; ``mark_label`` names them in the legend)."""
+    labels: list[str]
+    bars: list[Bars]
+    ylabel: str
+    title: str = ""
+    xlabel: str = ""
+    marks: list[tuple[int, float, str | None]] = field(default_factory=list)
+    mark_label: str | None = None
+    logy: bool = False
+    legend: bool = True
+    tick_rotation: int = 0
+    tick_fontsize: float = 8
+
+
+def plot_bars(path: str, panels: list[Panel], *, panel_width: float = 5.5,
+              height: float = 4.5) -> str | None:
+    """A PNG of bar ``panels`` side by side; None when written, else why not."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed: no plot written (pip install matplotlib)"
-    rows = [r for r in results if r["engine"] is not None]
-    labels = [f"{r['op']} {fmt_size(r['block_bytes'])}\nqd{r['queue_depth']} {r['backend']}"
-              for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows)), 4.8))
-    for k, (who, color) in enumerate((("engine", "tab:blue"), ("fio", "tab:gray"))):
-        med, lo, hi = [], [], []
-        for r in rows:
-            s = r[who]
-            med.append(s["gbps_median"] if s else float("nan"))
-            lo.append(s["gbps_median"] - s["gbps_min"] if s else 0.0)
-            hi.append(s["gbps_max"] - s["gbps_median"] if s else 0.0)
-        colors = [color if not (r[who] and "reference" in r[who]) else "lightgray" for r in rows]
-        ax.bar([i + (k - 0.5) * 0.4 for i in range(len(rows))], med, 0.4, yerr=[lo, hi],
-               capsize=2, color=colors, label="yrcache / baseline" if k == 0 else "fio")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("GB/s (median, min-max)")
-    ax.legend()
+    if not panels:
+        return "nothing to plot"
+    widths = [max(panel_width, 0.75 * len(p.labels)) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths), height), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        _draw_panel(ax, panel)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
+
+
+def _draw_panel(ax: Any, p: Panel) -> None:
+    width = 0.8 / len(p.bars)
+    for j, b in enumerate(p.bars):
+        xs = [i + (j - (len(p.bars) - 1) / 2) * width for i in range(len(p.labels))]
+        ax.bar(xs, b.values, width, yerr=list(b.err) if b.err else None, capsize=3,
+               color=b.color, label=b.label)
+    for k, (i, y, text) in enumerate(p.marks):
+        ax.plot([i - 0.4, i + 0.4], [y, y], "r--", lw=1, label=p.mark_label if k == 0 else None)
+        if text:
+            ax.annotate(text, (i, y), fontsize=7, ha="center", va="bottom", color="red")
+    ax.set_xticks(range(len(p.labels)))
+    ax.set_xticklabels(p.labels, rotation=p.tick_rotation, fontsize=p.tick_fontsize,
+                       ha="right" if p.tick_rotation else "center")
+    ax.set(ylabel=p.ylabel, xlabel=p.xlabel)
+    ax.set_title(p.title, fontsize=9)
+    if p.logy:
+        ax.set_yscale("log")
+    if p.legend:
+        ax.legend(fontsize=8)
+
+
+def spread(s: dict[str, Any] | None, key: str = "gbps") -> tuple[float, float, float]:
+    """(median, median - min, max - median) of a ``<key>_median/_min/_max`` summary: a bar and
+    its error bar (NaN, 0, 0 for None)."""
+    if s is None:
+        return float("nan"), 0.0, 0.0
+    med = s[f"{key}_median"]
+    return med, med - s[f"{key}_min"], s[f"{key}_max"] - med
 
 
 class Notes(list[str]):

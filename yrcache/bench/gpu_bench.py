@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import fmt_size, git_sha
+from .common import fmt_size, format_table, git_sha, num, summarize
 
 GB = 1e9
 KIB = 1 << 10
@@ -74,11 +74,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _summ(xs: list[float]) -> dict[str, Any]:
-    if not xs:
-        return {"median": None, "min": None, "max": None, "n": 0, "all": []}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs),
-            "all": [round(x, 6) for x in xs]}
+_summ = functools.partial(summarize, median="median", min="min", max="max", n="n",
+                          all="samples")
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -94,10 +91,6 @@ def _t(fn: Callable[[], Any]) -> float:
 def _rot(xs: list[Any], r: int) -> list[Any]:
     k = r % len(xs) if xs else 0
     return xs[k:] + xs[:k]
-
-
-def _f(x: float | None, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def _staging_bytes() -> int:
@@ -332,17 +325,18 @@ def phase_copy(c: Ctx) -> None:
 def table_copy(doc: dict[str, Any]) -> str:
     rows = doc.get("results", {}).get("rows", [])
     by = {(r["page"], r["method"], r["direction"]): r for r in rows}
-    hdr = (f"{'page':>7} {'method':<7}{'D2H GB/s':>9}{'base':>7}{'ratio':>7}"
-           f"{'H2D GB/s':>10}{'base':>7}{'ratio':>7}  exact")
-    out = [hdr, "-" * len(hdr)]
+    cols = [("page", ">7"), ("", "1"), ("method", "<7"), ("D2H GB/s", ">9"), ("base", ">7"),
+            ("ratio", ">7"), ("H2D GB/s", ">10"), ("base", ">7"), ("ratio", ">7"),
+            ("  exact", "")]
+    cells = []
     for (page, m, d), r in by.items():
         if d != "d2h":
             continue
         h = by.get((page, m, "h2d"), {})
-        out.append(f"{page:>7} {m:<7}{_f(r['gbps']):>9}{_f(r['baseline_gbps']):>7}"
-                   f"{_f(r['ratio']):>7}{_f(h.get('gbps')):>10}{_f(h.get('baseline_gbps')):>7}"
-                   f"{_f(h.get('ratio')):>7}  {r['exact'] and h.get('exact', False)}")
-    return "\n".join(out)
+        cells.append([page, "", m, num(r["gbps"]), num(r["baseline_gbps"]), num(r["ratio"]),
+                      num(h.get("gbps")), num(h.get("baseline_gbps")), num(h.get("ratio")),
+                      f"  {r['exact'] and h.get('exact', False)}"])
+    return format_table(cols, cells)
 
 
 # -- phase 2: file -------------------------------------------------------------------------------
@@ -384,8 +378,8 @@ def phase_file(c: Ctx) -> None:
         elif "same_as" in b:
             hl[key] = f"{b['backend']} (same as {b['same_as']})"
         else:
-            hl[key] = (f"{b['backend']} write {_f(b.get('write_gbps'))} read "
-                       f"{_f(b.get('read_gbps'))} GB/s exact={b.get('exact')}")
+            hl[key] = (f"{b['backend']} write {num(b.get('write_gbps'))} read "
+                       f"{num(b.get('read_gbps'))} GB/s exact={b.get('exact')}")
     c.doc["headline"] = hl
     if errors:
         raise RuntimeError("; ".join(errors))
@@ -630,11 +624,11 @@ def table_file(doc: dict[str, Any]) -> str:
     out = []
     if cache:
         out.append(f"Cache sync, {fmt_size(cache['bytes_per_op'])} per op, exact={cache['exact']}")
-        out.append(f"{'op':<6}{'GPU GB/s':>10}{'CPU GB/s':>10}{'copy peak':>11}{'ratio':>7}")
-        for op in ("store", "load"):
-            x = cache[op]
-            out.append(f"{op:<6}{_f(x['gpu_gbps']):>10}{_f(x['cpu_gbps']):>10}"
-                       f"{_f(x['copy_peak_gbps']):>11}{_f(x['ratio']):>7}")
+        cols = [("op", "<6"), ("GPU GB/s", ">10"), ("CPU GB/s", ">10"), ("copy peak", ">11"),
+                ("ratio", ">7")]
+        out.append(format_table(cols, [[op, num(cache[op]["gpu_gbps"]), num(cache[op]["cpu_gbps"]),
+                                        num(cache[op]["copy_peak_gbps"]), num(cache[op]["ratio"])]
+                                       for op in ("store", "load")], rule=False))
     d = r.get("device_file_io", {})
     if d:
         out.append(f"DeviceFileIO, {fmt_size(d['bytes'])}" +
@@ -646,7 +640,7 @@ def table_file(doc: dict[str, Any]) -> str:
                 out.append(f"  {e['prefer']:<13} -> {e['backend']} (same as {e['same_as']})")
             else:
                 out.append(f"  {e['prefer']:<13} -> {e['backend']:<13} write "
-                           f"{_f(e.get('write_gbps'))} read {_f(e.get('read_gbps'))} GB/s "
+                           f"{num(e.get('write_gbps'))} read {num(e.get('read_gbps'))} GB/s "
                            f"exact={e.get('exact')}  ({e.get('reason') or 'first choice'})")
     return "\n".join(out)
 
@@ -812,17 +806,15 @@ def table_overlap(doc: dict[str, Any]) -> str:
     if not r:
         return ""
     a = r["matmul_alone_s"]
-    out = [(f"matmul alone {_f(a['median'], '.4f')} s ({doc['config']['matmuls_per_run']} x "
-            f"{doc['config']['matmul']}: {_f(r['tflops_alone'], '.0f')} TFLOP/s); D2H peak "
-            f"{_f(r['d2h_peak_gbps'])} GB/s"),
-           (f"{'method':<8}{'matmul s':>10}{'slowdown%':>11}{'offload GB/s':>14}{'x peak':>8}"
-            f"{'alone GB/s':>12}  target")]
-    for m, x in r["methods"].items():
-        out.append(f"{m:<8}{_f(x['matmul_s']['median'], '.4f'):>10}"
-                   f"{_f(x['slowdown_pct']):>11}{_f(x['offload_gbps_median']):>14}"
-                   f"{_f(x['offload_fraction_of_d2h_peak']):>8}{_f(x['offload_alone_gbps']):>12}"
-                   f"  {x['target_met']}")
-    return "\n".join(out)
+    cols = [("method", "<8"), ("matmul s", ">10"), ("slowdown%", ">11"), ("offload GB/s", ">14"),
+            ("x peak", ">8"), ("alone GB/s", ">12"), ("  target", "")]
+    rows = [[m, num(x["matmul_s"]["median"], ".4f"), num(x["slowdown_pct"]),
+             num(x["offload_gbps_median"]), num(x["offload_fraction_of_d2h_peak"]),
+             num(x["offload_alone_gbps"]), f"  {x['target_met']}"]
+            for m, x in r["methods"].items()]
+    return (f"matmul alone {num(a['median'], '.4f')} s ({doc['config']['matmuls_per_run']} x "
+            f"{doc['config']['matmul']}: {num(r['tflops_alone'], '.0f')} TFLOP/s); D2H peak "
+            f"{num(r['d2h_peak_gbps'])} GB/s\n" + format_table(cols, rows, rule=False))
 
 
 # -- phase 4: serve ------------------------------------------------------------------------------
@@ -1071,21 +1063,19 @@ def _serve_lengths(c: Ctx, torch: Any, model: Any, caches: dict[str, Any], state
 
 
 def table_serve(doc: dict[str, Any]) -> str:
-    rows = doc.get("results", {}).get("lengths", [])
-    out = [(f"{'tokens':>7}{'recompute ms':>14}{'sync ms':>10}{'ratio':>7}{'async ms':>10}"
-            f"{'ratio':>7}{'async wait ms':>15}")]
-    for r in rows:
-        if "skipped" in r:
-            out.append(f"{r['prompt_tokens']:>7}  skipped: {r['skipped']}")
+    cols = [("tokens", ">7"), ("recompute ms", ">14"), ("sync ms", ">10"), ("ratio", ">7"),
+            ("async ms", ">10"), ("ratio", ">7"), ("async wait ms", ">15")]
+    rows: list[list[Any]] = []
+    for r in doc.get("results", {}).get("lengths", []):
+        if "skipped" in r or "recompute" not in r:
+            why = f"skipped: {r['skipped']}" if "skipped" in r else "incomplete"
+            rows.append([r["prompt_tokens"], f"  {why}"])
             continue
-        if "recompute" not in r:
-            out.append(f"{r['prompt_tokens']:>7}  incomplete")
-            continue
-        out.append(f"{r['prompt_tokens']:>7}{_f(r['recompute']['median'] * 1e3, '.1f'):>14}"
-                   f"{_f(r['sync']['median'] * 1e3, '.1f'):>10}{_f(r['ratio_sync'], '.3f'):>7}"
-                   f"{_f(r['async']['median'] * 1e3, '.1f'):>10}{_f(r['ratio_async'], '.3f'):>7}"
-                   f"{_f(r['async_load_wait_s']['median'] * 1e3, '.1f'):>15}")
-    return "\n".join(out)
+        rows.append([r["prompt_tokens"], num(r["recompute"]["median"] * 1e3, ".1f"),
+                     num(r["sync"]["median"] * 1e3, ".1f"), num(r["ratio_sync"], ".3f"),
+                     num(r["async"]["median"] * 1e3, ".1f"), num(r["ratio_async"], ".3f"),
+                     num(r["async_load_wait_s"]["median"] * 1e3, ".1f")])
+    return format_table(cols, rows, rule=False)
 
 
 # -- driver --------------------------------------------------------------------------------------

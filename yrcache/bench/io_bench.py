@@ -21,7 +21,6 @@ import os
 import resource
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -31,8 +30,9 @@ from typing import Any
 
 import yrcache
 
-from .common import (Notes, Progress, fmt_size, format_table, parse_size, plot_bars, sysinfo,
-                     usable_dir)
+from ..envs import parse_size
+from .common import (Bars, Notes, Panel, Progress, fmt_size, format_table, num, plot_bars,
+                     spread, summarize, sysinfo, usable_dir)
 
 GB = 1e9  # GB/s and s/GB use decimal gigabytes
 MIB = 1 << 20
@@ -321,11 +321,10 @@ class Bench:
 def _summary(samples: list[Sample]) -> dict[str, Any] | None:
     if not samples:
         return None
-    g = [s.gbps for s in samples]
-    c = [s.cpu_s_per_gb for s in samples]
-    return {"gbps_median": statistics.median(g), "gbps_min": min(g), "gbps_max": max(g),
-            "samples": [round(x, 4) for x in g], "cpu_s_per_gb_median": statistics.median(c),
-            "cpu_s_per_gb_samples": [round(x, 5) for x in c]}
+    return {**summarize([s.gbps for s in samples], digits=4, gbps_median="median",
+                        gbps_min="min", gbps_max="max", samples="samples"),
+            **summarize([s.cpu_s_per_gb for s in samples], digits=5,
+                        cpu_s_per_gb_median="median", cpu_s_per_gb_samples="samples")}
 
 
 def _results(rows: list[Row], size: int) -> list[dict[str, Any]]:
@@ -352,6 +351,48 @@ def _results(rows: list[Row], size: int) -> list[dict[str, Any]]:
                     "bytes": size, "comparable": r.comparable, "note": r.note, **r.info,
                     "engine": eng, "fio": fio, "ratio": ratio, "cpu_ratio": cpu_ratio})
     return out
+
+
+REFERENCE_FOOTNOTE = (f"* baselines: fio column = the fio job of the same op/bs at qd{TARGET_QD} "
+                      "(uring row, else psync), not rerun")
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    """One line per result: medians, min-max, ratio and CPU s/GB of the measured side and fio."""
+    cols = [("op", "<6"), ("bs", ">7"), ("qd", ">4"), ("", "2"), ("backend/tool", "<15"),
+            ("GB/s", ">7"), ("min-max", ">12"), ("fio GB/s", ">10"), ("min-max", ">12"),
+            ("ratio", ">7"), ("CPU s/GB", ">10"), ("fio", ">8")]
+    rows = []
+    for r in results:
+        e, fi = r["engine"], r["fio"]
+        head = [r["op"], fmt_size(r["block_bytes"]), r["queue_depth"], "", r["backend"]]
+        if e is None:
+            rows.append(head + [f"not comparable: {r['note']}"])
+            continue
+        star = "*" if fi is not None and "reference" in fi else ""
+        fio_cells = ([num(fi["gbps_median"]) + star, f"{num(fi['gbps_min'])}-{num(fi['gbps_max'])}"]
+                     if fi else ["-", "-"])
+        rows.append(head + [num(e["gbps_median"]), f"{num(e['gbps_min'])}-{num(e['gbps_max'])}",
+                            *fio_cells, num(r["ratio"]), num(e["cpu_s_per_gb_median"], ".3f"),
+                            num(fi["cpu_s_per_gb_median"] if fi else None, ".3f")])
+    if any(r["fio"] and "reference" in r["fio"] for r in results):
+        rows.append(REFERENCE_FOOTNOTE)
+    return format_table(cols, rows)
+
+
+def _plot(results: list[dict[str, Any]], path: str) -> str | None:
+    """GB/s of the measured side vs fio per configuration (median, min-max)."""
+    rows = [r for r in results if r["engine"] is not None]
+    series = []
+    for who, color, label in (("engine", "tab:blue", "yrcache / baseline"),
+                              ("fio", "tab:gray", "fio")):
+        med, lo, hi = zip(*(spread(r[who]) for r in rows)) if rows else ((), (), ())
+        colors = ["lightgray" if r[who] and "reference" in r[who] else color for r in rows]
+        series.append(Bars(label, list(med), (list(lo), list(hi)), colors))
+    labels = [f"{r['op']} {fmt_size(r['block_bytes'])}\nqd{r['queue_depth']} {r['backend']}"
+              for r in rows]
+    panel = Panel(labels, series, "GB/s (median, min-max)", tick_rotation=60, tick_fontsize=7)
+    return plot_bars(path, [panel], panel_width=6.0, height=4.8)
 
 
 def _csv(text: str, conv: Callable[[str], Any]) -> list[Any]:
@@ -479,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             _unlink(bench.rpath)
     elapsed = time.monotonic() - t0
     results = _results(rows, a.size)
-    print(format_table(results, f"* baselines: fio column = the fio job of the same op/bs at "
-                                f"qd{TARGET_QD} (uring row, else psync), not rerun"))
+    print(_table(results))
     for n in notes:
         print(f"note: {n}")
     print(f"{len(results)} configs, {a.pairs} samples each, {elapsed:.1f} s")
@@ -497,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"schema": 1, "sysinfo": sysi, "config": config, "results": results}, fh,
                       indent=1)
     if a.plot:
-        why = plot_bars(results, a.plot)
+        why = _plot(results, a.plot)
         if why:
             print(f"note: {why}")
     return 0

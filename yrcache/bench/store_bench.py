@@ -52,7 +52,9 @@ from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.io.buffers import BufferPool
 from yrcache.store.store import Store
 
-from .common import Notes, Progress, fmt_size, fs_of, parse_size, sysinfo, usable_dir
+from ..envs import parse_size
+from .common import (Bars, Notes, Panel, Progress, fmt_size, format_table, fs_of, num, plot_bars,
+                     spread, summarize, sysinfo, usable_dir)
 
 GB = 1e9
 MIB = 1 << 20
@@ -142,16 +144,11 @@ def _is_network_fs(fstype: str) -> bool:
     return fstype.split(".")[0] in NETWORK_FS or fstype.startswith("fuse")
 
 
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=float), q))
-
-
 def _lat_summary(secs: list[float]) -> dict[str, Any] | None:
     if not secs:
         return None
-    ms = [s * 1e3 for s in secs]
-    return {"median_ms": statistics.median(ms), "p90_ms": _pct(ms, 90), "min_ms": min(ms),
-            "max_ms": max(ms), "n": len(ms), "samples_ms": [round(x, 4) for x in ms]}
+    return summarize([x * 1e3 for x in secs], digits=4, median_ms="median", p90_ms="p90",
+                     min_ms="min", max_ms="max", n="n", samples_ms="samples")
 
 
 def drop_caches() -> str | None:
@@ -525,13 +522,11 @@ class Bench:
 def _summary(samples: list[Sample]) -> dict[str, Any] | None:
     if not samples:
         return None
-    g = [s.gbps for s in samples]
-    c = [s.cpu_s_per_gb for s in samples]
-    return {"gbps_median": statistics.median(g), "gbps_min": min(g), "gbps_max": max(g),
-            "samples": [round(x, 4) for x in g], "seconds_median": statistics.median(
-                [s.seconds for s in samples]),
-            "cpu_s_per_gb_median": statistics.median(c),
-            "cpu_s_per_gb_samples": [round(x, 5) for x in c]}
+    return {**summarize([s.gbps for s in samples], digits=4, gbps_median="median",
+                        gbps_min="min", gbps_max="max", samples="samples"),
+            **summarize([s.seconds for s in samples], seconds_median="median"),
+            **summarize([s.cpu_s_per_gb for s in samples], digits=5,
+                        cpu_s_per_gb_median="median", cpu_s_per_gb_samples="samples")}
 
 
 def _results(b: Bench, rows: list[Row]) -> list[dict[str, Any]]:
@@ -566,139 +561,111 @@ def _verify_result(b: Bench, results: list[dict[str, Any]]) -> dict[str, Any] | 
     return out
 
 
-def _f(x: float | None, spec: str = ".2f") -> str:
-    return "-" if x is None else format(x, spec)
+def _bandwidth_table(results: list[dict[str, Any]], local: bool) -> list[str]:
+    r0 = results[0]
+    cols = [("op", "<11"), ("GB/s", ">7"), ("min-max", ">12"), ("fio GB/s", ">10"),
+            ("min-max", ">12"), ("ratio", ">7"), ("target", ">9"), ("", ">7"),
+            ("CPU s/GB", ">10"), ("fio", ">8")]
+    rows: list[list[Any] | str] = []
+    for r in results:
+        e, fi = r["ours"], r["fio"]
+        if e is None:
+            rows.append([r["op"], f"not run: {r['note']}"])
+            continue
+        met = "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED")
+        fio_cells = ([num(fi["gbps_median"]), f"{num(fi['gbps_min'])}-{num(fi['gbps_max'])}"]
+                     if fi else ["-", "-"])
+        rows.append([r["op"], num(e["gbps_median"]), f"{num(e['gbps_min'])}-{num(e['gbps_max'])}",
+                     *fio_cells, num(r["ratio"]), f">={r['target_ratio']:.2f}x", met,
+                     num(e["cpu_s_per_gb_median"], ".3f"),
+                     num(fi["cpu_s_per_gb_median"] if fi else None, ".3f")])
+    if not local:
+        rows.append("(the >= 0.90x fio target is set for a local file system; shown for "
+                    "reference here)")
+    return [f"{r0['objects']} objects x {r0['layers']} layers x "
+            f"{fmt_size(r0['segment_bytes'])} = {fmt_size(r0['bytes'])} per run",
+            format_table(cols, rows)]
+
+
+def _lookup_rows(lookup: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None,
+                                                      float | None, bool | None]]:
+    """(label, latency summary, target ms, target met) per lookup measurement."""
+    sd, om = lookup["same_dir"], lookup["other_mount"]
+    rows = [("warm (in-process index)", lookup["warm"], None, None),
+            ("cold, fresh process, same dir", sd["cold_fresh_process"], sd["target_ms"],
+             sd["meets_target"]),
+            ("  stat path (index_ttl=0)", sd["cold_stat_path"], None, None)]
+    if om:
+        rows += [("cold, fresh process, other mount", om["cold_fresh_process"], om["target_ms"],
+                  om["meets_target"]),
+                 ("  stat path (index_ttl=0)", om["cold_stat_path"], None, None)]
+    return [r for r in rows if r[1] is not None]
+
+
+def _lookup_table(lookup: dict[str, Any]) -> list[str]:
+    cols = [("", "<34"), ("median ms", ">10"), ("p90 ms", ">9"), ("n", ">5"), ("target", ">10"),
+            ("", ">7")]
+    rows = [[label, f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", s["n"],
+             "-" if target is None else f"<={target:g} ms",
+             "" if meets is None else ("met" if meets else "MISSED")]
+            for label, s, target, meets in _lookup_rows(lookup)]
+    return [f"lookup of a {lookup['chunks']}-chunk chain "
+            f"({fmt_size(lookup['segment_bytes'])} objects, published at "
+            f"{lookup['publish_objects_per_s']:.0f} objects/s)",
+            format_table(cols, rows, indent="  ")]
 
 
 def format_report(results: list[dict[str, Any]], verify: dict[str, Any] | None,
                   lookup: dict[str, Any] | None, local: bool) -> str:
-    lines = []
-    if results:
-        r0 = results[0]
-        lines.append(f"{r0['objects']} objects x {r0['layers']} layers x "
-                     f"{fmt_size(r0['segment_bytes'])} = {fmt_size(r0['bytes'])} per run")
-        hdr = (f"{'op':<11}{'GB/s':>7}{'min-max':>12}{'fio GB/s':>10}{'min-max':>12}{'ratio':>7}"
-               f"{'target':>9}{'':>7}{'CPU s/GB':>10}{'fio':>8}")
-        lines += [hdr, "-" * len(hdr)]
-        for r in results:
-            e, fi = r["ours"], r["fio"]
-            head = f"{r['op']:<11}"
-            if e is None:
-                lines.append(head + f"not run: {r['note']}")
-                continue
-            met = "" if r["meets_target"] is None else ("met" if r["meets_target"] else "MISSED")
-            lines.append(
-                head + f"{_f(e['gbps_median']):>7}{_f(e['gbps_min']) + '-' + _f(e['gbps_max']):>12}"
-                + (f"{_f(fi['gbps_median']):>10}{_f(fi['gbps_min']) + '-' + _f(fi['gbps_max']):>12}"
-                   if fi else f"{'-':>10}{'-':>12}")
-                + f"{_f(r['ratio']):>7}{'>=' + format(r['target_ratio'], '.2f') + 'x':>9}"
-                + f"{met:>7}{_f(e['cpu_s_per_gb_median'], '.3f'):>10}"
-                + f"{_f(fi['cpu_s_per_gb_median'] if fi else None, '.3f'):>8}")
-        if not local:
-            lines.append("(the >= 0.90x fio target is set for a local file system; shown for "
-                         "reference here)")
+    lines = _bandwidth_table(results, local) if results else []
     if verify:
         fr = [f"{100 * verify[k]:.1f}% of {k[12:]} time" for k in
               ("fraction_of_load", "fraction_of_load_layer", "fraction_of_store") if k in verify]
         lines.append(f"verify ({verify['impl'].split(' ')[0]}, 1 thread): "
                      f"{verify['gbps_median']:.2f} GB/s = " + ", ".join(fr))
     if lookup:
-        lines.append(f"lookup of a {lookup['chunks']}-chunk chain "
-                     f"({fmt_size(lookup['segment_bytes'])} objects, published at "
-                     f"{lookup['publish_objects_per_s']:.0f} objects/s)")
-        hdr = f"  {'':<34}{'median ms':>10}{'p90 ms':>9}{'n':>5}{'target':>10}{'':>7}"
-        lines += [hdr, "  " + "-" * (len(hdr) - 2)]
-
-        def line(label: str, s: dict[str, Any] | None, target: float | None = None,
-                 meets: bool | None = None) -> None:
-            if s is None:
-                return
-            t = f"<={target:g} ms" if target is not None else "-"
-            m = "" if meets is None else ("met" if meets else "MISSED")
-            lines.append(f"  {label:<34}{s['median_ms']:>10.3f}{s['p90_ms']:>9.3f}{s['n']:>5}"
-                         f"{t:>10}{m:>7}")
-
-        line("warm (in-process index)", lookup["warm"])
-        sd = lookup["same_dir"]
-        line("cold, fresh process, same dir", sd["cold_fresh_process"], sd["target_ms"],
-             sd["meets_target"])
-        line("  stat path (index_ttl=0)", sd["cold_stat_path"])
-        om = lookup["other_mount"]
-        if om:
-            line("cold, fresh process, other mount", om["cold_fresh_process"], om["target_ms"],
-                 om["meets_target"])
-            line("  stat path (index_ttl=0)", om["cold_stat_path"])
+        lines += _lookup_table(lookup)
     return "\n".join(lines)
+
+
+def _bandwidth_panel(rows: list[dict[str, Any]]) -> Panel:
+    series = []
+    for who, color, label in (("ours", "tab:blue", "yrcache Store"), ("fio", "tab:gray", "fio")):
+        med, lo, hi = zip(*(spread(r[who]) for r in rows))
+        series.append(Bars(label, list(med), (list(lo), list(hi)), color))
+    marks = [(i, TARGET_RATIO * r["fio"]["gbps_median"], None)
+             for i, r in enumerate(rows) if r["fio"]]
+    r0 = rows[0]
+    return Panel([r["op"] for r in rows], series, "GB/s (median, min-max)",
+                 title=f"{r0['objects']} x {fmt_size(r0['layers'] * r0['segment_bytes'])} objects",
+                 marks=marks, mark_label=f"{TARGET_RATIO:.1f}x fio", tick_fontsize=10)
+
+
+LOOKUP_TICKS = {"warm (in-process index)": "warm",
+                "cold, fresh process, same dir": "fresh proc\nsame dir",
+                "cold, fresh process, other mount": "fresh proc\nother mount"}
+
+
+def _lookup_panel(lookup: dict[str, Any]) -> Panel:
+    rows = _lookup_rows(lookup)
+    labels, where = [], "same dir"
+    for label, *_ in rows:
+        if "other mount" in label:
+            where = "other mount"
+        labels.append(LOOKUP_TICKS.get(label, f"stat path\n{where}"))
+    med = [s["median_ms"] for _, s, _, _ in rows]
+    p90 = [s["p90_ms"] - s["median_ms"] for _, s, _, _ in rows]
+    marks = [(i, t, f"target {t:g} ms") for i, (_, _, t, _) in enumerate(rows) if t is not None]
+    return Panel(labels, [Bars("", med, ([0.0] * len(rows), p90), "tab:blue")],
+                 "ms (median, whisker: p90)", title=f"lookup of {lookup['chunks']} chunks",
+                 marks=marks, legend=False)
 
 
 def plot(results: list[dict[str, Any]], lookup: dict[str, Any] | None, path: str) -> str | None:
     """PNG: GB/s ours vs fio per op (median, min-max), and lookup latency (median, p90, target)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib not installed: no plot written (pip install matplotlib)"
     rows = [r for r in results if r["ours"] is not None]
-    n = (1 if rows else 0) + (1 if lookup else 0)
-    if n == 0:
-        return "nothing to plot"
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.5), squeeze=False)
-    k = 0
-    if rows:
-        ax = axes[0][k]
-        k += 1
-        for j, (who, color, lab) in enumerate((("ours", "tab:blue", "yrcache Store"),
-                                               ("fio", "tab:gray", "fio"))):
-            med, lo, hi = [], [], []
-            for r in rows:
-                s = r[who]
-                med.append(s["gbps_median"] if s else float("nan"))
-                lo.append(s["gbps_median"] - s["gbps_min"] if s else 0.0)
-                hi.append(s["gbps_max"] - s["gbps_median"] if s else 0.0)
-            ax.bar([i + (j - 0.5) * 0.4 for i in range(len(rows))], med, 0.4, yerr=[lo, hi],
-                   capsize=3, color=color, label=lab)
-        for i, r in enumerate(rows):
-            if r["fio"]:
-                y = TARGET_RATIO * r["fio"]["gbps_median"]
-                ax.plot([i - 0.4, i + 0.4], [y, y], "r--", lw=1,
-                        label=f"{TARGET_RATIO:.1f}x fio" if i == 0 else None)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([r["op"] for r in rows])
-        ax.set_ylabel("GB/s (median, min-max)")
-        r0 = rows[0]
-        ax.set_title(f"{r0['objects']} x {fmt_size(r0['layers'] * r0['segment_bytes'])} objects",
-                     fontsize=9)
-        ax.legend(fontsize=8)
-    if lookup:
-        ax = axes[0][k]
-        bars: list[tuple[str, dict[str, Any] | None, float | None]] = [
-            ("warm", lookup["warm"], None),
-            ("fresh proc\nsame dir", lookup["same_dir"]["cold_fresh_process"],
-             lookup["same_dir"]["target_ms"]),
-            ("stat path\nsame dir", lookup["same_dir"]["cold_stat_path"], None)]
-        if lookup["other_mount"]:
-            om = lookup["other_mount"]
-            bars += [("fresh proc\nother mount", om["cold_fresh_process"], om["target_ms"]),
-                     ("stat path\nother mount", om["cold_stat_path"], None)]
-        bars = [b for b in bars if b[1] is not None]
-        med = [b[1]["median_ms"] for b in bars]  # type: ignore[index]
-        p90 = [b[1]["p90_ms"] - b[1]["median_ms"] for b in bars]  # type: ignore[index]
-        ax.bar(range(len(bars)), med, 0.6, yerr=[[0.0] * len(bars), p90], capsize=3,
-               color="tab:blue")
-        for i, b in enumerate(bars):
-            if b[2] is not None:
-                ax.plot([i - 0.35, i + 0.35], [b[2], b[2]], "r--", lw=1)
-                ax.annotate(f"target {b[2]:g} ms", (i, b[2]), fontsize=7, ha="center",
-                            va="bottom", color="red")
-        ax.set_xticks(range(len(bars)))
-        ax.set_xticklabels([b[0] for b in bars], fontsize=8)
-        ax.set_ylabel("ms (median, whisker: p90)")
-        ax.set_title(f"lookup of {lookup['chunks']} chunks", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    panels = ([_bandwidth_panel(rows)] if rows else []) + ([_lookup_panel(lookup)] if lookup else [])
+    return plot_bars(path, panels)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ cache_salt, so it starts cold for every mode.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -32,17 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import Notes, Progress, sysinfo
+from .common import Bars, Notes, Panel, Progress, format_table, plot_bars, summarize, sysinfo
 
 MODES = ("native", "sync", "async")
 
 
-def _stats(xs: list[float]) -> dict[str, float | None]:
-    if not xs:
-        return {"n": 0, "mean": None, "p50": None, "p99": None, "min": None, "max": None}
-    s = sorted(xs)
-    return {"n": len(s), "mean": statistics.fmean(s), "p50": statistics.median(s),
-            "p99": s[min(len(s) - 1, round(0.99 * (len(s) - 1)))], "min": s[0], "max": s[-1]}
+_stats = functools.partial(summarize, quantile="nearest", n="n", mean="mean", p50="p50",
+                           p99="p99", min="min", max="max")
 
 
 def _tokens(n: int, rng: random.Random) -> list[int]:
@@ -159,7 +156,7 @@ class Bench:
         return rows
 
 
-def summarize(passes: list[dict[str, Any]], kv_per_token: int) -> dict[str, Any]:
+def summarize_passes(passes: list[dict[str, Any]], kv_per_token: int) -> dict[str, Any]:
     """Medians over repetitions of per-turn TTFTs, ratios, spreads."""
     out: dict[str, Any] = {}
     conv = [p["conversation"] for p in passes]
@@ -170,8 +167,8 @@ def summarize(passes: list[dict[str, Any]], kv_per_token: int) -> dict[str, Any]
         row: dict[str, Any] = {"turn": t, "prompt_tokens": conv[0][t][modes[0]]["prompt_tokens"]}
         for m in modes:
             xs = [c[t][m]["ttft"] for c in conv]
-            row[m] = {"ttft_median": statistics.median(xs), "ttft_min": min(xs),
-                      "ttft_max": max(xs), "cached": conv[0][t][m]["cached"]}
+            row[m] = {**summarize(xs, ttft_median="median", ttft_min="min", ttft_max="max"),
+                      "cached": conv[0][t][m]["cached"]}
         per_turn.append(row)
     out["conversation"] = per_turn
     hits = [r for r in per_turn if r["turn"] > 0]
@@ -212,70 +209,56 @@ def summarize(passes: list[dict[str, Any]], kv_per_token: int) -> dict[str, Any]
     return out
 
 
+CONVERSATION_MODES = ("native", "local", "recompute", "sync", "async")
+
+
 def print_table(doc: dict[str, Any]) -> None:
-    s = doc["summary"]
-    print(f"\nOne conversation ({doc['config']['shape']} model, medians of {doc['config']['reps']} "
+    s, cfg = doc["summary"], doc["config"]
+    print(f"\nOne conversation ({cfg['shape']} model, medians of {cfg['reps']} "
           f"passes; TTFT seconds [min-max]; cached tokens)")
-    cols = [m for m in ("native", "local", "recompute", "sync", "async")]
-    print(f"{'turn':>4} {'prompt':>6} " + " ".join(f"{c:>22}" for c in cols))
-    for r in s["conversation"]:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append(f"{v['ttft_median']:7.3f} [{v['ttft_min']:.2f}-{v['ttft_max']:.2f}] "
-                         f"{v['cached']:>4}" if v else f"{'':>22}")
-        print(f"{r['turn']:>4} {r['prompt_tokens']:>6} " + " ".join(f"{c:>22}" for c in cells))
+    cols = [("turn", ">4"), ("prompt", " >7")] + [(m, " >23") for m in CONVERSATION_MODES]
+    rows = [[r["turn"], r["prompt_tokens"]] + [
+        f"{v['ttft_median']:7.3f} [{v['ttft_min']:.2f}-{v['ttft_max']:.2f}] {v['cached']:>4}"
+        if v else "" for v in (r.get(m) for m in CONVERSATION_MODES)] for r in s["conversation"]]
+    print(format_table(cols, rows, rule=False))
     print("ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in s["ratios"].items()))
     print(f"outputs identical to vLLM's own (greedy): {s['outputs_identical_to_native']}")
-    print(f"\n{doc['config']['users']} users x {doc['config']['turns']} turns, round-robin "
+    print(f"\n{cfg['users']} users x {cfg['turns']} turns, round-robin "
           f"(TTFT seconds over all passes: mean / p50 / p99; hit rate = cached/prompt tokens)")
-    print(f"{'turn':>4} " + " ".join(f"{m:>34}" for m in MODES))
-    for t in range(doc["config"]["turns"]):
-        cells = []
-        for m in MODES:
-            r = s["users"][m]["per_turn"][t]
-            cells.append(f"{r['mean']:6.2f} {r['p50']:6.2f} {r['p99']:6.2f} hit {r['hit_rate']:4.0%}"
-                         f" cpu {r['cpu_s_per_turn']:.2f}")
-        print(f"{t:>4} " + " ".join(f"{c:>34}" for c in cells))
+    cols = [("turn", ">4")] + [(m, " >35") for m in MODES]
+    rows = [[t] + [f"{r['mean']:6.2f} {r['p50']:6.2f} {r['p99']:6.2f} hit {r['hit_rate']:4.0%}"
+                   f" cpu {r['cpu_s_per_turn']:.2f}"
+                   for r in (s["users"][m]["per_turn"][t] for m in MODES)]
+            for t in range(cfg["turns"])]
+    print(format_table(cols, rows, rule=False))
     lt = {m: s["users"][m]["later_turns"]["p50"] for m in MODES}
     print("later turns p50: " + ", ".join(f"{m} {v:.3f}s" for m, v in lt.items()) +
           f"; native/async = {lt['native'] / lt['async']:.1f}x, "
           f"native/sync = {lt['native'] / lt['sync']:.1f}x")
 
 
+MODE_LABELS = {"native": "vLLM (miss)", "local": "vLLM prefix cache", "recompute": "vLLM recompute",
+               "sync": "vLLM + yrcache sync", "async": "vLLM + yrcache async"}
+
+
 def plot(doc: dict[str, Any], path: str) -> str | None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib not installed: no plot written"
-    s = doc["summary"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    turns = [r["turn"] for r in s["conversation"]]
-    for m, style in (("recompute", "o--"), ("local", "s:"), ("sync", "^-"), ("async", "v-")):
-        xs = [r["turn"] for r in s["conversation"] if m in r]
-        ys = [r[m]["ttft_median"] for r in s["conversation"] if m in r]
-        ax1.plot(xs, ys, style, label=m if m not in ("local", "recompute") else
-                 f"vLLM {'prefix cache' if m == 'local' else 'recompute'}")
-    ax1.plot([0], [s["conversation"][0]["native"]["ttft_median"]], "ko", label="vLLM (miss)")
-    ax1.set(xlabel="turn", ylabel="TTFT (s)", title="one conversation", xticks=turns)
-    ax1.set_yscale("log")
-    ax1.legend()
-    nt = doc["config"]["turns"]
-    width = 0.27
-    for i, m in enumerate(MODES):
-        ys = [s["users"][m]["per_turn"][t]["mean"] for t in range(nt)]
-        ax2.bar([t + (i - 1) * width for t in range(nt)], ys, width,
-                label={"native": "vLLM", "sync": "vLLM + yrcache sync",
-                       "async": "vLLM + yrcache async"}[m])
-    ax2.set(xlabel="turn", ylabel="mean TTFT (s)", xticks=list(range(nt)),
-            title=f"{doc['config']['users']} users x {nt} turns"
-            + (" (two nodes)" if doc["config"]["two_nodes"] else ""))
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return None
+    """Median TTFT per turn of one conversation per mode (log scale), and mean TTFT per turn of
+    the round-robin users per mode."""
+    s, cfg = doc["summary"], doc["config"]
+    conv = s["conversation"]
+    one = Panel([str(r["turn"]) for r in conv],
+                [Bars(MODE_LABELS[m], [r[m]["ttft_median"] if m in r else float("nan")
+                                       for r in conv])
+                 for m in ("native", "recompute", "local", "sync", "async")],
+                "TTFT (s)", title="one conversation", xlabel="turn", logy=True)
+    turns = range(cfg["turns"])
+    users = Panel([str(t) for t in turns],
+                  [Bars(MODE_LABELS[m] if m != "native" else "vLLM",
+                        [s["users"][m]["per_turn"][t]["mean"] for t in turns]) for m in MODES],
+                  "mean TTFT (s)", xlabel="turn",
+                  title=f"{cfg['users']} users x {cfg['turns']} turns"
+                  + (" (two nodes)" if cfg["two_nodes"] else ""))
+    return plot_bars(path, [one, users], panel_width=6.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
           "not the page cache")
     doc = {"config": {**vars(a), "two_nodes": bool(a.dir_b),
                       "kv_bytes_per_token": b.kv_per_token},
-           "system": sysinfo(a.dir), "summary": summarize(passes, b.kv_per_token),
+           "system": sysinfo(a.dir), "summary": summarize_passes(passes, b.kv_per_token),
            "passes": passes, "notes": list(notes), "seconds": time.monotonic() - t0,
            "command": " ".join(["python -m yrcache.bench.vllm_bench", *(argv or sys.argv[1:])])}
     print_table(doc)
