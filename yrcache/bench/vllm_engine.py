@@ -63,10 +63,10 @@ def main() -> int:
 
     def worker():
         from vllm.distributed.kv_transfer import get_kv_transfer_group
-        return get_kv_transfer_group()._worker
+        return get_kv_transfer_group().worker_side
 
     def scheduler():
-        return llm.llm_engine.engine_core.engine_core.scheduler.connector._sched
+        return llm.llm_engine.engine_core.engine_core.scheduler.connector.scheduler_side
 
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
@@ -128,7 +128,6 @@ def child_env(**extra: str) -> dict[str, str]:
         "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
         "TORCHDYNAMO_DISABLE": "1",               # else the first logprobs request compiles ~20 s
         "PYTHONPATH": os.pathsep.join([str(PKG_ROOT), env.get("PYTHONPATH", "")]),
-        "YRCACHE_LOG": env.get("YRCACHE_LOG", ""),
     })
     env.update(extra)
     return env

@@ -72,6 +72,16 @@ class YRCacheConnector(KVConnectorBase_V1):
             self._worker = WorkerSide(vllm_config, self._cfg, dep)
 
     @property
+    def scheduler_side(self) -> Any:
+        """The scheduler-role half (``SchedulerSide``), or None in a worker or when disabled."""
+        return self._sched
+
+    @property
+    def worker_side(self) -> Any:
+        """The worker-role half (``WorkerSide``), or None in the scheduler or when disabled."""
+        return self._worker
+
+    @property
     def requires_kv_delivery(self) -> bool:
         return False   # a cache: a dropped store is only a future miss
 
