@@ -36,14 +36,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import envs
-from ..store import paths as L
-from ..store.format import ObjectFormatError, describe, parse_header, verify_segments
-from ..store.janitor import read_header_bytes
-from ..store.keys import Namespace
+from ..io.engine import IoEngine
+from ..store import check, paths
+from ..store.format import ObjectFormatError, describe
+from ..store.keys import Namespace, is_hex_digest
+from ..store.store import verify_file
 
 PROG = "yrcache"
 NS_JSON = "namespace.json"
-_READ_CHUNK = 16 << 20
 #: fsck's parallelism: more threads than this only queue on the same disk
 MAX_JOBS = 256
 
@@ -146,7 +146,7 @@ def _note(msg: str) -> None:
 @contextmanager
 def _open_root(path: str) -> Iterator[int]:
     try:
-        L.check_root(path)
+        paths.check_root(path)
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
@@ -165,7 +165,7 @@ def _open_root(path: str) -> Iterator[int]:
 
 def _looks_like_root(rootfd: int) -> bool:
     """A cache root has the store's .yrcache/ or .tmp/ directory (every Store makes both)."""
-    for name in (L.META_DIR, L.TMP_DIR):
+    for name in (paths.META_DIR, paths.TMP_DIR):
         try:
             if stat.S_ISDIR(os.stat(name, dir_fd=rootfd, follow_symlinks=False).st_mode):
                 return True
@@ -178,9 +178,9 @@ def _require_root(rootfd: int, path: str, *, mutating: bool) -> None:
     if _looks_like_root(rootfd):
         return
     if mutating:
-        raise UsageError(f"{path} does not look like a yrcache root (no {L.META_DIR}/ or "
-                         f"{L.TMP_DIR}/ directory); refusing to change it")
-    _note(f"warning: {path} does not look like a yrcache root (no {L.META_DIR}/ or {L.TMP_DIR}/)")
+        raise UsageError(f"{path} does not look like a yrcache root (no {paths.META_DIR}/ or "
+                         f"{paths.TMP_DIR}/ directory); refusing to change it")
+    _note(f"warning: {path} does not look like a yrcache root (no {paths.META_DIR}/ or {paths.TMP_DIR}/)")
 
 
 def _ns_dirs(rootfd: int) -> list[str]:
@@ -188,19 +188,11 @@ def _ns_dirs(rootfd: int) -> list[str]:
     try:
         with os.scandir(rootfd) as it:
             for e in it:
-                if L.is_hex32(e.name) and e.is_dir(follow_symlinks=False):
+                if is_hex_digest(e.name) and e.is_dir(follow_symlinks=False):
                     out.append(e.name)
     except OSError:
         pass
     return sorted(out)
-
-
-def _read_small(dirfd: int, rel: str, limit: int = 1 << 20) -> bytes:
-    fd = L.open_beneath(dirfd, rel, os.O_RDONLY)
-    try:
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
 
 
 def _namespace_info(rootfd: int, ns_hex: str) -> dict[str, Any]:
@@ -208,10 +200,7 @@ def _namespace_info(rootfd: int, ns_hex: str) -> dict[str, Any]:
     info: dict[str, Any] = {"model": None, "dtype": None, "num_layers": None,
                             "namespace_json": "missing"}
     try:
-        raw = _read_small(rootfd, f"{ns_hex}/{NS_JSON}")
-        d = json.loads(raw)
-        if not isinstance(d, dict):
-            raise ValueError("not a JSON object")  # noqa: TRY004 - reported as unreadable
+        d = check.read_json(rootfd, f"{ns_hex}/{NS_JSON}")
     except FileNotFoundError:
         return info
     except (OSError, ValueError) as e:
@@ -228,70 +217,17 @@ def _namespace_info(rootfd: int, ns_hex: str) -> dict[str, Any]:
     return info
 
 
-def _tmp_entries(rootfd: int) -> tuple[list[dict[str, Any]], list[L.Foreign]]:
-    """Temp files in .tmp (name, size, mtime) and entries there that are not temp files."""
-    temps: list[dict[str, Any]] = []
-    foreign: list[L.Foreign] = []
-    try:
-        tmpfd = L.open_dir(rootfd, L.TMP_DIR)
-    except OSError:
-        return temps, foreign
-    entries: list[tuple[str, os.stat_result]] = []
-    try:
-        with os.scandir(tmpfd) as it:
-            for e in it:  # stat while the descriptor is open: DirEntry.stat uses it
-                try:
-                    entries.append((e.name, e.stat(follow_symlinks=False)))
-                except OSError:
-                    pass
-    except OSError:
-        pass
-    finally:
-        os.close(tmpfd)
-    for name, st in entries:
-        if name.endswith(L.TMP_SUFFIX) and stat.S_ISREG(st.st_mode):
-            temps.append({"name": name, "bytes": st.st_size, "mtime": st.st_mtime})
-        else:
-            kind = ("symlink" if stat.S_ISLNK(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode)
-                    else "file" if stat.S_ISREG(st.st_mode) else "other")
-            foreign.append(L.Foreign(f"{L.TMP_DIR}/{name}", kind))
-    return temps, foreign
+def _tmp_entries(rootfd: int) -> tuple[list[dict[str, Any]], list[paths.Foreign]]:
+    """Temp files in .tmp (name, bytes, mtime) and entries there that are not temp files."""
+    temps, foreign = check.tmp_entries(rootfd)
+    return [{"name": t.name, "bytes": t.size, "mtime": t.mtime} for t in temps], foreign
 
 
-def _read_header(fd: int, ns: bytes | None, key: bytes | None, mac_key: bytes | None = None
-                 ) -> Any:
-    return parse_header(read_header_bytes(fd), ns=ns, key=key, mac_key=mac_key)
-
-
-def _open_object(rootfd: int, ns_hex: str, key_hex: str) -> int:
-    return L.open_beneath(rootfd, f"{ns_hex}/{L.object_relpath(key_hex)}", os.O_RDONLY)
-
-
-def _unlink_at(rootfd: int, rel: str, *, ino: int | None = None, allow_dir: bool = False) -> str:
-    """Remove ``rel`` (relative to the root) through its parent's descriptor, never following a
-    symlink; with ``ino``, only if it is still that inode. Returns "" or why it was not removed."""
-    parent, _, name = rel.rpartition("/")
-    try:
-        d = L.open_dir(rootfd, parent) if parent else os.dup(rootfd)
-    except OSError as e:
-        return "" if e.errno in (errno.ENOENT, errno.ESTALE) else f"{e.strerror or e}"
-    try:
-        st = os.stat(name, dir_fd=d, follow_symlinks=False)
-        if ino is not None and st.st_ino != ino:
-            return "replaced meanwhile (kept)"
-        if stat.S_ISDIR(st.st_mode):
-            if not allow_dir:
-                return "a directory (kept)"
-            os.rmdir(name, dir_fd=d)
-        else:
-            os.unlink(name, dir_fd=d)
-        return ""
-    except FileNotFoundError:
-        return ""
-    except OSError as e:
-        return f"{e.strerror or e}"
-    finally:
-        os.close(d)
+def _unlink_at(rootfd: int, rel: str, *, ino: int | None = None) -> str:
+    """Remove ``rel`` (relative to the root), with ``ino`` only while it is still that inode;
+    directories are kept. Returns "" or why it was not removed."""
+    outcome, why = check.remove_if_same(rootfd, rel, ino)
+    return "" if outcome in ("removed", "gone") else why
 
 
 # -- info ------------------------------------------------------------------------------------------
@@ -401,9 +337,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- ls --------------------------------------------------------------------------------------------
 def _scan(rootfd: int, namespaces: set[str] | None = None,
-          foreign: list[L.Foreign] | None = None) -> dict[str, list[L.ObjectEntry]]:
-    objs: dict[str, list[L.ObjectEntry]] = defaultdict(list)
-    for o in L.walk_objects(rootfd, foreign=foreign, namespaces=namespaces):
+          foreign: list[paths.Foreign] | None = None) -> dict[str, list[paths.ObjectEntry]]:
+    objs: dict[str, list[paths.ObjectEntry]] = defaultdict(list)
+    for o in paths.walk_objects(rootfd, foreign=foreign, namespaces=namespaces):
         objs[o.ns_hex].append(o)
     return objs
 
@@ -421,7 +357,7 @@ def _resolve_ns(rootfd: int, text: str) -> str:
     raise UsageError(f"--ns {text}: ambiguous ({len(hits)} namespaces start with it)")
 
 
-def _ns_rows(rootfd: int, objs: dict[str, list[L.ObjectEntry]]) -> list[dict[str, Any]]:
+def _ns_rows(rootfd: int, objs: dict[str, list[paths.ObjectEntry]]) -> list[dict[str, Any]]:
     rows = []
     for ns in sorted(set(_ns_dirs(rootfd)) | set(objs)):
         info = _namespace_info(rootfd, ns)
@@ -457,9 +393,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             it: dict[str, Any] = {"key": o.key_hex, "bytes": o.size, "mtime": o.mtime}
             if args.long:
                 try:
-                    fd = _open_object(rootfd, ns, o.key_hex)
+                    fd = check.open_object(rootfd, ns, o.key_hex)
                     try:
-                        h = _read_header(fd, bytes.fromhex(ns), bytes.fromhex(o.key_hex))
+                        h = check.read_header(fd, ns=bytes.fromhex(ns),
+                                              key=bytes.fromhex(o.key_hex))
                     finally:
                         os.close(fd)
                     it["header"] = describe(h)
@@ -492,18 +429,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
 # -- du --------------------------------------------------------------------------------------------
 def _ledger(rootfd: int) -> dict[str, Any] | None:
     try:
-        d = json.loads(_read_small(rootfd, f"{L.META_DIR}/usage.json"))
+        return check.read_json(rootfd, f"{paths.META_DIR}/usage.json")
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
         return {"error": str(e)}
-    return d if isinstance(d, dict) else {"error": "not a JSON object"}
 
 
 def cmd_du(args: argparse.Namespace) -> int:
     with _open_root(args.root) as rootfd:
         _require_root(rootfd, args.root, mutating=False)
-        foreign: list[L.Foreign] = []
+        foreign: list[paths.Foreign] = []
         objs = _scan(rootfd, foreign=foreign)
         temps, tmp_foreign = _tmp_entries(rootfd)
         rows = [{"ns": r["ns"], "model": r["model"], "objects": r["objects"], "bytes": r["bytes"]}
@@ -623,195 +559,189 @@ def _load_mac_key(path: str | None) -> bytes | None:
     return key
 
 
-def _check_object(rootfd: int, o: L.ObjectEntry, mac_key: bytes | None
+def _check_object(engine: IoEngine, rootfd: int, o: paths.ObjectEntry, mac_key: bytes | None
                   ) -> tuple[str, str, Any]:
-    """("ok"|"corrupt"|"unreadable"|"vanished", reason, header or None) of one object."""
+    """("ok"|"corrupt"|"unreadable"|"vanished", reason, header or None) of one object, verified
+    as the store's loads verify it."""
     try:
-        fd = _open_object(rootfd, o.ns_hex, o.key_hex)
+        f = engine.open(f"{o.ns_hex}/{paths.object_relpath(o.key_hex)}", "r", dir_fd=rootfd)
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ESTALE):
+        if e.errno in check.VANISHED_ERRNOS:
             return "vanished", "", None
         return "unreadable", str(e), None
-    h = None
     try:
-        size = os.fstat(fd).st_size
-        h = _read_header(fd, bytes.fromhex(o.ns_hex), bytes.fromhex(o.key_hex), mac_key)
-        if size != h.object_bytes:
-            return "corrupt", f"file is {size} bytes, header says {h.object_bytes}", h
-        for i in range(h.segment_count):
-            off, n = h.segment(i)[0], h.segment(i)[1]
-            buf = bytearray(n)
-            mv = memoryview(buf)
-            got = 0
-            while got < n:
-                r = os.preadv(fd, [mv[got:got + _READ_CHUNK]], off + got)
-                if r <= 0:
-                    break
-                got += r
-            if got != n:
-                return "corrupt", f"segment {i} truncated ({got} of {n} bytes)", h
-            verify_segments(h, [(i, buf)], mac_key=mac_key)
+        h = verify_file(engine, f, os.fstat(f.fileno()).st_size, ns=bytes.fromhex(o.ns_hex),
+                        key=bytes.fromhex(o.key_hex), mac_key=mac_key)
     except ObjectFormatError as e:
         if str(e).startswith("unsupported format version"):  # another yrcache version's object
-            return "unreadable", str(e), h
-        return "corrupt", str(e), h
+            return "unreadable", str(e), None
+        return "corrupt", str(e), None
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ESTALE):
+        if e.errno in check.VANISHED_ERRNOS:
             return "vanished", "", None
-        return "unreadable", str(e), h
+        return "unreadable", str(e), None
     finally:
-        os.close(fd)
+        f.close()
     return "ok", "", h
+
+
+def _problem(o: paths.ObjectEntry, **fields: Any) -> dict[str, Any]:
+    return {"path": f"{o.ns_hex}/{paths.object_relpath(o.key_hex)}", "ns": o.ns_hex,
+            "key": o.key_hex, **fields}
+
+
+def _fsck_objects(args: argparse.Namespace, rootfd: int, objs: list[paths.ObjectEntry],
+                  mac_key: bytes | None) -> tuple[list[Any], list[Any], list[Any]]:
+    """(corrupt, unreadable, valid (entry, header) pairs) of every object, verified in
+    parallel."""
+    engine = IoEngine()
+    try:
+        with ThreadPoolExecutor(args.jobs) as ex:
+            results = list(ex.map(lambda o: _check_object(engine, rootfd, o, mac_key), objs))
+    finally:
+        engine.close()
+    bad: list[dict[str, Any]] = []
+    unreadable: list[dict[str, Any]] = []
+    valid: list[tuple[paths.ObjectEntry, Any]] = []
+    for o, (status, why, h) in zip(objs, results):
+        if status == "ok":
+            valid.append((o, h))
+        elif status == "corrupt":
+            bad.append(_problem(o, reason=why, _o=o))
+        elif status == "unreadable":
+            unreadable.append(_problem(o, reason=why))
+    return bad, unreadable, valid
+
+
+def _fsck_orphans(valid: list[tuple[paths.ObjectEntry, Any]], now: float, grace: float
+                  ) -> tuple[list[Any], list[Any]]:
+    """(orphans, young orphans): chunks whose parent is not a valid object of the namespace,
+    transitively, like the janitor; young ones may be an out-of-order publish."""
+    alive: dict[str, set[str]] = defaultdict(set)
+    for o, _ in valid:
+        alive[o.ns_hex].add(o.key_hex)
+    orphans: list[dict[str, Any]] = []
+    young: list[dict[str, Any]] = []
+    chunks = [(o, o.ns_hex, h.parent.hex(), h.chunk_index) for o, h in valid]
+    for o, _, parent, index in check.orphans(chunks, alive):
+        d = _problem(o, parent=parent, chunk_index=index, _o=o)
+        if now - o.mtime <= grace:
+            young.append(d)
+            continue
+        orphans.append(d)
+        alive[o.ns_hex].discard(o.key_hex)
+    return orphans, young
+
+
+def _fsck_foreign(rootfd: int, foreign: list[paths.Foreign], now: float, max_age: float
+                  ) -> list[dict[str, Any]]:
+    """Foreign entries as problems. The store writes namespace.json through a `.namespace.*`
+    temp file: a young one is a writer at work, not debris."""
+    out: list[dict[str, Any]] = []
+    for fe in foreign:
+        base = fe.relpath.rsplit("/", 1)[-1]
+        if fe.kind == "file" and base.startswith(".namespace.") and fe.relpath.count("/") == 1:
+            try:
+                st = os.stat(fe.relpath, dir_fd=rootfd, follow_symlinks=False)
+                if now - st.st_mtime <= max_age:
+                    continue
+            except OSError:
+                continue
+        out.append({"path": fe.relpath, "kind": fe.kind})
+    return out
+
+
+def _fsck_repair(rootfd: int, problems: dict[str, list[dict[str, Any]]]) -> None:
+    """Remove what fsck found (invalid objects and orphans only while they are the inode that was
+    judged; foreign directories are kept), noting the outcome in each problem."""
+    def note(p: dict[str, Any], err: str) -> None:
+        p["repaired"] = not err
+        if err:
+            p["repair_error"] = err
+
+    for p in problems["corrupt"] + problems["orphans"]:
+        note(p, _unlink_at(rootfd, p["path"], ino=p.pop("_o").ino))
+    for p in problems["foreign"]:
+        if p["kind"] == "dir":
+            note(p, "a directory: not removed (inspect it by hand)")
+        else:
+            note(p, _unlink_at(rootfd, p["path"]))
+    for p in problems["stale_temp"]:
+        note(p, _unlink_at(rootfd, f"{paths.TMP_DIR}/{p['name']}"))
+
+
+def _fsck_scan(args: argparse.Namespace, rootfd: int, mac_key: bytes | None, now: float
+               ) -> dict[str, Any]:
+    only = {_resolve_ns(rootfd, args.ns)} if args.ns else None
+    foreign: list[paths.Foreign] = []
+    objs = [o for lst in _scan(rootfd, only, foreign).values() for o in lst]
+    if only is not None:  # entries outside the chosen namespace are not ours to judge
+        foreign = [f for f in foreign if f.relpath.split("/", 1)[0] in only]
+    temps, tmp_foreign = ([], []) if only is not None else _tmp_entries(rootfd)
+    bad, unreadable, valid = _fsck_objects(args, rootfd, objs, mac_key)
+    orphans, young = _fsck_orphans(valid, now, args.orphan_grace)
+    stale = [dict(t, age=now - t["mtime"]) for t in temps if now - t["mtime"] > args.tmp_max_age]
+    ns_notes = []
+    for ns in sorted(only or set(_ns_dirs(rootfd))):
+        st = _namespace_info(rootfd, ns)["namespace_json"]
+        if st != "ok":
+            ns_notes.append({"ns": ns, "namespace_json": st})
+    problems = {"corrupt": bad, "unreadable": unreadable, "orphans": orphans,
+                "foreign": _fsck_foreign(rootfd, foreign + tmp_foreign, now, args.tmp_max_age),
+                "stale_temp": stale}
+    if args.repair:
+        _fsck_repair(rootfd, problems)
+    for p in bad + orphans + young:
+        p.pop("_o", None)
+    return {"objs": objs, "valid": valid, "temps": temps, "problems": problems, "young": young,
+            "ns_notes": ns_notes}
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
     if args.mac_key_file and not args.ns:
         raise UsageError("--mac-key-file needs --ns: MAC keys are per namespace")
     mac_key = _load_mac_key(args.mac_key_file)
-    now = time.time()
     with _open_root(args.root) as rootfd:
         _require_root(rootfd, args.root, mutating=args.repair)
-        only = {_resolve_ns(rootfd, args.ns)} if args.ns else None
-        foreign: list[L.Foreign] = []
-        objs = [o for lst in _scan(rootfd, only, foreign).values() for o in lst]
-        if only is not None:  # entries outside the chosen namespace are not ours to judge
-            foreign = [f for f in foreign if f.relpath.split("/", 1)[0] in only]
-        temps, tmp_foreign = ([], []) if only is not None else _tmp_entries(rootfd)
-        foreign += tmp_foreign
-
-        with ThreadPoolExecutor(args.jobs) as ex:
-            results = list(ex.map(lambda o: _check_object(rootfd, o, mac_key), objs))
-
-        bad: list[dict[str, Any]] = []
-        unreadable: list[dict[str, Any]] = []
-        valid: list[tuple[L.ObjectEntry, Any]] = []
-        for o, (status, why, h) in zip(objs, results):
-            rel = f"{o.ns_hex}/{L.object_relpath(o.key_hex)}"
-            if status == "ok":
-                valid.append((o, h))
-            elif status == "corrupt":
-                bad.append({"path": rel, "ns": o.ns_hex, "key": o.key_hex, "reason": why,
-                            "_o": o})
-            elif status == "unreadable":
-                unreadable.append({"path": rel, "ns": o.ns_hex, "key": o.key_hex, "reason": why})
-
-        # Orphans: chunks whose parent is not a valid object of the namespace, transitively
-        # (parents first), like the janitor; young ones may be an out-of-order publish.
-        alive: dict[str, set[str]] = defaultdict(set)
-        for o, _ in valid:
-            alive[o.ns_hex].add(o.key_hex)
-        orphans: list[dict[str, Any]] = []
-        young_orphans: list[dict[str, Any]] = []
-        for o, h in sorted(valid, key=lambda oh: oh[1].chunk_index):
-            if h.chunk_index == 0 or h.parent.hex() in alive[o.ns_hex]:
-                continue
-            d = {"path": f"{o.ns_hex}/{L.object_relpath(o.key_hex)}", "ns": o.ns_hex,
-                 "key": o.key_hex, "parent": h.parent.hex(), "chunk_index": h.chunk_index,
-                 "_o": o}
-            if now - o.mtime <= args.orphan_grace:
-                young_orphans.append(d)
-                continue
-            orphans.append(d)
-            alive[o.ns_hex].discard(o.key_hex)
-
-        stale = [dict(t, age=now - t["mtime"]) for t in temps
-                 if now - t["mtime"] > args.tmp_max_age]
-        # The store writes namespace.json through a `.namespace.*` temp file: a young one is a
-        # writer at work, not debris.
-        fdicts: list[dict[str, Any]] = []
-        for fe in foreign:
-            base = fe.relpath.rsplit("/", 1)[-1]
-            if fe.kind == "file" and base.startswith(".namespace.") and fe.relpath.count("/") == 1:
-                try:
-                    st = os.stat(fe.relpath, dir_fd=rootfd, follow_symlinks=False)
-                    if now - st.st_mtime <= args.tmp_max_age:
-                        continue
-                except OSError:
-                    continue
-            fdicts.append({"path": fe.relpath, "kind": fe.kind})
-        ns_notes = []
-        for ns in sorted(only or set(_ns_dirs(rootfd))):
-            st = _namespace_info(rootfd, ns)["namespace_json"]
-            if st != "ok":
-                ns_notes.append({"ns": ns, "namespace_json": st})
-
-        if args.repair:
-            for b in bad:
-                o = b.pop("_o")
-                err = _unlink_at(rootfd, b["path"], ino=o.ino)
-                b["repaired"] = not err
-                if err:
-                    b["repair_error"] = err
-            for b in orphans:
-                o = b.pop("_o")
-                err = _unlink_at(rootfd, b["path"], ino=o.ino)
-                b["repaired"] = not err
-                if err:
-                    b["repair_error"] = err
-            for f in fdicts:
-                if f["kind"] == "dir":
-                    f["repaired"] = False
-                    f["repair_error"] = "a directory: not removed (inspect it by hand)"
-                    continue
-                err = _unlink_at(rootfd, f["path"])
-                f["repaired"] = not err
-                if err:
-                    f["repair_error"] = err
-            for t in stale:
-                err = _unlink_at(rootfd, f"{L.TMP_DIR}/{t['name']}")
-                t["repaired"] = not err
-                if err:
-                    t["repair_error"] = err
-        for lst in (bad, orphans, young_orphans):
-            for b in lst:
-                b.pop("_o", None)
-
-    problems = {"corrupt": bad, "unreadable": unreadable, "orphans": orphans, "foreign": fdicts,
-                "stale_temp": stale}
+        r = _fsck_scan(args, rootfd, mac_key, time.time())
+    problems = r["problems"]
     found = sum(len(v) for v in problems.values())
     left = sum(1 for v in problems.values() for p in v if not p.get("repaired"))
     doc: dict[str, Any] = {
-        "root": os.path.abspath(args.root), "checked": len(objs), "valid": len(valid),
-        "bytes_checked": sum(o.size for o in objs), "mac": mac_key is not None,
-        "repair": args.repair, **problems, "young_orphans": young_orphans,
-        "active_temp": len(temps) - len(stale), "namespace_notes": ns_notes,
-        "problems": found, "unrepaired": left, "clean": left == 0}
-
-    def text(doc: dict[str, Any]) -> str:
-        lines = []
-
-        def fix(p: dict[str, Any]) -> str:
-            if "repaired" not in p:
-                return ""
-            return " [removed]" if p["repaired"] else f" [kept: {p.get('repair_error', '')}]"
-
-        for p in doc["corrupt"]:
-            lines.append(f"corrupt     {p['path']}: {p['reason']}{fix(p)}")
-        for p in doc["unreadable"]:
-            lines.append(f"unreadable  {p['path']}: {p['reason']}")
-        for p in doc["orphans"]:
-            lines.append(f"orphan      {p['path']}: chunk {p['chunk_index']}, parent "
-                         f"{p['parent']} is absent{fix(p)}")
-        for p in doc["foreign"]:
-            lines.append(f"foreign     {p['path']} ({p['kind']}){fix(p)}")
-        for p in doc["stale_temp"]:
-            lines.append(f"stale temp  {L.TMP_DIR}/{p['name']}: {human(p['bytes'])}, "
-                         f"{_age(p['age'])} old{fix(p)}")
-        for p in doc["young_orphans"]:
-            lines.append(f"note: {p['path']}: parent absent, but younger than --orphan-grace")
-        for p in doc["namespace_notes"]:
-            lines.append(f"note: {p['ns']}/{NS_JSON}: {p['namespace_json']}")
-        n = _plural(doc["problems"], "problem")
-        verdict = ("clean" if doc["problems"] == 0 else
-                   f"{n}, all repaired" if doc["clean"] else
-                   f"{n}, {doc['unrepaired']} left" if doc["repair"] else
-                   f"{n} (run with --repair to fix)")
-        lines.append(f"fsck {doc['root']}: {doc['checked']} objects "
-                     f"({human(doc['bytes_checked'])}) checked, {doc['valid']} valid: {verdict}")
-        return "\n".join(lines)
-
-    _emit(args, doc, text)
+        "root": os.path.abspath(args.root), "checked": len(r["objs"]), "valid": len(r["valid"]),
+        "bytes_checked": sum(o.size for o in r["objs"]), "mac": mac_key is not None,
+        "repair": args.repair, **problems, "young_orphans": r["young"],
+        "active_temp": len(r["temps"]) - len(problems["stale_temp"]),
+        "namespace_notes": r["ns_notes"], "problems": found, "unrepaired": left,
+        "clean": left == 0}
+    _emit(args, doc, _fsck_text)
     return 0 if left == 0 else 1
+
+
+def _fsck_text(doc: dict[str, Any]) -> str:
+    def fix(p: dict[str, Any]) -> str:
+        if "repaired" not in p:
+            return ""
+        return " [removed]" if p["repaired"] else f" [kept: {p.get('repair_error', '')}]"
+
+    lines = [f"corrupt     {p['path']}: {p['reason']}{fix(p)}" for p in doc["corrupt"]]
+    lines += [f"unreadable  {p['path']}: {p['reason']}" for p in doc["unreadable"]]
+    lines += [f"orphan      {p['path']}: chunk {p['chunk_index']}, parent {p['parent']} is "
+              f"absent{fix(p)}" for p in doc["orphans"]]
+    lines += [f"foreign     {p['path']} ({p['kind']}){fix(p)}" for p in doc["foreign"]]
+    lines += [f"stale temp  {paths.TMP_DIR}/{p['name']}: {human(p['bytes'])}, "
+              f"{_age(p['age'])} old{fix(p)}" for p in doc["stale_temp"]]
+    lines += [f"note: {p['path']}: parent absent, but younger than --orphan-grace"
+              for p in doc["young_orphans"]]
+    lines += [f"note: {p['ns']}/{NS_JSON}: {p['namespace_json']}" for p in doc["namespace_notes"]]
+    n = _plural(doc["problems"], "problem")
+    verdict = ("clean" if doc["problems"] == 0 else
+               f"{n}, all repaired" if doc["clean"] else
+               f"{n}, {doc['unrepaired']} left" if doc["repair"] else
+               f"{n} (run with --repair to fix)")
+    lines.append(f"fsck {doc['root']}: {doc['checked']} objects "
+                 f"({human(doc['bytes_checked'])}) checked, {doc['valid']} valid: {verdict}")
+    return "\n".join(lines)
 
 
 # -- bench -----------------------------------------------------------------------------------------

@@ -37,9 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import paths as L
-from .._native import _C
-from .format import ObjectFormatError, parse_header
+from . import check, paths
+from .format import ObjectFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -68,20 +67,9 @@ def _read_json(dirfd: int, name: str) -> dict[str, Any]:
     """The ledger as a dict; {} when it is missing, unreadable or not ours (it lives in a shared
     directory: never trust it, never fail a caller over it)."""
     try:
-        fd = L.open_beneath(dirfd, name, os.O_RDONLY)
-    except OSError:
+        return check.read_json(dirfd, name, 1 << 16)
+    except (OSError, ValueError):
         return {}
-    try:
-        raw = os.read(fd, 1 << 16)
-    except OSError:
-        return {}
-    finally:
-        os.close(fd)
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        return {}
-    return d if isinstance(d, dict) else {}
 
 
 def _int(d: dict[str, Any], name: str) -> int:
@@ -91,24 +79,12 @@ def _int(d: dict[str, Any], name: str) -> int:
 
 def _write_json(dirfd: int, name: str, d: dict[str, Any]) -> None:
     tmp = f".{name}.{HOST_TAG}.{os.getpid()}.{threading.get_ident():x}"
-    fd = L.open_beneath(dirfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, L.FILE_MODE)
-    try:
-        try:
-            os.write(fd, json.dumps(d).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dirfd)
-        except OSError:
-            pass
-        raise
+    check.write_then_rename(dirfd, name, json.dumps(d).encode(), tmp)
 
 
 class _Flock:
     def __init__(self, dirfd: int, name: str, *, blocking: bool) -> None:
-        self.fd = L.open_beneath(dirfd, name, os.O_RDWR | os.O_CREAT, L.FILE_MODE)
+        self.fd = paths.open_beneath(dirfd, name, os.O_RDWR | os.O_CREAT, paths.FILE_MODE)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BaseException:
@@ -264,11 +240,11 @@ class Janitor:
         self.read_only = read_only
         self.metafd = self.tmpfd = -1
         if read_only:  # the ledger is read when it exists; nothing is created
-            self.metafd = _open_dir_if_present(root_fd, L.META_DIR)
+            self.metafd = _open_dir_if_present(root_fd, paths.META_DIR)
         else:
-            self.metafd = L.open_dir(root_fd, L.META_DIR, create=True)
+            self.metafd = paths.open_dir(root_fd, paths.META_DIR, create=True)
             try:
-                self.tmpfd = L.open_dir(root_fd, L.TMP_DIR, create=True)
+                self.tmpfd = paths.open_dir(root_fd, paths.TMP_DIR, create=True)
             except BaseException:
                 os.close(self.metafd)
                 raise
@@ -296,21 +272,17 @@ class Janitor:
             return 0
         now = time.time() if now is None else now
         n = 0
-        for e in L._scandir(self.tmpfd):
-            if not e.name.endswith(L.TMP_SUFFIX):
-                continue
-            try:
-                st = e.stat(follow_symlinks=False)
-            except OSError:
+        for name, st in check.scan_stats(self.tmpfd):
+            if not name.endswith(paths.TMP_SUFFIX):
                 continue
             dead = now - st.st_mtime > self.tmp_max_age
             if not dead:
-                parts = e.name.split("-")
+                parts = name.split("-")
                 if len(parts) >= 3 and parts[0] == HOST_TAG and parts[1].isdigit():
                     dead = not _pid_alive(int(parts[1]))
             if dead:
                 try:
-                    os.unlink(e.name, dir_fd=self.tmpfd)
+                    os.unlink(name, dir_fd=self.tmpfd)
                     n += 1
                 except OSError:
                     pass
@@ -330,63 +302,7 @@ class Janitor:
         t0 = time.monotonic()
         try:
             rep.ran = True
-            added0 = self._ledger_added()
-            rep.tmp_reclaimed = self.reclaim_tmp()
-            objs = list(L.walk_objects(self.rootfd))
-            total = sum(o.size for o in objs)
-            alive: dict[str, set[str]] = defaultdict(set)
-            for o in objs:
-                alive[o.ns_hex].add(o.key_hex)
-            gone: set[tuple[str, str]] = set()
-            # Every pass brings usage to the low watermark; the high watermark is when writers
-            # wake the janitor early (Usage.admit), so there is room for writes during a pass.
-            if self.capacity is not None and total > self.capacity * self.low_watermark:
-                target = int(self.capacity * self.low_watermark)
-                for o in self._eviction_order(objs):
-                    if total <= target:
-                        break
-                    r = self._remove(o)
-                    if r in ("replaced", "error"):  # alive (published again) or not removable
-                        continue
-                    total -= o.size
-                    if r == "removed":
-                        rep.evicted += 1
-                        rep.evicted_bytes += o.size
-                    gone.add((o.ns_hex, o.key_hex))
-                    alive[o.ns_hex].discard(o.key_hex)
-            # Orphans: chunks whose parent is gone, children after parents so chains fall at once.
-            now = time.time()
-            rest = [o for o in objs if (o.ns_hex, o.key_hex) not in gone]
-            rest.sort(key=self._chunk_index)
-            for o in rest:
-                info = self._parent_of(o)
-                if info is _UNREADABLE:  # a read error (EIO, EACCES...): decide nothing now
-                    continue
-                if info is None:  # not a valid object (bad header): remove after the grace
-                    if now - o.mtime > self.orphan_grace and self._remove(o) == "removed":
-                        rep.corrupt += 1
-                        total -= o.size
-                        alive[o.ns_hex].discard(o.key_hex)
-                    continue
-                parent, idx = info
-                if idx == 0 or parent in alive[o.ns_hex] or now - o.mtime <= self.orphan_grace:
-                    continue
-                r = self._remove(o)
-                if r in ("replaced", "error"):
-                    continue
-                if r == "removed":
-                    rep.orphans += 1
-                total -= o.size
-                alive[o.ns_hex].discard(o.key_hex)
-            rep.bytes = total
-            rep.objects = sum(len(v) for v in alive.values())
-            live = {(o.ns_hex, o.key_hex, o.ino) for o in objs if o.key_hex in alive[o.ns_hex]}
-            self._parents = {k: v for k, v in self._parents.items() if k in live}
-            rep.by_namespace = {k: len(v) for k, v in alive.items() if v}
-            try:
-                self._write_ledger(total, added0, rep)
-            except OSError as e:  # a broken ledger must not stop eviction
-                logger.warning("yrcache janitor: cannot write the usage ledger: %s", e)
+            self._pass(rep)
         finally:
             lk.release()
         rep.seconds = time.monotonic() - t0
@@ -396,6 +312,80 @@ class Janitor:
                         rep.evicted, rep.evicted_bytes / 2**20, rep.orphans, rep.tmp_reclaimed,
                         rep.corrupt, rep.seconds)
         return rep
+
+    def _pass(self, rep: JanitorReport) -> None:
+        """One pass under the janitor lock: temp files, eviction, invalid objects, orphans, and
+        the ledger."""
+        added0 = self._ledger_added()
+        rep.tmp_reclaimed = self.reclaim_tmp()
+        objs = list(paths.walk_objects(self.rootfd))
+        alive: dict[str, set[str]] = defaultdict(set)
+        for o in objs:
+            alive[o.ns_hex].add(o.key_hex)
+        total = sum(o.size for o in objs)
+        gone: set[tuple[str, str]] = set()
+        total = self._evict(objs, total, alive, gone, rep)
+        rest = [o for o in objs if (o.ns_hex, o.key_hex) not in gone]
+        total = self._remove_unchained(rest, total, alive, rep)
+        rep.bytes = total
+        rep.objects = sum(len(v) for v in alive.values())
+        live = {(o.ns_hex, o.key_hex, o.ino) for o in objs if o.key_hex in alive[o.ns_hex]}
+        self._parents = {k: v for k, v in self._parents.items() if k in live}
+        rep.by_namespace = {k: len(v) for k, v in alive.items() if v}
+        try:
+            self._write_ledger(total, added0, rep)
+        except OSError as e:  # a broken ledger must not stop eviction
+            logger.warning("yrcache janitor: cannot write the usage ledger: %s", e)
+
+    def _evict(self, objs: list[paths.ObjectEntry], total: int, alive: dict[str, set[str]],
+               gone: set[tuple[str, str]], rep: JanitorReport) -> int:
+        """Evict least recently used objects down to the low watermark; returns the bytes left.
+        Every pass brings usage to the low watermark; the high watermark is when writers wake the
+        janitor early (Usage.admit), so there is room for writes during a pass."""
+        if self.capacity is None or total <= self.capacity * self.low_watermark:
+            return total
+        target = int(self.capacity * self.low_watermark)
+        for o in self._eviction_order(objs):
+            if total <= target:
+                break
+            r = self._remove(o)
+            if r not in ("removed", "gone"):  # alive (published again) or not removable
+                continue
+            total -= o.size
+            if r == "removed":
+                rep.evicted += 1
+                rep.evicted_bytes += o.size
+            gone.add((o.ns_hex, o.key_hex))
+            alive[o.ns_hex].discard(o.key_hex)
+        return total
+
+    def _remove_unchained(self, objs: list[paths.ObjectEntry], total: int,
+                          alive: dict[str, set[str]], rep: JanitorReport) -> int:
+        """Remove invalid objects, then chunks whose parent is gone (children after parents, so
+        chains fall at once), both once older than orphan_grace; returns the bytes left."""
+        now = time.time()
+        chunks = []
+        for o in sorted(objs, key=self._chunk_index):
+            info = self._parent_of(o)
+            if info is _UNREADABLE:  # a read error (EIO, EACCES...): decide nothing now
+                continue
+            if info is not None:
+                chunks.append((o, o.ns_hex, *info))
+            elif now - o.mtime > self.orphan_grace and self._remove(o) == "removed":
+                rep.corrupt += 1  # not a valid object (bad header)
+                total -= o.size
+                alive[o.ns_hex].discard(o.key_hex)
+        for o, *_ in check.orphans(chunks, alive):
+            if now - o.mtime <= self.orphan_grace:
+                continue
+            r = self._remove(o)
+            if r not in ("removed", "gone"):
+                continue
+            if r == "removed":
+                rep.orphans += 1
+            total -= o.size
+            alive[o.ns_hex].discard(o.key_hex)
+        return total
 
     def _ledger_added(self) -> int:
         lk = _Flock(self.metafd, _USAGE_LOCK, blocking=True)
@@ -418,13 +408,13 @@ class Janitor:
         finally:
             lk.release()
 
-    def _eviction_order(self, objs: list[L.ObjectEntry]) -> list[L.ObjectEntry]:
+    def _eviction_order(self, objs: list[paths.ObjectEntry]) -> list[paths.ObjectEntry]:
         """Least recently used first, a chain from its tail: an object's age is that of its newest
         descendant (so a prefix outlives every chain that extends it), children before parents."""
         info = {(o.ns_hex, o.key_hex): self._parent_of(o) for o in objs}
         recent = {(o.ns_hex, o.key_hex): o.mtime for o in objs}
 
-        def depth(o: L.ObjectEntry) -> int:
+        def depth(o: paths.ObjectEntry) -> int:
             i = info[(o.ns_hex, o.key_hex)]
             return i[1] if isinstance(i, tuple) else 0
 
@@ -436,46 +426,40 @@ class Janitor:
                     recent[p] = max(recent[p], recent[(o.ns_hex, o.key_hex)])
         return sorted(objs, key=lambda o: (recent[(o.ns_hex, o.key_hex)], -depth(o)))
 
-    def _chunk_index(self, o: L.ObjectEntry) -> int:
+    def _chunk_index(self, o: paths.ObjectEntry) -> int:
         info = self._parent_of(o)
         return info[1] if isinstance(info, tuple) else 0
 
-    def _parent_of(self, o: L.ObjectEntry) -> Any:
+    def _parent_of(self, o: paths.ObjectEntry) -> Any:
         """(parent hex, chunk index); None for an invalid header; _UNREADABLE on a read error."""
         k = (o.ns_hex, o.key_hex, o.ino)
         hit = self._parents.get(k)
         if hit is not None:
             return hit
         try:
-            with L.opened_dir(self.rootfd, f"{o.ns_hex}/{o.key_hex[:2]}/{o.key_hex[2:4]}") as d:
-                fd = L.open_beneath(d, o.key_hex + L.OBJ_SUFFIX, os.O_RDONLY)
-                try:
-                    raw = read_header_bytes(fd)
-                finally:
-                    os.close(fd)
-            h = parse_header(raw, key=bytes.fromhex(o.key_hex), ns=bytes.fromhex(o.ns_hex))
+            fd = check.open_object(self.rootfd, o.ns_hex, o.key_hex)
+            try:
+                h = check.read_header(fd, key=bytes.fromhex(o.key_hex), ns=bytes.fromhex(o.ns_hex))
+            finally:
+                os.close(fd)
         except ObjectFormatError as e:
             # Another format version shares the root (its own namespace): not ours to judge.
             return _UNREADABLE if str(e).startswith("unsupported format version") else None
         except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ESTALE):
+            if e.errno not in check.VANISHED_ERRNOS:
                 logger.debug("janitor: cannot read %s: %s", o.key_hex, e)
             return _UNREADABLE
         info = (h.parent.hex(), h.chunk_index)
         self._parents[k] = info
         return info
 
-    def _remove(self, o: L.ObjectEntry) -> str:
+    def _remove(self, o: paths.ObjectEntry) -> str:
         """"removed", "gone" (someone else removed it), "replaced" (published again since the
         scan: a new inode, left alone) or "error"."""
-        try:
-            with L.opened_dir(self.rootfd, f"{o.ns_hex}/{o.key_hex[:2]}/{o.key_hex[2:4]}") as d:
-                st = os.stat(o.key_hex + L.OBJ_SUFFIX, dir_fd=d, follow_symlinks=False)
-                if st.st_ino != o.ino:
-                    return "replaced"
-                os.unlink(o.key_hex + L.OBJ_SUFFIX, dir_fd=d)
-        except OSError as e:
-            return "gone" if e.errno in (errno.ENOENT, errno.ESTALE) else "error"
+        r, _ = check.remove_if_same(self.rootfd, f"{o.ns_hex}/{paths.object_relpath(o.key_hex)}",
+                                    o.ino)
+        if r != "removed":
+            return "error" if r == "kept" else r
         if self.on_evict is not None:
             self.on_evict(o.ns_hex, o.key_hex)
         return "removed"
@@ -484,25 +468,12 @@ class Janitor:
 def _open_dir_if_present(dirfd: int, rel: str) -> int:
     """A descriptor of directory ``rel``, or -1 when it is absent or not ours to open."""
     try:
-        return L.open_dir(dirfd, rel)
+        return paths.open_dir(dirfd, rel)
     except OSError:
         return -1
 
 
 _UNREADABLE = object()
-MAX_HEADER_BYTES = 1 << 20
-
-
-def read_header_bytes(fd: int) -> bytes:
-    """The header of an object file: 4 KiB, or its declared size (objects with over 120 layers),
-    capped at MAX_HEADER_BYTES. Raises ObjectFormatError for an impossible size."""
-    raw = os.pread(fd, 4096, 0)
-    h, _, need = _C.store.parse_header(raw)
-    if h is None and need:
-        if need > MAX_HEADER_BYTES:
-            raise ObjectFormatError(f"header size {need} out of range")
-        raw = os.pread(fd, need, 0)
-    return raw
 
 
 def _pid_alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -200,9 +201,12 @@ def chain_keys(root: bytes, token_ids: Sequence[int] | np.ndarray | Any, chunk_t
     return keys
 
 
+_HEX_DIGEST = re.compile(f"[0-9a-f]{{{2 * DIGEST_BYTES}}}")
+
+
 def is_hex_digest(s: str) -> bool:
     """True for exactly 32 lowercase hex characters: the only strings that become path parts."""
-    return len(s) == 2 * DIGEST_BYTES and all(c in "0123456789abcdef" for c in s)
+    return _HEX_DIGEST.fullmatch(s) is not None
 
 
 __all__ = ["DIGEST_BYTES", "FORMAT_VERSION", "KEY_SPEC_VERSION", "Namespace", "as_token_array",

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from .._native import _C
+from .keys import is_hex_digest
 
 META_DIR = ".yrcache"
 TMP_DIR = ".tmp"
@@ -29,7 +30,6 @@ TMP_SUFFIX = ".tmp"
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 _OBJ_RE = re.compile(r"^[0-9a-f]{32}\.kv$")
-_HEX_RE = re.compile(r"^[0-9a-f]{32}$")
 _SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
 
 open_beneath = _C.io.open_beneath
@@ -90,13 +90,9 @@ def _open_root_error(e: OSError, path: str) -> OSError:
     return root_error(e.errno or errno.EIO, f"cannot be opened ({e.strerror or e})", path)
 
 
-def is_hex32(name: str) -> bool:
-    return bool(_HEX_RE.match(name))
-
-
 def object_relpath(key_hex: str) -> str:
     """Path of an object relative to its namespace directory."""
-    if not _HEX_RE.match(key_hex):
+    if not is_hex_digest(key_hex):
         raise ValueError(f"object keys are 32 lowercase hex digits, got {key_hex!r:.40}")
     return f"{key_hex[:2]}/{key_hex[2:4]}/{key_hex}{OBJ_SUFFIX}"
 
@@ -163,7 +159,7 @@ def walk_objects(rootfd: int, *, foreign: list[Foreign] | None = None,
     for ns in _scandir(rootfd):
         if ns.name in (META_DIR, TMP_DIR):
             continue
-        if not (is_hex32(ns.name) and ns.is_dir(follow_symlinks=False)):
+        if not (is_hex_digest(ns.name) and ns.is_dir(follow_symlinks=False)):
             note(ns.name, ns)
             continue
         if namespaces is not None and ns.name not in namespaces:
@@ -228,5 +224,5 @@ def _maybe_dir(dirfd: int, name: str) -> Iterator[int | None]:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "META_DIR", "OBJ_SUFFIX", "TMP_DIR", "TMP_SUFFIX",
-           "Foreign", "ObjectEntry", "check_root", "is_hex32", "open_root", "root_error", "object_relpath", "open_beneath", "open_dir",
-           "opened_dir", "walk_objects"]
+           "Foreign", "ObjectEntry", "check_root", "object_relpath", "open_beneath", "open_dir",
+           "open_root", "opened_dir", "root_error", "walk_objects"]

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import paths as L
+from . import check, paths
 from .._args import check_digest, check_digests, check_int
 from .._native import _C
 from .format import (
@@ -52,7 +52,7 @@ from .format import (
 )
 from ..futures import Future
 from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
-from .janitor import HOST_TAG, MAX_HEADER_BYTES, Janitor, Usage, read_header_bytes
+from .janitor import HOST_TAG, Janitor, Usage
 from .keys import Namespace
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class Store:
                  index_ttl: float = 10.0, handle_ttl: float = 2.0, max_handles: int = 64,
                  lookup_threads: int = 16, load_threads: int = 8, store_threads: int = 4,
                  read_only: bool | None = None) -> None:
-        root = L.check_root(root)
+        root = paths.check_root(root)
         if not isinstance(namespace, Namespace):
             raise TypeError(f"namespace must be a yrcache.store.keys.Namespace, got "
                             f"{type(namespace).__name__}")
@@ -239,7 +239,7 @@ class Store:
         self._lock = threading.Lock()
         self._logged: set[tuple[str, str]] = set()
         try:
-            self._rootfd = self._keep_fd(L.open_root(self.root, create=read_only is not True))
+            self._rootfd = self._keep_fd(paths.open_root(self.root, create=read_only is not True))
             self._ro_reason = "read_only=True" if read_only else ""
             if not read_only:
                 self._ro_reason = self._open_writable(probe=read_only is None)
@@ -297,17 +297,17 @@ class Store:
         other failure raises an OSError naming the root."""
         what = f"creating {self.ns_hex}/"
         try:
-            self._nsfd = self._keep_fd(L.open_dir(self._rootfd, self.ns_hex, create=True))
-            what = f"creating {L.TMP_DIR}/"
-            self._tmpfd = self._keep_fd(L.open_dir(self._rootfd, L.TMP_DIR, create=True))
-            what = f"creating {L.META_DIR}/"
-            os.close(L.open_dir(self._rootfd, L.META_DIR, create=True))
+            self._nsfd = self._keep_fd(paths.open_dir(self._rootfd, self.ns_hex, create=True))
+            what = f"creating {paths.TMP_DIR}/"
+            self._tmpfd = self._keep_fd(paths.open_dir(self._rootfd, paths.TMP_DIR, create=True))
+            what = f"creating {paths.META_DIR}/"
+            os.close(paths.open_dir(self._rootfd, paths.META_DIR, create=True))
             # Existing directories open without a write: create (and remove) a file to know
             # whether publishing can work here (a read-only mount, a root owned by someone else).
-            what = f"writing in {L.TMP_DIR}/"
-            name = f"{HOST_TAG}-{os.getpid()}-probe-{os.urandom(4).hex()}{L.TMP_SUFFIX}"
-            os.close(L.open_beneath(self._tmpfd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                    L.FILE_MODE))
+            what = f"writing in {paths.TMP_DIR}/"
+            name = f"{HOST_TAG}-{os.getpid()}-probe-{os.urandom(4).hex()}{paths.TMP_SUFFIX}"
+            os.close(paths.open_beneath(self._tmpfd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                    paths.FILE_MODE))
             os.unlink(name, dir_fd=self._tmpfd)
         except OSError as e:
             if what.startswith("writing") and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -322,7 +322,7 @@ class Store:
                 self._nsfd = None
                 return f"{e.strerror} ({what})"
             else:
-                raise L.root_error(e.errno or errno.EIO, f"is not usable: {what} failed "
+                raise paths.root_error(e.errno or errno.EIO, f"is not usable: {what} failed "
                                    f"({e.strerror or e})", self.root) from None
         self._write_namespace_json()
         return ""
@@ -347,7 +347,7 @@ class Store:
     # -- public API -----------------------------------------------------------------------------
     def path_of(self, key: bytes) -> str:
         """Absolute path of an object (for tools; I/O goes through descriptors)."""
-        return os.path.join(self.root, self.ns_hex, L.object_relpath(check_digest("key", key).hex()))
+        return os.path.join(self.root, self.ns_hex, paths.object_relpath(check_digest("key", key).hex()))
 
     def put(self, key: bytes, segments: Sequence[Buffer], *, parent: bytes, chunk_index: int,
             token_count: int, dtype: str, shape: Sequence[int] = (),
@@ -493,8 +493,8 @@ class Store:
         if self.read_only or nsfd is None:
             return False
         try:
-            with L.opened_dir(nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
-                os.unlink(key.hex() + L.OBJ_SUFFIX, dir_fd=d)
+            with paths.opened_dir(nsfd, paths.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
+                os.unlink(key.hex() + paths.OBJ_SUFFIX, dir_fd=d)
             return True
         except OSError as e:
             if e.errno in MISSING_ERRNOS:
@@ -507,7 +507,7 @@ class Store:
         key = check_digest("key", key)
         fd = self._open_object_fd(key)
         try:
-            return parse_header(read_header_bytes(fd), ns=self.ns, key=key, mac_key=self._mac)
+            return check.read_header(fd, ns=self.ns, key=key, mac_key=self._mac)
         finally:
             os.close(fd)
 
@@ -612,10 +612,10 @@ class Store:
                            "dropping stores until the janitor frees space", self.root,
                            self.capacity_bytes)
             return False
-        tmp = f"{HOST_TAG}-{os.getpid()}-{next(self._tmp_ids)}-{os.urandom(4).hex()}{L.TMP_SUFFIX}"
+        tmp = f"{HOST_TAG}-{os.getpid()}-{next(self._tmp_ids)}-{os.urandom(4).hex()}{paths.TMP_SUFFIX}"
         published = False
         try:
-            f = self.engine.open(tmp, "x", dir_fd=self._tmpfd, perm=L.FILE_MODE)
+            f = self.engine.open(tmp, "x", dir_fd=self._tmpfd, perm=paths.FILE_MODE)
             try:
                 extents = [(f, hdr, 0)] + [(f, v, h.segment(i)[0]) for i, v in enumerate(views)]
                 self.engine.write_batch(extents).result()
@@ -624,9 +624,9 @@ class Store:
                 self.engine.fsync(f).result()
             finally:
                 f.close()
-            shard = L.object_relpath(key.hex()).rsplit("/", 1)[0]
-            with L.opened_dir(self._nsfd, shard, create=True) as d:
-                os.rename(tmp, key.hex() + L.OBJ_SUFFIX, src_dir_fd=self._tmpfd, dst_dir_fd=d)
+            shard = paths.object_relpath(key.hex()).rsplit("/", 1)[0]
+            with paths.opened_dir(self._nsfd, shard, create=True) as d:
+                os.rename(tmp, key.hex() + paths.OBJ_SUFFIX, src_dir_fd=self._tmpfd, dst_dir_fd=d)
                 published = True
                 if self.durable:
                     os.fsync(d)
@@ -672,8 +672,8 @@ class Store:
                 if lengths is not None and (h.segment_count != len(lengths) or any(
                         h.segment(i)[1] != n for i, n in enumerate(lengths))):
                     raise ObjectFormatError("segment lengths differ from the expected layout")
-                self._read_verify(hd.file, h.object_bytes, key, views, layers, None, byte_range,
-                                  known=h)
+                read_verify(self.engine, hd.file, h.object_bytes, key, views, layers, None,
+                            byte_range, ns=self.ns, mac_key=self._mac, known=h)
             except _Mismatch as e:
                 self._release_handle(hd)
                 return self._mismatch(key, str(e), count)
@@ -696,7 +696,7 @@ class Store:
             return self._miss(key, FileNotFoundError(errno.ENOENT, "no namespace directory"),
                               count)
         try:
-            f = self.engine.open(f"{L.object_relpath(key.hex())}", "r", dir_fd=nsfd)
+            f = self.engine.open(f"{paths.object_relpath(key.hex())}", "r", dir_fd=nsfd)
         except OSError as e:
             if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
                 return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",
@@ -708,7 +708,8 @@ class Store:
             ino = st.st_ino
             if not stat.S_ISREG(st.st_mode):
                 raise ObjectFormatError("not a regular file")
-            h = self._read_verify(f, st.st_size, key, views, layers, lengths, byte_range)
+            h = read_verify(self.engine, f, st.st_size, key, views, layers, lengths, byte_range,
+                            ns=self.ns, mac_key=self._mac)
         except _Mismatch as e:
             f.close()
             return self._mismatch(key, str(e), count)
@@ -810,66 +811,6 @@ class Store:
             self._remove_if_same(key, ino)
         return GetResult(False, key, f"corrupt: {why}")
 
-    def _read_verify(self, f: Any, size: int, key: bytes, views: list[memoryview],
-                     layers: list[int] | None, lengths: list[int] | None,
-                     byte_range: tuple[int, int] | None, *, known: Any = None) -> Any:
-        idx = layers if layers is not None else list(range(len(views)))
-        h = known
-        if lengths is None:  # no expected layout: header first (unless known), then the segments
-            if h is None:
-                h = self._read_header(f, key)
-            lengths = [h.segment(i)[1] for i in range(h.segment_count)]
-            if any(i >= len(lengths) for i in idx):
-                raise ObjectFormatError("object has fewer segments than asked for")
-        if byte_range is None:
-            targets = views
-            for t, i in zip(targets, idx):  # lengths came from the object, not the caller
-                if t.nbytes != lengths[i]:
-                    raise _Mismatch(f"segment {i} is {lengths[i]} bytes, the caller expects "
-                                    f"{t.nbytes}")
-        else:  # whole segments into scratch, verify, then copy the range out
-            if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
-                raise _Mismatch(f"byte_range {byte_range} exceeds a segment")
-            scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
-            targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
-        hb, offs, _ = segment_offsets(lengths)
-        extents: list[tuple[Any, Any, int]] = [(f, t, offs[i]) for t, i in zip(targets, idx)]
-        want = sum(t.nbytes for t in targets)
-        hdr = None
-        if h is None:  # speculative: the header travels in the same batch as the segments
-            hdr = HostBuffer(hb)
-            extents.insert(0, (f, hdr, 0))
-            want += hb
-        got = self.engine.read_batch(extents).result()
-        if hdr is not None and got >= hb:  # the header first: a wrong geometry is not a short read
-            h = parse_header(memoryview(hdr), ns=self.ns, key=key, mac_key=self._mac)
-            if h.segment_count != len(lengths) or any(
-                    h.segment(i)[1] != n for i, n in enumerate(lengths)):
-                raise ObjectFormatError("segment lengths differ from the expected layout")
-        if got != want:
-            raise ObjectFormatError(f"truncated object ({got} of {want} bytes read)")
-        if hdr is not None:
-            h = parse_header(memoryview(hdr), ns=self.ns, key=key, mac_key=self._mac)
-        if size != h.object_bytes:
-            raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
-        verify_segments(h, list(zip(idx, targets)), mac_key=self._mac)
-        if byte_range is not None:
-            s, n = byte_range
-            for v, t in zip(views, targets):
-                v[:] = t[s:s + n]
-        return h
-
-    def _read_header(self, f: Any, key: bytes) -> Any:
-        hdr = HostBuffer(4096)
-        got = self.engine.pread(f, hdr, 0).result()
-        h, why, need = _C.store.parse_header(memoryview(hdr)[:got])
-        if h is None and need:
-            if need > MAX_HEADER_BYTES:
-                raise ObjectFormatError(f"header size {need} out of range")
-            hdr = HostBuffer(need)
-            got = self.engine.pread(f, hdr, 0).result()
-        return parse_header(memoryview(hdr)[:got], ns=self.ns, key=key, mac_key=self._mac)
-
     def _miss(self, key: bytes, e: OSError, count: bool = True) -> GetResult:
         if count:
             self._bump("misses")
@@ -921,31 +862,19 @@ class Store:
         nsfd = self._ns_dir()
         if nsfd is None:
             raise FileNotFoundError(errno.ENOENT, "no such namespace directory (yet)", self.ns_hex)
-        return L.open_beneath(nsfd, L.object_relpath(key.hex()), os.O_RDONLY)
+        return paths.open_beneath(nsfd, paths.object_relpath(key.hex()), os.O_RDONLY)
 
     def _remove_if_same(self, key: bytes, ino: int) -> None:
         # Only the inode we found bad: a writer may have renamed a good object over it meanwhile.
         if self.read_only or self._nsfd is None:  # a load-only store removes nothing
             return
-        try:
-            with L.opened_dir(self._nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
-                name = key.hex() + L.OBJ_SUFFIX
-                st = os.stat(name, dir_fd=d, follow_symlinks=False)
-                if st.st_ino == ino or (ino == -1 and stat.S_ISLNK(st.st_mode)):
-                    os.unlink(name, dir_fd=d)  # unlink never follows a symlink
-        except OSError:
-            pass
+        check.remove_if_same(self._nsfd, paths.object_relpath(key.hex()), ino)
 
     def _replaced(self, key: bytes, ino: int) -> bool:
         """Whether the object's name now holds another inode than ``ino`` (a stat, no open)."""
         if self._nsfd is None:
             return False
-        try:   # the shard directories are opened confined: a planted symlink is not followed
-            with L.opened_dir(self._nsfd, L.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
-                st = os.stat(key.hex() + L.OBJ_SUFFIX, dir_fd=d, follow_symlinks=False)
-        except OSError:
-            return False
-        return st.st_ino != ino
+        return check.holds_other_inode(self._nsfd, paths.object_relpath(key.hex()), ino)
 
     def _touch_chain(self, keys: list[bytes]) -> None:
         """Refresh mtimes (LRU age) of a matched chain, rate-limited per key, in the background."""
@@ -1049,18 +978,9 @@ class Store:
             return
         tmp = f".namespace.{HOST_TAG}.{os.getpid()}.{os.urandom(4).hex()}"
         try:
-            fd = L.open_beneath(self._nsfd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, L.FILE_MODE)
-            try:
-                os.write(fd, self.namespace.to_json().encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, name, src_dir_fd=self._nsfd, dst_dir_fd=self._nsfd)
+            check.write_then_rename(self._nsfd, name, self.namespace.to_json().encode(), tmp,
+                                    fsync=True)
         except OSError as e:  # e.g. a full root, or a directory planted in its place
-            try:
-                os.unlink(tmp, dir_fd=self._nsfd)
-            except OSError:
-                pass
             self._log_once("nsjson", "write", "yrcache: cannot write %s/%s/%s: %s", self.root,
                            self.ns_hex, name, e)
             return
@@ -1079,7 +999,7 @@ class Store:
             return None
         self._ns_probed = now
         try:
-            fd = L.open_dir(self._rootfd, self.ns_hex)
+            fd = paths.open_dir(self._rootfd, self.ns_hex)
         except OSError:
             return None
         with self._lock:
@@ -1093,6 +1013,89 @@ class Store:
         if self._closed:
             raise _C.ClosedError("store is closed")
 
+
+
+def read_verify(engine: IoEngine, f: Any, size: int, key: bytes, views: list[memoryview],
+                layers: list[int] | None, lengths: list[int] | None,
+                byte_range: tuple[int, int] | None, *, ns: bytes, mac_key: bytes | None,
+                known: Any = None) -> Any:
+    """Read segments of the object open as ``f`` (``size`` bytes) into ``views`` and verify
+    them; returns its header. ``layers`` picks segments (default: all); ``lengths`` (every
+    segment's, when known) lets the header travel in the same batch as the segments; ``known``
+    is a header already verified. Raises ObjectFormatError (_Mismatch when the object does not
+    fit the request) or OSError."""
+    idx = layers if layers is not None else list(range(len(views)))
+    h = known
+    if lengths is None:  # no expected layout: header first (unless known), then the segments
+        if h is None:
+            h = read_header(engine, f, ns=ns, key=key, mac_key=mac_key)
+        lengths = [h.segment(i)[1] for i in range(h.segment_count)]
+        if any(i >= len(lengths) for i in idx):
+            raise ObjectFormatError("object has fewer segments than asked for")
+    if byte_range is None:
+        targets = views
+        for t, i in zip(targets, idx):  # lengths came from the object, not the caller
+            if t.nbytes != lengths[i]:
+                raise _Mismatch(f"segment {i} is {lengths[i]} bytes, the caller expects "
+                                f"{t.nbytes}")
+    else:  # whole segments into scratch, verify, then copy the range out
+        if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
+            raise _Mismatch(f"byte_range {byte_range} exceeds a segment")
+        scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
+        targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
+    hb, offs, _ = segment_offsets(lengths)
+    extents: list[tuple[Any, Any, int]] = [(f, t, offs[i]) for t, i in zip(targets, idx)]
+    want = sum(t.nbytes for t in targets)
+    hdr = None
+    if h is None:  # speculative: the header travels in the same batch as the segments
+        hdr = HostBuffer(hb)
+        extents.insert(0, (f, hdr, 0))
+        want += hb
+    got = engine.read_batch(extents).result()
+    if hdr is not None and got >= hb:  # the header first: a wrong geometry is not a short read
+        h = parse_header(memoryview(hdr), ns=ns, key=key, mac_key=mac_key)
+        if h.segment_count != len(lengths) or any(
+                h.segment(i)[1] != n for i, n in enumerate(lengths)):
+            raise ObjectFormatError("segment lengths differ from the expected layout")
+    if got != want:
+        raise ObjectFormatError(f"truncated object ({got} of {want} bytes read)")
+    if hdr is not None:
+        h = parse_header(memoryview(hdr), ns=ns, key=key, mac_key=mac_key)
+    if size != h.object_bytes:
+        raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
+    verify_segments(h, list(zip(idx, targets)), mac_key=mac_key)
+    if byte_range is not None:
+        s, n = byte_range
+        for v, t in zip(views, targets):
+            v[:] = t[s:s + n]
+    return h
+
+
+def read_header(engine: IoEngine, f: Any, *, ns: bytes, key: bytes, mac_key: bytes | None
+                ) -> Any:
+    """The verified header of the object open as ``f``: 4 KiB, or its declared size."""
+    hdr = HostBuffer(4096)
+    got = engine.pread(f, hdr, 0).result()
+    need = check.header_bytes_needed(memoryview(hdr)[:got])
+    if need:
+        hdr = HostBuffer(need)
+        got = engine.pread(f, hdr, 0).result()
+    return parse_header(memoryview(hdr)[:got], ns=ns, key=key, mac_key=mac_key)
+
+
+def verify_file(engine: IoEngine, f: Any, size: int, *, ns: bytes, key: bytes,
+                mac_key: bytes | None) -> Any:
+    """Verify a whole object open as ``f`` (``size`` bytes) one segment at a time, as loads
+    verify it; returns its header. Raises ObjectFormatError or OSError."""
+    h = read_header(engine, f, ns=ns, key=key, mac_key=mac_key)
+    if size != h.object_bytes:
+        raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
+    for i in range(h.segment_count):
+        n = h.segment(i)[1]
+        view = memoryview(HostBuffer(max(4096, n)))[:n]
+        read_verify(engine, f, size, key, [view], [i], None, None, ns=ns, mac_key=mac_key,
+                    known=h)
+    return h
 
 
 def _trim_aged(d: OrderedDict[bytes, float], now: float, max_age: float, max_len: int) -> None:
@@ -1119,4 +1122,4 @@ def _reason(e: BaseException) -> str:
     return f"error: {e}"
 
 
-__all__ = ["MISSING_ERRNOS", "GetResult", "Store", "describe"]
+__all__ = ["MISSING_ERRNOS", "GetResult", "Store", "describe", "read_verify", "verify_file"]
