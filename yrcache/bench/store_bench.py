@@ -47,14 +47,27 @@ from typing import Any
 import numpy as np
 
 import yrcache
+from yrcache.io.buffers import BufferPool
 from yrcache.store.format import CHECKSUM_IMPL, checksums, segment_offsets
 from yrcache.store.keys import Namespace, chain_keys, fold_extras
-from yrcache.io.buffers import BufferPool
 from yrcache.store.store import Store
 
 from ..envs import parse_size
-from .common import (Bars, Notes, Panel, Progress, fmt_size, format_table, fs_of, num, plot_bars,
-                     spread, summarize, sysinfo, usable_dir)
+from .common import (
+    Bars,
+    Notes,
+    Panel,
+    Progress,
+    fmt_size,
+    format_table,
+    fs_of,
+    num,
+    plot_bars,
+    spread,
+    summarize,
+    sysinfo,
+    usable_dir,
+)
 
 GB = 1e9
 MIB = 1 << 20
@@ -664,7 +677,8 @@ def _lookup_panel(lookup: dict[str, Any]) -> Panel:
 def plot(results: list[dict[str, Any]], lookup: dict[str, Any] | None, path: str) -> str | None:
     """PNG: GB/s ours vs fio per op (median, min-max), and lookup latency (median, p90, target)."""
     rows = [r for r in results if r["ours"] is not None]
-    panels = ([_bandwidth_panel(rows)] if rows else []) + ([_lookup_panel(lookup)] if lookup else [])
+    panels = [_bandwidth_panel(rows)] if rows else []
+    panels += [_lookup_panel(lookup)] if lookup else []
     return plot_bars(path, panels)
 
 
