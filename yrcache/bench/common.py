@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 
-
 def fmt_size(n: int) -> str:
     """262144 -> ``"256KiB"``; exact multiples only, else bytes."""
     for unit, mult in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):

@@ -31,8 +31,20 @@ from typing import Any
 import yrcache
 
 from ..envs import parse_size
-from .common import (Bars, Notes, Panel, Progress, fmt_size, format_table, num, plot_bars,
-                     spread, summarize, sysinfo, usable_dir)
+from .common import (
+    Bars,
+    Notes,
+    Panel,
+    Progress,
+    fmt_size,
+    format_table,
+    num,
+    plot_bars,
+    spread,
+    summarize,
+    sysinfo,
+    usable_dir,
+)
 
 GB = 1e9  # GB/s and s/GB use decimal gigabytes
 MIB = 1 << 20

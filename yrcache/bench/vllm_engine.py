@@ -45,9 +45,9 @@ def main() -> int:
     spec = json.loads(sys.argv[1])
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)   # anything vLLM prints goes to stderr
-    from vllm import LLM, SamplingParams
+    import logging  # yrcache's own log lines (loads that fail, stores dropped) in the log
 
-    import logging   # yrcache's own log lines (loads that fail, stores dropped) in the log
+    from vllm import LLM, SamplingParams
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("yrcache").addHandler(h)
