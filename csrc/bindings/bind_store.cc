@@ -3,18 +3,14 @@
 // existence checks. Policy (what to do with a bad object) stays in yrcache/store.py.
 #include <pybind11/stl.h>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstring>
 
 #include "bindings/bindings.h"
 #include "common/error.h"
 #include "common/thread_group.h"
-#include "io/file.h"
 #include "store/checksum.h"
 #include "store/format.h"
+#include "store/paths.h"
 #include "store/stat_batch.h"
 
 namespace yrc {
@@ -53,41 +49,6 @@ py::tuple parse_py(py::handle buf) {
   return py::make_tuple(py::none(), why, 0);
 }
 
-// Object paths "ab/cd/<32 hex>.kv" of concatenated 16-byte keys, formatted here: for a chain of
-// 512 keys, Python strings cost more than stat'ing the files on ext4.
-std::vector<std::string> object_paths(const py::bytes& keys) {
-  std::string raw = keys;
-  if (raw.size() % 16 != 0) throw py::value_error("keys must be a multiple of 16 bytes");
-  static const char hex[] = "0123456789abcdef";
-  std::vector<std::string> paths(raw.size() / 16);
-  for (std::size_t i = 0; i < paths.size(); ++i) {
-    char h[32];
-    for (int j = 0; j < 16; ++j) {
-      const auto b = static_cast<unsigned char>(raw[i * 16 + j]);
-      h[2 * j] = hex[b >> 4];
-      h[2 * j + 1] = hex[b & 15];
-    }
-    std::string& p = paths[i];
-    p.reserve(41);
-    p.append(h, 2).append("/").append(h + 2, 2).append("/").append(h, 32).append(".kv");
-  }
-  return paths;
-}
-
-// Sets mtime (LRU age) of each object to now: openat2-confined open, futimens, close. Returns how
-// many were touched; vanished objects are skipped. Runs with the GIL released (a background
-// thread touching 512 objects must not hold up the serving loop's Python code).
-int touch_objects(int dirfd, const std::vector<std::string>& paths) {
-  int n = 0;
-  for (const auto& p : paths) {
-    const int fd = open_beneath(dirfd, p, O_RDONLY | O_NOFOLLOW, 0);
-    if (fd < 0) continue;
-    if (::futimens(fd, nullptr) == 0) ++n;
-    ::close(fd);
-  }
-  return n;
-}
-
 }  // namespace
 
 void bind_store(py::module_& m) {
@@ -122,11 +83,15 @@ void bind_store(py::module_& m) {
       py::arg("buffers"), "Checksums of several buffers in one call, GIL released.");
   m.def("header_bytes_for", &store::header_bytes_for, py::arg("segments"));
   m.def(
+      "object_relpaths", [](const py::bytes& keys) { return store::object_relpaths(keys); },
+      py::arg("keys"),
+      "The object paths (ab/cd/<hex>.kv) of concatenated 16-byte keys, as lookups stat them.");
+  m.def(
       "touch_keys",
       [](int dirfd, const py::bytes& keys) {
-        std::vector<std::string> paths = object_paths(keys);
+        std::vector<std::string> paths = store::object_relpaths(keys);
         py::gil_scoped_release nogil;
-        return touch_objects(dirfd, paths);
+        return store::touch_objects(dirfd, paths);
       },
       py::arg("dirfd"), py::arg("keys"),
       "Refresh the mtime of the objects of concatenated 16-byte keys; returns how many.");
@@ -236,7 +201,7 @@ void bind_store(py::module_& m) {
       .def(
           "run_keys",
           [](store::StatBatch& sb, int dirfd, const py::bytes& keys, bool prefix_only) {
-            std::vector<std::string> paths = object_paths(keys);
+            std::vector<std::string> paths = store::object_relpaths(keys);
             py::gil_scoped_release nogil;
             return sb.run(dirfd, paths, prefix_only);
           },

@@ -3,12 +3,15 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <thread>
+
+#include "io/file.h"
 
 namespace yrc::store {
 
@@ -122,6 +125,17 @@ std::vector<std::int64_t> StatBatch::run(int dirfd, const std::vector<std::strin
   job_ = nullptr;  // late workers see no job; those inside finish their claimed paths
   cv_.wait(lk, [&] { return job.active == 0; });
   return std::move(job.out);
+}
+
+int touch_objects(int dirfd, const std::vector<std::string>& paths) {
+  int n = 0;
+  for (const auto& p : paths) {
+    const int fd = open_beneath(dirfd, p, O_RDONLY | O_NOFOLLOW, 0);
+    if (fd < 0) continue;
+    if (::futimens(fd, nullptr) == 0) ++n;
+    ::close(fd);
+  }
+  return n;
 }
 
 }  // namespace yrc::store

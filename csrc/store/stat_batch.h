@@ -49,4 +49,9 @@ class StatBatch {
   ThreadGroup workers_;  // last: its threads use the members above
 };
 
+// Sets the mtime (LRU age) of each object (paths relative to dirfd) to now: an openat2-confined
+// open, futimens, close. Returns how many were touched; vanished objects are skipped. Call it
+// with the GIL released (a background touch of 512 objects must not hold up the serving loop).
+int touch_objects(int dirfd, const std::vector<std::string>& paths);
+
 }  // namespace yrc::store

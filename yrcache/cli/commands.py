@@ -564,7 +564,7 @@ def _check_object(engine: IoEngine, rootfd: int, o: paths.ObjectEntry, mac_key: 
     """("ok"|"corrupt"|"unreadable"|"vanished", reason, header or None) of one object, verified
     as the store's loads verify it."""
     try:
-        f = engine.open(f"{o.ns_hex}/{paths.object_relpath(o.key_hex)}", "r", dir_fd=rootfd)
+        f = engine.open(paths.object_path(o.ns_hex, o.key_hex), "r", dir_fd=rootfd)
     except OSError as e:
         if e.errno in check.VANISHED_ERRNOS:
             return "vanished", "", None
@@ -586,7 +586,7 @@ def _check_object(engine: IoEngine, rootfd: int, o: paths.ObjectEntry, mac_key: 
 
 
 def _problem(o: paths.ObjectEntry, **fields: Any) -> dict[str, Any]:
-    return {"path": f"{o.ns_hex}/{paths.object_relpath(o.key_hex)}", "ns": o.ns_hex,
+    return {"path": paths.object_path(o.ns_hex, o.key_hex), "ns": o.ns_hex,
             "key": o.key_hex, **fields}
 
 

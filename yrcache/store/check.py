@@ -55,7 +55,7 @@ def read_header(fd: int, *, ns: bytes | None, key: bytes | None,
 
 def open_object(rootfd: int, ns_hex: str, key_hex: str) -> int:
     """A read-only descriptor of a published object (the caller closes it)."""
-    return paths.open_beneath(rootfd, f"{ns_hex}/{paths.object_relpath(key_hex)}", os.O_RDONLY)
+    return paths.open_beneath(rootfd, paths.object_path(ns_hex, key_hex), os.O_RDONLY)
 
 
 def read_small(dirfd: int, rel: str, limit: int = 1 << 20) -> bytes:

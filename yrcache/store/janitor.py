@@ -456,8 +456,7 @@ class Janitor:
     def _remove(self, o: paths.ObjectEntry) -> str:
         """"removed", "gone" (someone else removed it), "replaced" (published again since the
         scan: a new inode, left alone) or "error"."""
-        r, _ = check.remove_if_same(self.rootfd, f"{o.ns_hex}/{paths.object_relpath(o.key_hex)}",
-                                    o.ino)
+        r, _ = check.remove_if_same(self.rootfd, paths.object_path(o.ns_hex, o.key_hex), o.ino)
         if r != "removed":
             return "error" if r == "kept" else r
         if self.on_evict is not None:

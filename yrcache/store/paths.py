@@ -29,7 +29,6 @@ OBJ_SUFFIX = ".kv"
 TMP_SUFFIX = ".tmp"
 DIR_MODE = 0o755
 FILE_MODE = 0o644
-_OBJ_RE = re.compile(r"^[0-9a-f]{32}\.kv$")
 _SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
 
 open_beneath = _C.io.open_beneath
@@ -90,11 +89,32 @@ def _open_root_error(e: OSError, path: str) -> OSError:
     return root_error(e.errno or errno.EIO, f"cannot be opened ({e.strerror or e})", path)
 
 
-def object_relpath(key_hex: str) -> str:
-    """Path of an object relative to its namespace directory."""
+def object_location(key_hex: str) -> tuple[str, str]:
+    """(shard directory relative to the namespace directory, file name) of an object: the one
+    place that says where objects live (csrc/store/paths.h formats the same paths for batched
+    lookups and touches)."""
     if not is_hex_digest(key_hex):
         raise ValueError(f"object keys are 32 lowercase hex digits, got {key_hex!r:.40}")
-    return f"{key_hex[:2]}/{key_hex[2:4]}/{key_hex}{OBJ_SUFFIX}"
+    return f"{key_hex[:2]}/{key_hex[2:4]}", f"{key_hex}{OBJ_SUFFIX}"
+
+
+def object_relpath(key_hex: str) -> str:
+    """Path of an object relative to its namespace directory."""
+    return "/".join(object_location(key_hex))
+
+
+def object_path(ns_hex: str, key_hex: str) -> str:
+    """Path of an object relative to the root."""
+    return f"{ns_hex}/{object_relpath(key_hex)}"
+
+
+def object_key(shard: str, name: str) -> str | None:
+    """The key (hex) of the object file ``name`` in shard directory ``shard``; None when the
+    name is not an object's or the object does not belong in that shard."""
+    key_hex = name[:-len(OBJ_SUFFIX)] if name.endswith(OBJ_SUFFIX) else ""
+    if not is_hex_digest(key_hex) or object_location(key_hex) != (shard, name):
+        return None
+    return key_hex
 
 
 def open_dir(dirfd: int, rel: str, *, create: bool = False) -> int:
@@ -185,9 +205,8 @@ def walk_objects(rootfd: int, *, foreign: list[Foreign] | None = None,
                                 continue
                             for e in _scandir(bfd):
                                 rel = f"{ns.name}/{a.name}/{b.name}/{e.name}"
-                                ok = (_OBJ_RE.match(e.name) and e.name[:2] == a.name
-                                      and e.name[2:4] == b.name)
-                                if not ok or not e.is_file(follow_symlinks=False):
+                                key_hex = object_key(f"{a.name}/{b.name}", e.name)
+                                if key_hex is None or not e.is_file(follow_symlinks=False):
                                     if not e.name.startswith(".nfs"):  # NFS silly-renames
                                         note(rel, e)
                                     continue
@@ -195,7 +214,7 @@ def walk_objects(rootfd: int, *, foreign: list[Foreign] | None = None,
                                     st = e.stat(follow_symlinks=False)
                                 except OSError:
                                     continue
-                                yield ObjectEntry(ns.name, e.name[:32], st.st_size, st.st_mtime,
+                                yield ObjectEntry(ns.name, key_hex, st.st_size, st.st_mtime,
                                                   st.st_ino)
 
 
@@ -224,5 +243,6 @@ def _maybe_dir(dirfd: int, name: str) -> Iterator[int | None]:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "META_DIR", "OBJ_SUFFIX", "TMP_DIR", "TMP_SUFFIX",
-           "Foreign", "ObjectEntry", "check_root", "object_relpath", "open_beneath", "open_dir",
+           "Foreign", "ObjectEntry", "check_root", "object_key", "object_location", "object_path",
+           "object_relpath", "open_beneath", "open_dir",
            "open_root", "opened_dir", "root_error", "walk_objects"]

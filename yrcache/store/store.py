@@ -3,8 +3,8 @@
 many processes on many nodes share (docs/store.md).
 
 - ``put``: segments are written to ``root/.tmp/<unique>.tmp`` through the I/O engine, fsynced, and
-  renamed to ``root/<ns>/<k[:2]>/<k[2:4]>/<k>.kv``: readers never see a partial object, and two
-  writers of one key both succeed (either result is valid: same key, same content).
+  renamed to the object's path (:mod:`yrcache.store.paths`): readers never see a partial object,
+  and two writers of one key both succeed (either result is valid: same key, same content).
 - ``lookup``: how many leading keys of a chain exist: an in-process index first, then parallel
   fstatat()s of the rest, so a slow shared file system does not stall a scheduler.
 - ``get``: reads the header and the chosen segments in one batch, verifies everything (namespace,
@@ -347,7 +347,8 @@ class Store:
     # -- public API -----------------------------------------------------------------------------
     def path_of(self, key: bytes) -> str:
         """Absolute path of an object (for tools; I/O goes through descriptors)."""
-        return os.path.join(self.root, self.ns_hex, paths.object_relpath(check_digest("key", key).hex()))
+        return os.path.join(self.root, paths.object_path(self.ns_hex,
+                                                         check_digest("key", key).hex()))
 
     def put(self, key: bytes, segments: Sequence[Buffer], *, parent: bytes, chunk_index: int,
             token_count: int, dtype: str, shape: Sequence[int] = (),
@@ -493,8 +494,9 @@ class Store:
         if self.read_only or nsfd is None:
             return False
         try:
-            with paths.opened_dir(nsfd, paths.object_relpath(key.hex()).rsplit("/", 1)[0]) as d:
-                os.unlink(key.hex() + paths.OBJ_SUFFIX, dir_fd=d)
+            shard, name = paths.object_location(key.hex())
+            with paths.opened_dir(nsfd, shard) as d:
+                os.unlink(name, dir_fd=d)
             return True
         except OSError as e:
             if e.errno in MISSING_ERRNOS:
@@ -624,9 +626,9 @@ class Store:
                 self.engine.fsync(f).result()
             finally:
                 f.close()
-            shard = paths.object_relpath(key.hex()).rsplit("/", 1)[0]
+            shard, name = paths.object_location(key.hex())
             with paths.opened_dir(self._nsfd, shard, create=True) as d:
-                os.rename(tmp, key.hex() + paths.OBJ_SUFFIX, src_dir_fd=self._tmpfd, dst_dir_fd=d)
+                os.rename(tmp, name, src_dir_fd=self._tmpfd, dst_dir_fd=d)
                 published = True
                 if self.durable:
                     os.fsync(d)
@@ -696,7 +698,7 @@ class Store:
             return self._miss(key, FileNotFoundError(errno.ENOENT, "no namespace directory"),
                               count)
         try:
-            f = self.engine.open(f"{paths.object_relpath(key.hex())}", "r", dir_fd=nsfd)
+            f = self.engine.open(paths.object_relpath(key.hex()), "r", dir_fd=nsfd)
         except OSError as e:
             if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
                 return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",
