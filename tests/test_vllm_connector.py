@@ -28,7 +28,7 @@ MODES = ["async", "sync"]
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ok, why = vllm_status()
     require(ok, why)
-    from yrcache.bench import vllm_model
+    from yrcache.bench.vllm import model as vllm_model
     return vllm_model.build(tmp_path_factory.mktemp("model") / "tiny", "tiny")
 
 
@@ -289,7 +289,7 @@ def test_serving_benchmark_smoke(model: Path, tmp_path: Path) -> None:
     phase, and the yrcache modes' outputs equal vLLM's own."""
     import json
 
-    from yrcache.bench import vllm_bench
+    from yrcache.bench.vllm import bench as vllm_bench
     out = tmp_path / "b.json"
     assert vllm_bench.main(["--dir", str(tmp_path), "--quick", "--users", "2", "--turns", "2",
                             "--model-dir", str(model.parent), "--threads", "0",

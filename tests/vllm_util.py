@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """Real vLLM engines for the connector tests, each in its own process (a second engine in one
-process does not start cleanly), driven through yrcache/bench/vllm_engine.py."""
+process does not start cleanly), driven through yrcache/bench/vllm/engine.py."""
 from __future__ import annotations
 
-from yrcache.bench.vllm_engine import Engine  # noqa: F401 - re-exported for the tests
+from yrcache.bench.vllm.engine import Engine  # noqa: F401 - re-exported for the tests
 
 
 def vllm_status() -> tuple[bool, str]:

@@ -3,7 +3,7 @@
 on stdout, vLLM's own output goes to stderr. The connector tests and the serving benchmark run
 each engine this way (a second engine does not start cleanly in one process).
 
-    python -m yrcache.bench.vllm_engine '{"engine": {LLM kwargs}, "connector": {extra} or null}'
+    python -m yrcache.bench.vllm.engine '{"engine": {LLM kwargs}, "connector": {extra} or null}'
 
 Commands: generate, reset (vLLM's own prefix cache), drain (wait for this engine's stores),
 stats, cpu (yrcache's CPU seconds so far), faults (test hook), exit.
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PKG_ROOT = Path(__file__).resolve().parent.parent.parent
+PKG_ROOT = Path(__file__).resolve().parents[3]
 
 
 def yrcache_cpu_seconds(w) -> float:
@@ -138,11 +138,11 @@ class Engine:
 
     def __init__(self, model: str | Path, connector: dict[str, Any] | None, *,
                  log: Path, env: dict[str, str] | None = None, **engine: Any) -> None:
-        from yrcache.bench import vllm_model
+        from yrcache.bench.vllm import model as vllm_model
         spec = {"engine": vllm_model.engine_args(model, **engine), "connector": connector}
         self.log = log
         self._err = open(log, "ab")
-        self.p = subprocess.Popen([sys.executable, "-m", "yrcache.bench.vllm_engine",
+        self.p = subprocess.Popen([sys.executable, "-m", "yrcache.bench.vllm.engine",
                                    json.dumps(spec)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=self._err, text=True, env=child_env(**(env or {})),
