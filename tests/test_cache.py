@@ -258,8 +258,7 @@ def test_host_tier_serves_hot_chunks(root: Path) -> None:
         for p in map(c.store_.path_of, c.keys(toks)):    # files gone: the tier still serves
             os.unlink(p)
         keys = c.keys(toks)
-        with c._lock:
-            hot = set(c._tier)
+        hot = set(c._tier.keys())
         lead = next((i for i, k in enumerate(keys) if k not in hot), len(keys))
         dst = [np.zeros_like(x) for x in kv]
         r = c.load(toks, dst, ids).result(timeout=30)

@@ -452,21 +452,23 @@ class _DeferredDevice:
 
 @pytest.fixture
 def deferred(monkeypatch: pytest.MonkeyPatch) -> _DeferredDevice:
-    import yrcache.cache.cache as cache_mod
-    from yrcache.cache import copy as C
+    from yrcache.cache import copy as cpu_copy
+    from yrcache.cuda import copy as cuda_copy
     dev = _DeferredDevice()
-    fake = type("FakeCuda", (), {})()
-    fake.device_of = lambda t: 0
-    fake.require = lambda d=0: None
-    fake.pin = lambda buf, dev=0: None
-    fake.stream_handle = lambda s, d: 0
-    fake.copier = lambda d: type("Copier", (), {"method": "deferred",
-                                                "record": lambda self, s: dev.enqueue(None)})()
-    fake.gather_paged = lambda layer, ids, dst, **kw: dev.enqueue(
-        lambda ids=np.array(ids): C.gather_paged(layer, ids, dst))
-    fake.scatter_paged = lambda layer, ids, src, **kw: dev.enqueue(
-        lambda ids=np.array(ids): C.scatter_paged(layer, ids, src))
-    monkeypatch.setattr(cache_mod, "G", fake)
+    fake = {
+        "device_of": lambda t: 0,
+        "require": lambda d=0: None,
+        "pin": lambda buf, dev=0: None,
+        "stream_handle": lambda s, d: 0,
+        "copier": lambda d: type("Copier", (), {"method": "deferred",
+                                                "record": lambda self, s: dev.enqueue(None)})(),
+        "gather_paged": lambda layer, ids, dst, **kw: dev.enqueue(
+            lambda ids=np.array(ids): cpu_copy.gather_paged(layer, ids, dst)),
+        "scatter_paged": lambda layer, ids, src, **kw: dev.enqueue(
+            lambda ids=np.array(ids): cpu_copy.scatter_paged(layer, ids, src)),
+    }
+    for name, fn in fake.items():   # the Cache reaches the device only through yrcache.cuda.copy
+        monkeypatch.setattr(cuda_copy, name, fn)
     return dev
 
 

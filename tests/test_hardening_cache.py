@@ -234,8 +234,8 @@ def test_soak_structures_and_descriptors_stay_bounded(root: Path) -> None:
         st = c.stats()
         assert st["chunks_being_stored"] == 0 and st["operations_in_flight"] == 0
         assert st["host_tier_bytes"] <= 4 * obj
-        assert st["staging_free_store_slabs"] == c._spool.count
-        assert st["staging_free_load_slabs"] == c._lpool.count
+        assert st["staging_free_store_slabs"] == c._staging.store_slabs
+        assert st["staging_free_load_slabs"] == c._staging.load_slabs
         assert st["store"]["evictions"] > 0 and st["stores"] == 100
         assert fds0 is not None and _fds() <= fds0 + 2
 

@@ -100,7 +100,8 @@ def dense_geometry(t: Any, *, allow_cuda: bool = False) -> DenseGeometry:
     """Address, shape, byte strides and element size of a [batch, heads, seq, head_dim] tensor."""
     ti = tensor_info(t, allow_cuda=allow_cuda)
     if len(ti.shape) != 4:
-        raise ValueError(f"a dense K/V tensor is [batch, heads, seq, head_dim], got shape {ti.shape}")
+        raise ValueError("a dense K/V tensor is [batch, heads, seq, head_dim], "
+                         f"got shape {ti.shape}")
     return DenseGeometry(ti.address, list(ti.shape), list(ti.strides), ti.elem_bytes)
 
 

@@ -1,0 +1,224 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A Cache's load pipeline: reads go out layer-major (layer 0 of every chunk, then layer 1...),
+as many at once as there are load slabs; each verified segment is scattered as it arrives, and
+layer futures complete in order as soon as every chunk's segment of that layer is in place.
+Chunks in the host tier or staged by a store of this process are copied from memory."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..futures import Future
+from .parts import CacheParts
+from .staging import sync_all
+from .transfer import GpuOrder, unsignalled
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    tokens: int      # leading tokens whose KV is in place in every layer
+    chunks: int      # chunks asked for
+    loaded: int      # leading chunks loaded (tokens = loaded * chunk_tokens)
+    reason: str = ""  # why a chunk failed ("missing", "corrupt: ...", "error: ...")
+
+
+class LoadFuture(Future[LoadResult]):
+    """A load's outcome, with one future per layer (``layer(i)``), completed as soon as that
+    layer's segments of every chunk are in place (or known missing)."""
+
+    __slots__ = ("_layers",)
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__(what="cache.load")
+        self._layers: list[Future[None]] = [Future(what=f"cache.load.layer{i}")
+                                            for i in range(num_layers)]
+
+    def layer(self, i: int) -> Future[None]:
+        return self._layers[i]
+
+
+def fail_load(lf: LoadFuture, e: BaseException) -> None:
+    """Fail every layer of ``lf`` not done yet, and the load."""
+    for f in [*lf._layers, lf]:
+        if not f.done():
+            f.set_exception(e)
+
+
+class Loader:
+    """Runs loads on two threads, and parked (background) loads on a third so that loads a
+    forward pass waits on never queue behind them."""
+
+    def __init__(self, parts: CacheParts, stride: int) -> None:
+        self.parts, self.stride = parts, stride
+        self.lengths = [parts.seg_bytes] * parts.layout.num_layers
+        self.abandoned = False   # close() gave up waiting: loads stop issuing reads
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="yrcache-cache-load")
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-bgload")
+
+    def submit(self, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any], ids: Any, batch: int,
+               gpu: GpuOrder | None, background: bool) -> None:
+        """Start a load; RuntimeError if the loader was shut down."""
+        (self._background if background else self._pool).submit(
+            self._run_guarded, _LoadRun(self, lf, keys, kv, ids, batch, gpu))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._background.shutdown(wait=False)
+
+    @staticmethod
+    def _run_guarded(run: _LoadRun) -> None:
+        try:
+            run.run()
+        except BaseException as e:  # a bug: surface it on the futures, never hang the caller
+            logger.exception("yrcache: load failed")
+            fail_load(run.lf, e)
+
+    def scatter(self, layer: Any, ids: Any, c: int, seg: memoryview, batch: int,
+                gpu: GpuOrder | None) -> tuple[bool, str, list[Any]]:
+        """Scatter one segment; on CUDA the copy is enqueued (its events are returned: the source
+        must stay untouched until they complete)."""
+        mine = None if gpu is None else GpuOrder(None, gpu.after_event, gpu.signal, None)
+        try:
+            self.parts.metrics.bump(
+                bytes_scattered=self.parts.copier.copy(False, layer, ids, c, seg, batch, mine))
+        except Exception as e:  # noqa: BLE001 - this chunk fails; the load goes on
+            sync_all(mine.events if mine else [])
+            return False, f"error: {e}", []
+        return True, "", mine.events if mine else []
+
+
+class _LoadRun:
+    """One load: which chunks are in place, layer by layer, and which come from where."""
+
+    def __init__(self, loader: Loader, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any],
+                 ids: Any, batch: int, gpu: GpuOrder | None) -> None:
+        self.loader, self.lf, self.keys, self.kv = loader, lf, keys, kv
+        self.ids, self.batch, self.gpu = ids, batch, gpu
+        self.n, self.nl = len(keys), loader.parts.layout.num_layers
+        self.lock = threading.Lock()
+        self.first_bad, self.reason = self.n, ""   # chunks from here on are not (all) in place
+        self.left = [self.n] * self.nl              # segments of each layer still outstanding
+        self.next_layer = 0                         # layer futures are completed in order
+        self.all_done = threading.Event()
+        self.filling: list[np.ndarray | None] = []
+        self.filled = [0] * self.n
+
+    def run(self) -> None:
+        p, n, nl = self.loader.parts, self.n, self.nl
+        t0 = time.perf_counter()
+        self.tiered = [p.tier.get(k) for k in self.keys]
+        # Copies for the host tier of chunks not in it: at most what the tier can hold, and a
+        # copy enters the tier only when every layer of it was filled from verified bytes.
+        room = p.tier.capacity
+        for c in range(n):
+            want = self.tiered[c] is None and room > 0
+            room -= want
+            self.filling.append(p.tier.slot() if want else None)
+        if n == 0:
+            for l in range(nl):
+                self.lf.layer(l).set_result(None)
+            self.all_done.set()
+        for l in range(nl):
+            for c in range(n):
+                self._issue(l, c)
+        self.all_done.wait()
+        loaded = self.first_bad
+        if loaded < n:
+            p.metrics.bump(load_partial=1)
+        for c in range(loaded):
+            slot = self.filling[c]
+            if slot is not None and self.filled[c] == nl:
+                p.tier.insert(self.keys[c], slot)
+        p.metrics.bump(load_tier_hits=sum(t is not None for t in self.tiered[:loaded]))
+        p.metrics.record("load", time.perf_counter() - t0, loaded * p.seg_bytes * nl)
+        self.lf.set_result(LoadResult(loaded * p.chunk_tokens, n, loaded, self.reason))
+
+    def _issue(self, l: int, c: int) -> None:
+        """Layer ``l`` of chunk ``c``: from the host tier, a store's staging, or a file read."""
+        ld, p, gpu = self.loader, self.loader.parts, self.gpu
+        if ld.abandoned or c > self.first_bad:  # beyond the first failure: skip
+            self.finish(l, c, False, self.reason or "skipped", None)
+            return
+        hot = self.tiered[c]
+        if hot is not None:  # in the host tier: no file read
+            seg = memoryview(hot)[l * ld.stride:l * ld.stride + p.seg_bytes]
+            ok, why, evs = ld.scatter(self.kv[l], self.ids, c, seg, self.batch, gpu)
+            sync_all(evs if unsignalled(gpu) else [])
+            self.finish(l, c, ok, why, seg)   # pageable source: staged by the driver at once
+            return
+        st = p.staging.pin(self.keys[c])
+        if st is not None:  # being stored by this process: its staging is whole
+            try:
+                ok, why, evs = ld.scatter(self.kv[l], self.ids, c, st.views[l], self.batch, gpu)
+                if unsignalled(gpu):
+                    sync_all(evs)
+                self.finish(l, c, ok, why, st.views[l])
+                sync_all(evs)
+            finally:
+                p.staging.unpin(st)
+            p.metrics.bump(load_from_inflight=1)
+            return
+        slab = p.staging.acquire_load_slab()
+        seg = slab[:p.seg_bytes]
+        try:
+            g = p.store.get(self.keys[c], [seg], layers=[l], lengths=ld.lengths)
+        except BaseException as e:  # e.g. closed meanwhile: this chunk fails
+            p.staging.release_load_slab(slab)
+            self.finish(l, c, False, f"error: {e}", None)
+            return
+        g.add_done_callback(lambda f: self._on_segment(f, l, c, seg, slab))
+
+    def _on_segment(self, f: Future[Any], l: int, c: int, seg: memoryview, slab: Any) -> None:
+        evs: list[Any] = []
+        try:
+            exc = f.exception()
+            r = None if exc is not None else f.result()
+            if r:
+                ok, why, evs = self.loader.scatter(self.kv[l], self.ids, c, seg, self.batch,
+                                                   self.gpu)
+                if unsignalled(self.gpu):   # nobody's stream waits for it: done before it counts
+                    sync_all(evs)
+            else:
+                ok, why = False, str(exc) if exc is not None else r.reason
+            if ok:
+                self.finish(l, c, True, "", seg)   # copies seg into a tier slot first, if any
+            else:
+                self.finish(l, c, False, why, None)
+        finally:   # the device may still be reading the slab
+            self.loader.parts.staging.release_load_slab_after(evs, slab)
+
+    def finish(self, l: int, c: int, ok: bool, why: str, src: memoryview | None) -> None:
+        """Segment (l, c) is in place (``ok``) or failed (``why``); completes the layers whose
+        every segment is done, in order."""
+        stride, seg_bytes = self.loader.stride, self.loader.parts.seg_bytes
+        slot = self.filling[c]
+        if ok and src is not None and slot is not None:
+            slot[l * stride:l * stride + seg_bytes] = np.frombuffer(src, np.uint8)
+        ready: list[int] = []
+        with self.lock:
+            if ok:
+                self.filled[c] += 1
+            elif c < self.first_bad:
+                self.first_bad, self.reason = c, why
+            elif c == self.first_bad and self.reason == "missing" and why.startswith("corrupt"):
+                self.reason = why   # a corrupt object, removed while its other layers loaded
+            self.left[l] -= 1
+            while self.next_layer < self.nl and self.left[self.next_layer] == 0:
+                ready.append(self.next_layer)
+                self.next_layer += 1
+            if self.next_layer == self.nl:
+                self.all_done.set()
+        for r in ready:
+            self.lf.layer(r).set_result(None)
+
+
+__all__ = ["LoadFuture", "LoadResult", "Loader", "fail_load"]

@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A Cache's counters and recent latencies, and their Prometheus export."""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+COUNTERS = ("stores", "store_chunks", "store_existing", "store_replaced",
+            "store_dropped_staging", "store_dropped_read_only", "store_failed", "store_aborted",
+            "store_dropped_close", "loads", "load_chunks", "load_partial", "load_from_inflight",
+            "load_tier_hits", "bytes_gathered", "bytes_scattered")
+
+#: operations whose latency and bandwidth are kept, and how many recent ones
+OPERATIONS = ("store", "load")
+WINDOW = 2048
+
+
+class Metrics:
+    """Counters (``bump``) and, per operation, the (seconds, bytes moved) of recent ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._recent: dict[str, deque[tuple[float, int]]] = {
+            op: deque(maxlen=WINDOW) for op in OPERATIONS}
+
+    def bump(self, **kw: int) -> None:
+        with self._lock:
+            for k, v in kw.items():
+                self._counters[k] += v
+
+    def record(self, op: str, seconds: float, nbytes: int) -> None:
+        with self._lock:
+            self._recent[op].append((seconds, nbytes))
+
+    def counters(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._counters)
+
+    def latencies(self) -> dict[str, Any]:
+        """p50/p99 latency (seconds) and bandwidth (bytes/s) of each operation's recent runs."""
+        d: dict[str, Any] = {}
+        with self._lock:
+            for op, q in self._recent.items():
+                xs = sorted(t for t, _ in q)
+                d[f"{op}_latency_p50_s"] = xs[len(xs) // 2] if xs else None
+                d[f"{op}_latency_p99_s"] = xs[min(len(xs) - 1, int(len(xs) * 0.99))] if xs else None
+                secs = sum(t for t, _ in q)
+                d[f"{op}_bandwidth_Bps"] = sum(b for _, b in q) / secs if secs > 0 else None
+        return d
+
+
+_GAUGE_PREFIXES = ("staging_", "host_tier_", "store_index", "store_usage", "store_capacity",
+                   "chunks_being", "operations_in")
+
+
+def prometheus_collector(stats: Callable[[], dict[str, Any]], ns: str, registry: Any = None, *,
+                         prefix: str = "yrcache") -> Any:
+    """Register (and return) a prometheus_client collector exporting ``stats()`` (a Cache's, with
+    the store's under "store"): counters as ``<prefix>_<name>_total``, the rest as gauges, with
+    the namespace ``ns`` as a label."""
+    from prometheus_client import REGISTRY
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class _Collector:
+        def collect(self) -> Any:
+            st = stats()
+            store = st.pop("store")
+            flat = {**st, **{f"store_{k}": v for k, v in store.items()}}
+            for name, v in sorted(flat.items()):
+                if isinstance(v, dict):
+                    fam = CounterMetricFamily(f"{prefix}_{name}", name, labels=["ns", "key"])
+                    for k, n in v.items():
+                        fam.add_metric([ns, str(k)], n)
+                    yield fam
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    gauge = name.startswith(_GAUGE_PREFIXES) or name.endswith(("_s", "_Bps"))
+                    fam = (GaugeMetricFamily if gauge else CounterMetricFamily)(
+                        f"{prefix}_{name}", name, labels=["ns"])
+                    fam.add_metric([ns], v)
+                    yield fam
+
+    collector = _Collector()
+    (registry or REGISTRY).register(collector)
+    return collector
+
+
+__all__ = ["COUNTERS", "Metrics", "prometheus_collector"]
