@@ -110,7 +110,7 @@ def test_soak_store_evict_keeps_structures_and_fds_bounded(data_dir: Path, ns: N
                 assert {k[1] for k in st.janitor._parents} <= live
                 assert {k.hex() for k in st._index} <= live
                 assert {k.hex() for k in st._touched} <= live
-                assert len(st._handles) <= 8
+                assert len(st._reader._handles) <= 8
                 assert len(st._logged) <= 4
                 assert len(st._inflight) <= 2
                 # an open object holds up to two descriptors (O_DIRECT + buffered), plus slack
@@ -589,7 +589,7 @@ def test_put_without_dedup_replaces_a_damaged_object(data_dir: Path, ns: Namespa
         assert a.put(k, old, **kw).result()
         for st in (a, b):  # both keep the verified object open (handle cache) and indexed
             r, ok = U.check_get(st, k)
-            assert r.ok and ok and k in st._handles
+            assert r.ok and ok and k in st._reader._handles
         with open(a.path_of(k), "r+b") as f:  # damage it in place
             f.seek(F.segment_offsets(lens)[1][0])
             f.write(b"\x00\xff" * 8)

@@ -519,8 +519,8 @@ def test_open_that_raced_a_removal_is_not_kept_open(store: Store) -> None:
     bufs = [np.zeros(SEG, np.uint8) for _ in range(4)]
     gen = store._forgets                 # the racing load's open happens here ...
     assert store.delete(keys[1])         # ... a concurrent load removes the object ...
-    assert store._adopt_handle(keys[1], None, None, 0, gen) is False   # ... not adopted
-    store._hit(keys[1], [], None, True, gen)                        # ... nor indexed as present
+    assert store._reader.adopt_handle(keys[1], None, None, 0, gen) is False   # ... not adopted
+    store._reader.hit(keys[1], [], None, True, gen)                        # ... nor indexed as present
     assert keys[1] not in store._index and not store.exists(keys[1])
     assert all(put_chain(store, keys))   # stored anew: loads read the new object
     assert store.get(keys[1], bufs).result(timeout=10)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import importlib
 import importlib.util
 import json
@@ -40,7 +39,7 @@ from ..io.engine import IoEngine
 from ..store import check, paths
 from ..store.format import ObjectFormatError, describe
 from ..store.keys import Namespace, is_hex_digest
-from ..store.store import verify_file
+from ..store.reader import verify_file
 
 PROG = "yrcache"
 NS_JSON = "namespace.json"

@@ -20,8 +20,8 @@ objects without a valid tag are misses.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import errno
-import itertools
 import logging
 import math
 import numbers
@@ -31,36 +31,28 @@ import threading
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
-import concurrent.futures
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from . import check, paths
 from .._args import check_digest, check_digests, check_int
 from .._native import _C
+from ..futures import Future
+from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
+from . import check, paths
 from .format import (
     MAX_OBJECT_BYTES,
     MAX_SEGMENTS,
     ObjectFormatError,
-    build_header,
     check_fields,
     describe,
-    parse_header,
-    segment_offsets,
-    verify_segments,
 )
-from ..futures import Future
-from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
 from .janitor import HOST_TAG, Janitor, Usage
 from .keys import Namespace
+from .reader import FOREIGN_ERRNOS, MISSING_ERRNOS, GetResult, Reader, miss_reason
+from .writer import Writer
 
 logger = logging.getLogger(__name__)
 
-#: errno values that mean "the object is not there (any more)": a plain miss, not an error.
-MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE, errno.ENOTDIR})
-#: errno values of an entry that is not one of ours (a symlink, a directory, a FIFO...): corrupt.
-FOREIGN_ERRNOS = frozenset({errno.ELOOP, errno.EXDEV, errno.EISDIR, errno.EINVAL})
 
 #: errno values of a root that refuses writes: with read_only=None the store opens load-only.
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
@@ -114,45 +106,6 @@ def _views(name: str, bufs: Any, *, writable: bool) -> list[memoryview]:
             raise ValueError("destination buffers must be writable")
         out.append(v.cast("B") if v.ndim != 1 or v.format != "B" else v)
     return out
-
-
-@dataclass(frozen=True)
-class GetResult:
-    """Outcome of a load. ``ok`` False means a miss; ``reason`` says why ("missing", "corrupt: ...",
-    "error: [Errno ...]"). On a miss the destination buffers hold undefined bytes."""
-
-    ok: bool
-    key: bytes
-    reason: str = ""
-    header: Any = None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-#: seconds after its last change during which a short object is taken for one not yet fully
-#: visible on this client (a miss) rather than a truncated one (removed)
-RECENT_S = 10.0
-
-
-def _short(e: ObjectFormatError) -> bool:
-    m = str(e)
-    return m.startswith(("truncated", "file is ", "header is "))
-
-
-class _Mismatch(ObjectFormatError):
-    """The object is valid but does not fit the request (the caller's buffers or range)."""
-
-
-class _Handle:
-    """An open, verified object: its File and parsed header, shared by concurrent loads."""
-
-    __slots__ = ("file", "header", "ino", "opened", "users", "retired")
-
-    def __init__(self, file: Any, header: Any, ino: int, opened: float) -> None:
-        self.file, self.header, self.ino, self.opened = file, header, ino, opened
-        self.users = 0
-        self.retired = False
 
 
 _COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
@@ -259,12 +212,10 @@ class Store:
         self._index_max = 1 << 18
         # key -> when this process last refreshed its mtime (same order and pruning)
         self._touched: OrderedDict[bytes, float] = OrderedDict()
-        self.handle_ttl = handle_ttl
-        self._max_handles = max_handles
-        self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
+        self._reader = Reader(self, handle_ttl=handle_ttl, max_handles=max_handles)
+        self._writer = Writer(self)
         self._forgets = 0   # bumped by every _forget: opens that raced one are not kept open
         self._inflight: set[concurrent.futures.Future[Any]] = set()
-        self._tmp_ids = itertools.count()
         self._stat = _C.store.StatBatch(lookup_threads)
         # Warm the lookup path once (threads parked, code paved): a scheduler's first lookup
         # should cost what every later one does. 64 random keys: misses, about 0.1 ms locally.
@@ -338,6 +289,15 @@ class Store:
                            self._ro_reason)
 
     @property
+    def handle_ttl(self) -> float:
+        """Seconds a verified object stays open (see the constructor)."""
+        return self._reader.handle_ttl
+
+    @handle_ttl.setter
+    def handle_ttl(self, seconds: float) -> None:
+        self._reader.handle_ttl = seconds
+
+    @property
     def read_only(self) -> bool:
         """True when this store never writes: ``read_only=True``, or a root auto-detected as not
         writable (read-only file system, no write permission). Loads work; puts return False
@@ -374,7 +334,7 @@ class Store:
                            "dropping stores", self.root, self._ro_reason)
             fut.set_result(False)
             return fut
-        self._submit(self._stores, self._run, fut, self._put_sync, key, views, parent,
+        self._submit(self._stores, self._run, fut, self._writer.put, key, views, parent,
                      chunk_index, token_count, dtype, shape, dedup)
         return fut
 
@@ -428,7 +388,7 @@ class Store:
             elif any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
                 raise ValueError(f"byte_range {byte_range} exceeds a segment")
         fut: Future[GetResult] = Future(what="get")
-        self._submit(self._loads, self._run, fut, self._get_sync, key, views, layers, lengths,
+        self._submit(self._loads, self._run, fut, self._reader.get, key, views, layers, lengths,
                      byte_range)
         return fut
 
@@ -519,10 +479,10 @@ class Store:
         try:
             h = self.read_header(key)
         except (OSError, ObjectFormatError) as e:
-            return GetResult(False, key, _reason(e))
+            return GetResult(False, key, miss_reason(e))
         bufs = [HostBuffer(max(4096, h.segment(i)[1])) for i in range(h.segment_count)]
         views = [memoryview(b)[:h.segment(i)[1]] for i, b in enumerate(bufs)]
-        return self._get_sync(key, views, None, None, None, remove_bad=False, count=False)
+        return self._reader.get(key, views, None, None, None, remove_bad=False, count=False)
 
     def run_janitor(self, *, blocking: bool = True) -> Any:
         """Run a janitor pass now (``gc``); returns its JanitorReport (``ran`` False on a load-only
@@ -561,9 +521,7 @@ class Store:
         self._janitor_wake.set()
         self._stores.shutdown(wait=True)
         self._loads.shutdown(wait=True)
-        with self._lock:
-            for k, hd in list(self._handles.items()):
-                self._retire_locked(k, hd)
+        self._reader.retire_all()
         if self._janitor_thread is not None:
             self._janitor_thread.join()
         for step in (self.usage.flush, self.usage.close, self.janitor.close, self._stat_close,
@@ -593,237 +551,20 @@ class Store:
     def __repr__(self) -> str:
         return f"<yrcache.Store {self.root!r} ns={self.ns_hex[:12]}{' closed' if self._closed else ''}>"
 
-    # -- put --------------------------------------------------------------------------------------
-    def _put_sync(self, key: bytes, views: list[memoryview], parent: bytes, chunk_index: int,
-                  token_count: int, dtype: str, shape: tuple[int, ...], dedup: bool) -> bool:
-        if dedup and self._exists(key):
-            self._bump("dedup_skips")
-            return True
-        hb = _C.store.header_bytes_for(len(views))
-        hdr = HostBuffer(hb)
-        h = build_header(hdr, ns=self.ns, key=key, parent=parent, chunk_index=chunk_index,
-                         token_count=token_count, dtype=dtype, shape=shape, segments=views,
-                         created_unix_ns=time.time_ns(), mac_key=self._mac)
-        object_bytes = h.object_bytes
-        admit, wake = self.usage.admit(object_bytes)  # never raises: the ledger is only advice
-        if wake:
-            self._janitor_wake.set()
-        if not admit:
-            self._bump("dropped_full")
-            self._log_once("full", "root", "yrcache: cache root %s is at its capacity (%d bytes); "
-                           "dropping stores until the janitor frees space", self.root,
-                           self.capacity_bytes)
-            return False
-        tmp = f"{HOST_TAG}-{os.getpid()}-{next(self._tmp_ids)}-{os.urandom(4).hex()}{paths.TMP_SUFFIX}"
-        published = False
-        try:
-            f = self.engine.open(tmp, "x", dir_fd=self._tmpfd, perm=paths.FILE_MODE)
-            try:
-                extents = [(f, hdr, 0)] + [(f, v, h.segment(i)[0]) for i, v in enumerate(views)]
-                self.engine.write_batch(extents).result()
-                if os.fstat(f.fileno()).st_size != h.object_bytes:  # pad an unaligned last segment
-                    os.ftruncate(f.fileno(), h.object_bytes)
-                self.engine.fsync(f).result()
-            finally:
-                f.close()
-            shard, name = paths.object_location(key.hex())
-            with paths.opened_dir(self._nsfd, shard, create=True) as d:
-                os.rename(tmp, name, src_dir_fd=self._tmpfd, dst_dir_fd=d)
-                published = True
-                if self.durable:
-                    os.fsync(d)
-        except OSError as e:
-            self._count_error(e.errno or 0, "store")
-            self._bump("store_errors")
-            self._log_once("store-errno", str(e.errno), "yrcache: store of %s failed: %s",
-                           key.hex(), e)
-            if not published:
-                self.usage.release(object_bytes)
-                try:
-                    os.unlink(tmp, dir_fd=self._tmpfd)
-                except OSError:
-                    pass
-                return False
-        self.usage.added(object_bytes)
+    def _note_published(self, key: bytes, nbytes: int) -> None:
+        """Bookkeeping of a put: the name now holds the new inode, so a descriptor kept open on
+        an object it replaced (dedup=False re-stores a chunk whose load failed) is retired and
+        later loads read this one. Not _forget(): that would also stop every load in flight from
+        keeping its handle, and a read racing this put adopts only an object it verified (same
+        key, same bytes), so it needs no such guard."""
         with self._lock:
-            # The name now holds the new inode: retire a descriptor kept open on an object it
-            # replaced (dedup=False re-stores a chunk whose load failed), so later loads read
-            # this one. Not _forget(): that would also stop every load in flight from keeping its
-            # handle, and a read racing this put adopts only an object it verified (same key,
-            # same bytes), so it needs no such guard.
-            hd = self._handles.get(key)
-            if hd is not None:
-                self._retire_locked(key, hd)
+            self._reader.retire(key)
             self._stats["objects_stored"] += 1
-            self._stats["bytes_stored"] += h.object_bytes
+            self._stats["bytes_stored"] += nbytes
             now = time.monotonic()
             self._index_add_locked(key, now)
             self._touched[key] = now  # fresh mtime: no touch needed for touch_interval
             _trim_aged(self._touched, now, self.touch_interval, self._index_max)
-        return True
-
-    # -- get --------------------------------------------------------------------------------------
-    def _get_sync(self, key: bytes, views: list[memoryview], layers: list[int] | None,
-                  lengths: list[int] | None, byte_range: tuple[int, int] | None, *,
-                  remove_bad: bool = True, count: bool = True) -> GetResult:
-        gen = self._forgets   # an object forgotten meanwhile is neither indexed nor kept open
-        hd = self._acquire_handle(key) if count else None
-        if hd is not None:  # open and verified moments ago: read just the segments
-            try:
-                h = hd.header
-                if lengths is not None and (h.segment_count != len(lengths) or any(
-                        h.segment(i)[1] != n for i, n in enumerate(lengths))):
-                    raise ObjectFormatError("segment lengths differ from the expected layout")
-                read_verify(self.engine, hd.file, h.object_bytes, key, views, layers, None,
-                            byte_range, ns=self.ns, mac_key=self._mac, known=h)
-            except _Mismatch as e:
-                self._release_handle(hd)
-                return self._mismatch(key, str(e), count)
-            except (ObjectFormatError, OSError) as e:
-                self._retire_handle(key, hd)
-                self._release_handle(hd)
-                # The name may hold a new object by now (put(dedup=False) here, in another Store
-                # or on another node, after a load failed): read that one instead of reporting
-                # the descriptor's old inode. Otherwise the old inode is the object: judge it.
-                if not self._replaced(key, hd.ino):
-                    if isinstance(e, ObjectFormatError):
-                        return self._corrupt(key, hd.ino, str(e), remove_bad, count)
-                    return self._miss(key, e, count)
-            else:
-                self._release_handle(hd)
-                self._bump("open_handle_hits")
-                return self._hit(key, views, h, count, gen)
-        nsfd = self._ns_dir()
-        if nsfd is None:  # a load-only store whose namespace does not exist (yet)
-            return self._miss(key, FileNotFoundError(errno.ENOENT, "no namespace directory"),
-                              count)
-        try:
-            f = self.engine.open(paths.object_relpath(key.hex()), "r", dir_fd=nsfd)
-        except OSError as e:
-            if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
-                return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",
-                                     remove_bad and e.errno == errno.ELOOP, count)
-            return self._miss(key, e, count)
-        ino = -1
-        try:
-            st = os.fstat(f.fileno())
-            ino = st.st_ino
-            if not stat.S_ISREG(st.st_mode):
-                raise ObjectFormatError("not a regular file")
-            h = read_verify(self.engine, f, st.st_size, key, views, layers, lengths, byte_range,
-                            ns=self.ns, mac_key=self._mac)
-        except _Mismatch as e:
-            f.close()
-            return self._mismatch(key, str(e), count)
-        except ObjectFormatError as e:
-            f.close()
-            if _short(e) and time.time() - st.st_mtime < RECENT_S:
-                # A short view of a just-published object: another client of a shared file system
-                # may not see all of it yet (seen once on MooseFS: a fresh object read as 0
-                # bytes). A miss now; an object that stays short is removed by a later load,
-                # the janitor or fsck.
-                self._bump("incomplete")
-                return self._miss(key, FileNotFoundError(errno.ENOENT, "not fully visible yet"),
-                                  count)
-            return self._corrupt(key, ino, str(e), remove_bad, count)
-        except OSError as e:
-            f.close()
-            return self._miss(key, e, count)
-        if not (count and self._adopt_handle(key, f, h, ino, gen)):
-            f.close()
-        return self._hit(key, views, h, count, gen)
-
-    def _hit(self, key: bytes, views: list[memoryview], h: Any, count: bool,
-             gen: int) -> GetResult:
-        nbytes = sum(v.nbytes for v in views)
-        with self._lock:
-            if count:
-                self._stats["hits"] += 1
-                self._stats["bytes_read"] += nbytes
-            # Not if a concurrent read (another layer of the same object) found it corrupt and
-            # removed it meanwhile: "exists" would then hold for index_ttl, so the engine would
-            # neither store the chunk again nor stop looking it up.
-            if self._forgets == gen:
-                self._index_add_locked(key, time.monotonic())
-        return GetResult(True, key, "", h)
-
-    # -- open objects ---------------------------------------------------------------------------
-    def _acquire_handle(self, key: bytes) -> _Handle | None:
-        with self._lock:
-            hd = self._handles.get(key)
-            if hd is None:
-                return None
-            if time.monotonic() - hd.opened > self.handle_ttl:
-                self._retire_locked(key, hd)
-                return None
-            hd.users += 1
-            self._handles.move_to_end(key)
-            return hd
-
-    def _release_handle(self, hd: _Handle) -> None:
-        with self._lock:
-            hd.users -= 1
-            close = hd.retired and hd.users == 0
-        if close:
-            hd.file.close()
-
-    def _adopt_handle(self, key: bytes, f: Any, h: Any, ino: int, gen: int) -> bool:
-        if self.handle_ttl <= 0 or self._max_handles <= 0:
-            return False
-        with self._lock:
-            # An object forgotten (found corrupt by a concurrent read of another layer, deleted,
-            # evicted) since this open may be gone, or replaced by a new object: keeping the old
-            # descriptor would serve the removed inode to later loads. Any forget skips adoption.
-            if key in self._handles or self._closed or self._forgets != gen:
-                return False
-            self._handles[key] = _Handle(f, h, ino, time.monotonic())
-            while len(self._handles) > self._max_handles:
-                k, old = next(iter(self._handles.items()))
-                self._retire_locked(k, old)
-        return True
-
-    def _retire_handle(self, key: bytes, hd: _Handle) -> None:
-        with self._lock:
-            self._retire_locked(key, hd)
-
-    def _retire_locked(self, key: bytes, hd: _Handle) -> None:
-        if self._handles.get(key) is hd:
-            del self._handles[key]
-        if not hd.retired:
-            hd.retired = True
-            if hd.users == 0:
-                hd.file.close()  # marks it closed; descriptors go when in-flight reads finish
-
-    def _mismatch(self, key: bytes, why: str, count: bool) -> GetResult:
-        # A valid object that does not fit what the caller asked for: a miss; the object stays.
-        if count:
-            self._bump("misses")
-        self._log_once("mismatch", key.hex(), "yrcache: object %s does not match the request (%s)",
-                       key.hex(), why)
-        return GetResult(False, key, f"mismatch: {why}")
-
-    def _corrupt(self, key: bytes, ino: int, why: str, remove: bool, count: bool) -> GetResult:
-        if count:
-            self._bump("corrupt")
-            self._bump("misses")
-        self._forget(key)
-        self._log_once("corrupt", key.hex(), "yrcache: object %s is invalid (%s)%s", key.hex(),
-                       why, "; removed" if remove else "")
-        if remove:
-            self._remove_if_same(key, ino)
-        return GetResult(False, key, f"corrupt: {why}")
-
-    def _miss(self, key: bytes, e: OSError, count: bool = True) -> GetResult:
-        if count:
-            self._bump("misses")
-        self._forget(key)
-        if e.errno not in MISSING_ERRNOS:
-            if count:
-                self._count_error(e.errno or 0, "load")
-            self._log_once("load-errno", str(e.errno), "yrcache: load of %s failed: %s",
-                           key.hex(), e)
-            return GetResult(False, key, f"error: {e}")
-        return GetResult(False, key, "missing")
 
     # -- helpers ----------------------------------------------------------------------------------
     def _submit(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
@@ -865,18 +606,6 @@ class Store:
         if nsfd is None:
             raise FileNotFoundError(errno.ENOENT, "no such namespace directory (yet)", self.ns_hex)
         return paths.open_beneath(nsfd, paths.object_relpath(key.hex()), os.O_RDONLY)
-
-    def _remove_if_same(self, key: bytes, ino: int) -> None:
-        # Only the inode we found bad: a writer may have renamed a good object over it meanwhile.
-        if self.read_only or self._nsfd is None:  # a load-only store removes nothing
-            return
-        check.remove_if_same(self._nsfd, paths.object_relpath(key.hex()), ino)
-
-    def _replaced(self, key: bytes, ino: int) -> bool:
-        """Whether the object's name now holds another inode than ``ino`` (a stat, no open)."""
-        if self._nsfd is None:
-            return False
-        return check.holds_other_inode(self._nsfd, paths.object_relpath(key.hex()), ino)
 
     def _touch_chain(self, keys: list[bytes]) -> None:
         """Refresh mtimes (LRU age) of a matched chain, rate-limited per key, in the background."""
@@ -928,9 +657,7 @@ class Store:
             self._forgets += 1
             self._index.pop(key, None)
             self._touched.pop(key, None)
-            hd = self._handles.get(key)
-            if hd is not None:
-                self._retire_locked(key, hd)
+            self._reader.retire(key)
 
     def _index_add_locked(self, key: bytes, t: float) -> None:
         self._index.pop(key, None)
@@ -1017,89 +744,6 @@ class Store:
 
 
 
-def read_verify(engine: IoEngine, f: Any, size: int, key: bytes, views: list[memoryview],
-                layers: list[int] | None, lengths: list[int] | None,
-                byte_range: tuple[int, int] | None, *, ns: bytes, mac_key: bytes | None,
-                known: Any = None) -> Any:
-    """Read segments of the object open as ``f`` (``size`` bytes) into ``views`` and verify
-    them; returns its header. ``layers`` picks segments (default: all); ``lengths`` (every
-    segment's, when known) lets the header travel in the same batch as the segments; ``known``
-    is a header already verified. Raises ObjectFormatError (_Mismatch when the object does not
-    fit the request) or OSError."""
-    idx = layers if layers is not None else list(range(len(views)))
-    h = known
-    if lengths is None:  # no expected layout: header first (unless known), then the segments
-        if h is None:
-            h = read_header(engine, f, ns=ns, key=key, mac_key=mac_key)
-        lengths = [h.segment(i)[1] for i in range(h.segment_count)]
-        if any(i >= len(lengths) for i in idx):
-            raise ObjectFormatError("object has fewer segments than asked for")
-    if byte_range is None:
-        targets = views
-        for t, i in zip(targets, idx):  # lengths came from the object, not the caller
-            if t.nbytes != lengths[i]:
-                raise _Mismatch(f"segment {i} is {lengths[i]} bytes, the caller expects "
-                                f"{t.nbytes}")
-    else:  # whole segments into scratch, verify, then copy the range out
-        if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
-            raise _Mismatch(f"byte_range {byte_range} exceeds a segment")
-        scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
-        targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
-    hb, offs, _ = segment_offsets(lengths)
-    extents: list[tuple[Any, Any, int]] = [(f, t, offs[i]) for t, i in zip(targets, idx)]
-    want = sum(t.nbytes for t in targets)
-    hdr = None
-    if h is None:  # speculative: the header travels in the same batch as the segments
-        hdr = HostBuffer(hb)
-        extents.insert(0, (f, hdr, 0))
-        want += hb
-    got = engine.read_batch(extents).result()
-    if hdr is not None and got >= hb:  # the header first: a wrong geometry is not a short read
-        h = parse_header(memoryview(hdr), ns=ns, key=key, mac_key=mac_key)
-        if h.segment_count != len(lengths) or any(
-                h.segment(i)[1] != n for i, n in enumerate(lengths)):
-            raise ObjectFormatError("segment lengths differ from the expected layout")
-    if got != want:
-        raise ObjectFormatError(f"truncated object ({got} of {want} bytes read)")
-    if hdr is not None:
-        h = parse_header(memoryview(hdr), ns=ns, key=key, mac_key=mac_key)
-    if size != h.object_bytes:
-        raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
-    verify_segments(h, list(zip(idx, targets)), mac_key=mac_key)
-    if byte_range is not None:
-        s, n = byte_range
-        for v, t in zip(views, targets):
-            v[:] = t[s:s + n]
-    return h
-
-
-def read_header(engine: IoEngine, f: Any, *, ns: bytes, key: bytes, mac_key: bytes | None
-                ) -> Any:
-    """The verified header of the object open as ``f``: 4 KiB, or its declared size."""
-    hdr = HostBuffer(4096)
-    got = engine.pread(f, hdr, 0).result()
-    need = check.header_bytes_needed(memoryview(hdr)[:got])
-    if need:
-        hdr = HostBuffer(need)
-        got = engine.pread(f, hdr, 0).result()
-    return parse_header(memoryview(hdr)[:got], ns=ns, key=key, mac_key=mac_key)
-
-
-def verify_file(engine: IoEngine, f: Any, size: int, *, ns: bytes, key: bytes,
-                mac_key: bytes | None) -> Any:
-    """Verify a whole object open as ``f`` (``size`` bytes) one segment at a time, as loads
-    verify it; returns its header. Raises ObjectFormatError or OSError."""
-    h = read_header(engine, f, ns=ns, key=key, mac_key=mac_key)
-    if size != h.object_bytes:
-        raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
-    for i in range(h.segment_count):
-        n = h.segment(i)[1]
-        view = memoryview(HostBuffer(max(4096, n)))[:n]
-        read_verify(engine, f, size, key, [view], [i], None, None, ns=ns, mac_key=mac_key,
-                    known=h)
-    return h
-
-
 def _trim_aged(d: OrderedDict[bytes, float], now: float, max_age: float, max_len: int) -> None:
     """Drop the oldest entries of a key -> time dict kept oldest first: those older than
     ``max_age`` (they answer nothing any more), and any beyond ``max_len``."""
@@ -1116,12 +760,4 @@ def _seq(name: str, v: Any) -> list[Any]:
     return list(v)
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ObjectFormatError):
-        return f"corrupt: {e}"
-    if isinstance(e, OSError) and e.errno in MISSING_ERRNOS:
-        return "missing"
-    return f"error: {e}"
-
-
-__all__ = ["MISSING_ERRNOS", "GetResult", "Store", "describe", "read_verify", "verify_file"]
+__all__ = ["MISSING_ERRNOS", "GetResult", "Store", "describe"]

@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The store's publish path: build the header, admit the object against the root's budget, write
+it to ``root/.tmp/<unique>.tmp`` through the I/O engine, fsync, and rename it to its object path
+(:mod:`yrcache.store.paths`). Readers never see a partial object, and two writers of one key both
+succeed (either result is valid: same key, same content). A put never raises for the file system:
+a dropped store is counted and logged.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .._native import _C
+from ..io.engine import HostBuffer
+from . import paths
+from .format import build_header
+from .janitor import HOST_TAG
+
+if TYPE_CHECKING:
+    from .store import Store
+
+
+class Writer:
+    """Puts for one :class:`~yrcache.store.store.Store` (its engine, directories, ledger and
+    counters)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._tmp_ids = itertools.count()
+
+    def put(self, key: bytes, views: list[memoryview], parent: bytes, chunk_index: int,
+            token_count: int, dtype: str, shape: tuple[int, ...], dedup: bool) -> bool:
+        """Publish one object (arguments checked by Store.put); False when it was dropped."""
+        st = self._store
+        if dedup and st._exists(key):
+            st._bump("dedup_skips")
+            return True
+        hdr = HostBuffer(_C.store.header_bytes_for(len(views)))
+        h = build_header(hdr, ns=st.ns, key=key, parent=parent, chunk_index=chunk_index,
+                         token_count=token_count, dtype=dtype, shape=shape, segments=views,
+                         created_unix_ns=time.time_ns(), mac_key=st._mac)
+        if not self._admit(h.object_bytes):
+            return False
+        try:
+            self._publish(key, hdr, h, views)
+        except OSError as e:
+            st._count_error(e.errno or 0, "store")
+            st._bump("store_errors")
+            st._log_once("store-errno", str(e.errno), "yrcache: store of %s failed: %s",
+                         key.hex(), e)
+            if not getattr(e, "published", False):
+                st.usage.release(h.object_bytes)
+                return False
+        st.usage.added(h.object_bytes)
+        st._note_published(key, h.object_bytes)
+        return True
+
+    def _admit(self, nbytes: int) -> bool:
+        """Whether the budget has room (never raises: the ledger is only advice); wakes the
+        janitor when usage passes the high watermark."""
+        st = self._store
+        admit, wake = st.usage.admit(nbytes)
+        if wake:
+            st._janitor_wake.set()
+        if not admit:
+            st._bump("dropped_full")
+            st._log_once("full", "root", "yrcache: cache root %s is at its capacity (%d bytes); "
+                         "dropping stores until the janitor frees space", st.root,
+                         st.capacity_bytes)
+        return admit
+
+    def _publish(self, key: bytes, hdr: Any, h: Any, views: list[memoryview]) -> None:
+        """Write, fsync and rename the object. An OSError raised after the rename carries
+        ``published = True`` (the object is there; only the directory fsync failed); before it,
+        the temp file is removed."""
+        st = self._store
+        tmp = (f"{HOST_TAG}-{os.getpid()}-{next(self._tmp_ids)}-{os.urandom(4).hex()}"
+               f"{paths.TMP_SUFFIX}")
+        published = False
+        try:
+            f = st.engine.open(tmp, "x", dir_fd=st._tmpfd, perm=paths.FILE_MODE)
+            try:
+                extents = [(f, hdr, 0)] + [(f, v, h.segment(i)[0]) for i, v in enumerate(views)]
+                st.engine.write_batch(extents).result()
+                if os.fstat(f.fileno()).st_size != h.object_bytes:  # pad an unaligned last segment
+                    os.ftruncate(f.fileno(), h.object_bytes)
+                st.engine.fsync(f).result()
+            finally:
+                f.close()
+            shard, name = paths.object_location(key.hex())
+            with paths.opened_dir(st._nsfd, shard, create=True) as d:
+                os.rename(tmp, name, src_dir_fd=st._tmpfd, dst_dir_fd=d)
+                published = True
+                if st.durable:
+                    os.fsync(d)
+        except OSError as e:
+            e.published = published  # type: ignore[attr-defined]
+            if not published:
+                try:
+                    os.unlink(tmp, dir_fd=st._tmpfd)
+                except OSError:
+                    pass
+            raise
+
+
+__all__ = ["Writer"]
