@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache.cuda import copy as G
+from yrcache.cuda import copy as cuda_copy
 from yrcache.cuda import gds
 from yrcache._native import _C
 from yrcache.cache.copy import gather_paged, scatter_paged
@@ -33,7 +33,7 @@ from yrcache.tensors import paged_geometry
 
 from .conftest import REPO, require
 
-HAVE_GPU, WHY = G.status()
+HAVE_GPU, WHY = cuda_copy.status()
 gpu = pytest.mark.skipif(not HAVE_GPU, reason=f"needs a CUDA device: {WHY}")
 
 
@@ -78,8 +78,8 @@ def test_without_a_device_cuda_calls_say_why() -> None:
     if HAVE_GPU:
         assert _C.cuda.require_device(0) >= 1
         return
-    for call in (lambda: G.require(0), lambda: _C.cuda.Copier(0),
-                 lambda: G.pin(HostBuffer(4096)), lambda: gds.DeviceFileIO(0)):
+    for call in (lambda: cuda_copy.require(0), lambda: _C.cuda.Copier(0),
+                 lambda: cuda_copy.pin(HostBuffer(4096)), lambda: gds.DeviceFileIO(0)):
         with pytest.raises(CudaUnavailableError, match=r"CUDA|cuda") as e:
             call()
         assert "cudaError" in str(e.value) or "not compiled" in str(e.value)
@@ -89,7 +89,7 @@ def test_without_a_device_cuda_calls_say_why() -> None:
 def test_cache_refuses_cuda_tensors_without_a_device(tmp_path: Path) -> None:
     """A tensor that says it is on cuda:0 reaches the device check (not a generic error)."""
     if HAVE_GPU:   # not applicable: test_cache_round_trip_cuda_tensors covers real ones
-        assert G.available()
+        assert cuda_copy.available()
         return
     from yrcache.cache.cache import Cache
     from yrcache.cache.layout import KVLayout
@@ -169,13 +169,13 @@ torch = pytest.importorskip("torch") if HAVE_GPU else None
 
 def _pinned(nbytes: int) -> tuple[HostBuffer, np.ndarray]:
     b = HostBuffer(nbytes)
-    G.pin(b)
+    cuda_copy.pin(b)
     return b, np.frombuffer(b, np.uint8)
 
 
 @gpu
 @pytest.mark.cuda
-@pytest.mark.parametrize("method", G.METHODS)
+@pytest.mark.parametrize("method", cuda_copy.METHODS)
 @pytest.mark.parametrize("page,stride_pad", [(65536, 0), (32768, 4096), (4098, 2), (24, 0)])
 def test_gather_scatter_bit_exact_against_cpu(method: str, page: int, stride_pad: int) -> None:
     rng = np.random.default_rng(page + stride_pad)
@@ -212,13 +212,13 @@ def test_dense_bit_exact_against_cpu() -> None:
     view = t[:, :, :, :]                    # [batch, heads, seq, head_dim]
     buf, host = _pinned(8 * 256 * 128 * 2)
     host[:] = 0xCD
-    G.gather_dense(view, 300, 256, buf, batch=1, after_stream=torch.cuda.current_stream()) \
+    cuda_copy.gather_dense(view, 300, 256, buf, batch=1, after_stream=torch.cuda.current_stream()) \
         .synchronize()
     ref = np.empty_like(host)
     gather_dense(t.cpu().view(torch.int16).numpy(), 300, 256, ref, batch=1)
     assert np.array_equal(host, ref)
     u = torch.zeros_like(t)
-    G.scatter_dense(u, 300, 256, buf, batch=1, after_stream=torch.cuda.current_stream()) \
+    cuda_copy.scatter_dense(u, 300, 256, buf, batch=1, after_stream=torch.cuda.current_stream()) \
         .synchronize()
     assert torch.equal(u[1, :, 300:556], t[1, :, 300:556])
     assert not u[0].any() and not u[1, :, :300].any() and not u[1, :, 556:].any()
@@ -234,7 +234,7 @@ def test_store_gather_sees_what_the_compute_stream_just_wrote() -> None:
     with torch.cuda.stream(s):
         torch.cuda._sleep(200_000_000)      # ~0.1 s: the write below is still queued
         layer.fill_(7)
-    ev = G.gather_paged(layer, ids, buf, after_stream=s)
+    ev = cuda_copy.gather_paged(layer, ids, buf, after_stream=s)
     ev.synchronize()
     assert (host == 7).all()                # not the zeros that were there when it was issued
 
@@ -249,8 +249,8 @@ def test_load_event_gates_a_consumer_kernel_without_host_wait() -> None:
     host[:] = 9
     with torch.cuda.stream(slow):
         torch.cuda._sleep(200_000_000)      # the load may only start after this
-    gate = G.copier(0).record(slow.cuda_stream)
-    ev = G.scatter_paged(layer, ids, buf, after_event=gate, signal=compute)
+    gate = cuda_copy.copier(0).record(slow.cuda_stream)
+    ev = cuda_copy.scatter_paged(layer, ids, buf, after_event=gate, signal=compute)
     with torch.cuda.stream(compute):        # enqueued at once: no host synchronization
         out = layer[10:42].clone()
     assert not ev.query()                   # the copy is still waiting behind `slow`
@@ -263,7 +263,7 @@ def test_load_event_gates_a_consumer_kernel_without_host_wait() -> None:
 @pytest.mark.cuda
 def test_cuda_errors_carry_the_cuda_error_name() -> None:
     b = HostBuffer(1 << 20)
-    G.pin(b)
+    cuda_copy.pin(b)
     with pytest.raises(CudaError, match="cudaErrorHostMemoryAlreadyRegistered") as e:
         _C.cuda.host_register_range(b.address, 1 << 20)
     assert e.value.name == "cudaErrorHostMemoryAlreadyRegistered"

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Gather/scatter of one layer's KV between an engine's tensors and a staging segment (C++).
 
-Tensors may be torch tensors or numpy arrays, on the CPU (CUDA tensors come with the GPU data
-path). Only their address, shape and byte strides cross into C++, which bound-checks everything
-again; the caller keeps the tensors alive for the duration of the call (calls are synchronous).
+Tensors may be torch tensors or numpy arrays, on the CPU (CUDA tensors go through
+:mod:`yrcache.cuda.copy`). Only their address, shape and byte strides (:mod:`yrcache.tensors`)
+cross into C++, which bound-checks everything again; the caller keeps the tensors alive for the
+duration of the call (calls are synchronous).
 
 >>> gather_paged(layer_kv, np.array([7, 3, 9]), staging_view)    # pages 7, 3, 9 -> staging
 >>> scatter_paged(layer_kv, np.array([1, 2, 4]), staging_view)   # staging -> pages 1, 2, 4
