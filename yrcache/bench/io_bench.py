@@ -134,7 +134,8 @@ class Bench:
 
     # -- the engine ---------------------------------------------------------------------------
     def slices(self) -> list[tuple[int, int]]:
-        return [(off, min(self.buflen, self.size - off)) for off in range(0, self.size, self.buflen)]
+        return [(off, min(self.buflen, self.size - off))
+                for off in range(0, self.size, self.buflen)]
 
     def engine_run(self, eng: yrcache.IoEngine, op: str) -> Sample:
         if op == "write":
@@ -216,7 +217,8 @@ class Bench:
             _unlink(self.wpath)
         p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
         if p.returncode != 0 or "{" not in p.stdout:
-            raise RuntimeError(f"fio exited {p.returncode}: {(p.stderr or p.stdout).strip()[-400:]}")
+            raise RuntimeError(f"fio exited {p.returncode}: "
+                               f"{(p.stderr or p.stdout).strip()[-400:]}")
         job = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]
         st = job[op]
         if st["io_bytes"] != self.size:
@@ -420,7 +422,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bs", type=lambda s: _csv(s, parse_size),
                    help="block sizes (default 256K,1M,4M; --quick 1M,4M)")
     p.add_argument("--qd", type=lambda s: _csv(s, int),
-                   help="queue depths for every backend (default uring 1,8,32, psync 1,8; --quick 8)")
+                   help="queue depths for every backend (default uring 1,8,32, psync 1,8; "
+                        "--quick 8)")
     p.add_argument("--backends", type=lambda s: _csv(s, str),
                    help="uring,psync (default both; --quick: uring, else psync)")
     p.add_argument("--ops", type=lambda s: _csv(s, str), default=["write", "read"],
@@ -456,9 +459,10 @@ def _plan(a: argparse.Namespace, odirect: bool) -> list[Row]:
                 rows.append(Row(op, bs, 1, "python-odirect", comparable=odirect, note=nodirect
                                 or "synchronous single-thread loop: queue depth 1 by nature"))
                 rows.append(Row(op, bs, TARGET_QD, "pyuring", comparable=odirect and why is None,
-                                note=nodirect or why or "read/write_async_ptr on mmap slots (unregistered "
-                                "buffers: pyuring's fixed-buffer I/O is synchronous only); "
-                                "one io_uring_enter per request"))
+                                note=nodirect or why or (
+                                    "read/write_async_ptr on mmap slots (unregistered buffers: "
+                                    "pyuring's fixed-buffer I/O is synchronous only); one "
+                                    "io_uring_enter per request")))
     return rows
 
 
@@ -542,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                   "backends": a.backends, "ops": a.ops, "quick": q, "fio": fio,
                   "fio_extra": a.fio_extra, "baselines": not a.no_baselines,
                   "baseline_queue_depth": TARGET_QD, "buffer_bytes": bench.buflen,
-                  "buffers": BUFFERS, "check": a.check, "psync_fio": PSYNC_FIO, "cpu_method": CPU_METHOD,
+                  "buffers": BUFFERS, "check": a.check, "psync_fio": PSYNC_FIO,
+                  "cpu_method": CPU_METHOD,
                   "timed_region": TIMED, "order": "pair i: engine first if i even, else fio first",
                   "elapsed_s": round(elapsed, 2), "notes": notes}
         with open(a.json, "w", encoding="utf-8") as fh:

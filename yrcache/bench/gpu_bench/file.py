@@ -82,22 +82,22 @@ def _file_cache(c: Ctx, torch: Any, root: str) -> None:
     from yrcache.cache.layout import KVLayout
     dev = c.dev
     dv = f"cuda:{dev}"
-    L, page, bt, chunk = 32, 64 * KIB, 16, 256
+    layers, page, bt, chunk = 32, 64 * KIB, 16, 256
     per = chunk // bt
     seg = per * page
-    obj = L * seg
+    obj = layers * seg
     total = (256 if c.quick else 1024) * MIB
     n_chunks = max(2, total // obj)
     max_reps, min_reps = 5, 3
     budget = min(15.0 if c.quick else 30.0, max(8.0, 0.25 * c.left()))
-    layout = KVLayout.paged("gpu-bench-paged", num_layers=L, dtype="bfloat16", kv_heads=8,
+    layout = KVLayout.paged("gpu-bench-paged", num_layers=layers, dtype="bfloat16", kv_heads=8,
                             head_size=128, block_tokens=bt, page_bytes=page)
     ns = layout.namespace("gpu-bench-file", chunk_tokens=chunk)
     # one store call claims a staging slab per chunk up front (none free: the chunk is dropped),
     # so the store half of the staging must hold every chunk of a call
     staging = 2 * (n_chunks + 1) * obj + 8 * MIB
     cfg = c.doc["config"]
-    cfg.update({"layers": L, "page_bytes": page, "block_tokens": bt, "chunk_tokens": chunk,
+    cfg.update({"layers": layers, "page_bytes": page, "block_tokens": bt, "chunk_tokens": chunk,
                 "object_bytes": obj, "chunks": n_chunks, "bytes_per_op": n_chunks * obj,
                 "mode": "sync", "staging_bytes": staging, "budget_s": round(budget, 1),
                 "kv": "uint8 [blocks, 64 KiB] per layer (a paged layout accepts uint8); CUDA: "
@@ -111,7 +111,7 @@ def _file_cache(c: Ctx, torch: Any, root: str) -> None:
     peak = copy_peak(torch, dev, 64 * MIB, 5)
     c.doc["results"]["copy_peak"] = peak
     nb = n_chunks * per + 32
-    g_src = [torch.randint(0, 256, (nb, page), dtype=torch.uint8, device=dv) for _ in range(L)]
+    g_src = [torch.randint(0, 256, (nb, page), dtype=torch.uint8, device=dv) for _ in range(layers)]
     g_dst = [torch.empty_like(t) for t in g_src]
     c_src = [t.cpu() for t in g_src]
     c_dst = [torch.empty_like(t) for t in c_src]
@@ -299,7 +299,7 @@ def _dfio_body(c: Ctx, torch: Any, root: str, size: int, reps: int, budget: floa
             except Exception as ex:  # noqa: BLE001
                 e["error"] = f"{type(ex).__name__}: {ex}"
         live = [x for x in live if "error" not in x[0]]
-    for e, io, _ in live:
+    for e, _, _ in live:
         for op in ("write", "read"):
             s = sample_summary(samples[(e["prefer"], op)])
             e[op], e[f"{op}_gbps"] = s, s["median"]

@@ -85,7 +85,7 @@ def phase_overlap(c: Ctx) -> None:
     page, total = 64 * KIB, 64 * MIB
     n = total // page
     nb = 2 * n
-    N = 8192
+    dim = 8192
     target_s = 0.5 if c.quick else 1.0
     reps = 5
     methods = ["staged", "mapped"]
@@ -96,9 +96,9 @@ def phase_overlap(c: Ctx) -> None:
     for b in bufs:
         cuda_copy.pin(b)
     views = [memoryview(b)[:total] for b in bufs]
-    A = torch.randn(N, N, dtype=torch.bfloat16, device=dv)
-    B = torch.randn(N, N, dtype=torch.bfloat16, device=dv)
-    C = torch.empty(N, N, dtype=torch.bfloat16, device=dv)
+    mat_a = torch.randn(dim, dim, dtype=torch.bfloat16, device=dv)
+    mat_b = torch.randn(dim, dim, dtype=torch.bfloat16, device=dv)
+    mat_out = torch.empty(dim, dim, dtype=torch.bfloat16, device=dv)
     torch.cuda.synchronize(dev)
     peak = copy_peak(torch, dev, total, 5)
     d2h_peak = peak["d2h"]["median"]
@@ -107,7 +107,7 @@ def phase_overlap(c: Ctx) -> None:
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
         for _ in range(k):
-            torch.mm(A, B, out=C)
+            torch.mm(mat_a, mat_b, out=mat_out)
         e1.record()
         e1.synchronize()
         return e0.elapsed_time(e1) / 1e3
@@ -115,7 +115,8 @@ def phase_overlap(c: Ctx) -> None:
     mm(10)
     per = mm(20) / 20
     k = max(20, round(target_s / per))
-    c.doc["config"] = {"matmul": f"bf16 {N}x{N} @ {N}x{N}, torch.mm(out=) on the default stream",
+    c.doc["config"] = {"matmul": f"bf16 {dim}x{dim} @ {dim}x{dim}, torch.mm(out=) on the default "
+                                 "stream",
                        "matmuls_per_run": k, "matmul_s_calibrated": per,
                        "offload": f"Copier.gather_paged of {n} random pages of 64 KiB (64 MiB) of "
                                   "a separate uint8 tensor into two pinned HostBuffers, two ops "
@@ -157,7 +158,7 @@ def phase_overlap(c: Ctx) -> None:
             off_g[name].append(off.gbps(t0, t1))
     cp.method = "staged"
     alone = sample_summary(mm_s["alone"])
-    flops = 2.0 * N * N * N * k
+    flops = 2.0 * dim * dim * dim * k
     res: dict[str, Any] = {"matmul_alone_s": alone,
                            "tflops_alone": flops / alone["median"] / 1e12,
                            "d2h_peak": peak, "d2h_peak_gbps": d2h_peak, "methods": {}}

@@ -185,21 +185,21 @@ def _serve_lengths(c: Ctx, torch: Any, model: Any, caches: dict[str, Any], state
     c.doc["headline"] = hl
     rng = np.random.default_rng(4)
     prev_cost = 0.0
-    for li, P in enumerate(lengths):
+    for li, prompt_len in enumerate(lengths):
         t_len = time.perf_counter()
         if li > 0:
-            est = prev_cost * (P / lengths[li - 1]) ** 1.3
+            est = prev_cost * (prompt_len / lengths[li - 1]) ** 1.3
             if est > c.left() - 5:
-                c.note(f"serve: {P} tokens skipped: ~{est:.0f} s estimated, "
+                c.note(f"serve: {prompt_len} tokens skipped: ~{est:.0f} s estimated, "
                        f"{c.left():.0f} s left of --budget")
-                results.append({"prompt_tokens": P, "skipped": f"~{est:.0f} s estimated, "
+                results.append({"prompt_tokens": prompt_len, "skipped": f"~{est:.0f} s estimated, "
                                 f"{c.left():.0f} s left"})
                 break
-        prompt_np = rng.integers(0, shape["vocab_size"], P, dtype=np.int64)
+        prompt_np = rng.integers(0, shape["vocab_size"], prompt_len, dtype=np.int64)
         prompt_t = torch.from_numpy(prompt_np).to(dv).unsqueeze(0)
-        hit = (P - 1) // chunk * chunk
-        row: dict[str, Any] = {"prompt_tokens": P, "hit_tokens": hit,
-                               "prefill_tokens_after_load": P - hit}
+        hit = (prompt_len - 1) // chunk * chunk
+        row: dict[str, Any] = {"prompt_tokens": prompt_len, "hit_tokens": hit,
+                               "prefill_tokens_after_load": prompt_len - hit}
         results.append(row)
         # the prefix's KV: one full prefill (also the warm-up), stored through the sync cache
         ts = time.perf_counter()
@@ -246,7 +246,7 @@ def _serve_lengths(c: Ctx, torch: Any, model: Any, caches: dict[str, Any], state
             d = (first_logits[m] - ref).norm() / ref.norm().clamp_min(1e-30)
             row[f"{m}_logits_rel_err_vs_recompute"] = float(d)
             row[f"{m}_argmax_agrees"] = extra[m][0]["token"] == extra["recompute"][0]["token"]
-        k = f"{P // 1024}K"
+        k = f"{prompt_len // 1024}K"
         for m in runs:
             hl[f"ttft_{k}_{m}_ms"] = round(row[m]["median"] * 1e3, 1)
         for m in ("sync", "async"):
