@@ -175,8 +175,8 @@ class Cache:
 
     def lookup_keys(self, keys: Sequence[bytes]) -> int:
         """Leading chunks of ``keys`` that can be loaded (host tier, staged, or stored)."""
-        n = 0
-        while n < len(keys) and (keys[n] in self._tier or self._staging.is_ready(keys[n])):
+        n = 0   # staging first: a published chunk enters the tier before its claim goes
+        while n < len(keys) and (self._staging.is_ready(keys[n]) or keys[n] in self._tier):
             n += 1
         if n < len(keys):
             n += self.store_.lookup(keys[n:])

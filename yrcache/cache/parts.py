@@ -45,6 +45,7 @@ class Operations:
 
 @dataclass(frozen=True)
 class CacheParts:
+    """One Cache's parts and settings, as its writers and loader see them."""
     layout: KVLayout
     mode: str                 # "async" or "sync"
     chunk_tokens: int
