@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 import yrcache
-from yrcache.cli import commands as cli
+from yrcache import cli
+from yrcache.cli.output import human
+from yrcache.cli.parser import parse_size
 from yrcache.store.format import segment_offsets
 from yrcache.store.keys import Namespace, chain_keys
 from yrcache.store.store import Store
@@ -239,8 +241,8 @@ def test_usage_errors_exit_2_without_traceback(tmp_path, capsys):
                  ["gc", str(tmp_path), "--capacity", "lots"], ["nosuchcommand"]):
         assert cli.main(argv) == 2, argv
     assert not (tmp_path / ".yrcache").exists()
-    assert cli.parse_size("10G") == 10 << 30 and cli.parse_size("512M") == 512 << 20
-    assert cli.human(1536) == "1.5 KiB" and cli.human(10) == "10 B"
+    assert parse_size("10G") == 10 << 30 and parse_size("512M") == 512 << 20
+    assert human(1536) == "1.5 KiB" and human(10) == "10 B"
 
 
 def test_bench_help(capsys):

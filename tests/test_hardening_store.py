@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache.cli import commands as cli
+from yrcache import cli
+from yrcache.cli.output import human
+from yrcache.cli.parser import parse_size
 from yrcache.store import format as F
 from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.store.store import Store
@@ -695,7 +697,7 @@ def test_cli_bad_usage_exits_2_with_a_message(cli_root: Path, data_dir: Path, ar
 
 
 def test_cli_sizes_and_human_bounds() -> None:
-    assert cli.parse_size("1E") == 1 << 60
-    assert cli.human(1 << 60) == "1.0 EiB"
+    assert parse_size("1E") == 1 << 60
+    assert human(1 << 60) == "1.0 EiB"
     with pytest.raises(Exception, match="out of range"):
-        cli.parse_size("8E")
+        parse_size("8E")
