@@ -31,11 +31,8 @@ host, waits for the copy.
 """
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +41,7 @@ import numpy as np
 
 from .._args import U32_MAX, check_digest, check_digests, check_int
 from .._native import _C
+from .._util import close_at_exit, forget_at_exit
 from ..cuda import copy as cuda_copy
 from ..store.format import align_up
 from ..store.keys import Namespace, chain_keys, fold_extras
@@ -115,7 +113,7 @@ class Cache:
             self._operations, ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit"))
         self._loader = Loader(self._parts, stride)
         self._closed = False
-        _OPEN.add(self)
+        close_at_exit(self, tier=0)   # a short-lived process does not lose its last stores
 
     @property
     def read_only(self) -> bool:
@@ -355,7 +353,7 @@ class Cache:
             self._parts.committer.shutdown(wait=False)
             self._staging.close()
             self.store_.close()
-            _OPEN.discard(self)
+            forget_at_exit(self)
 
     def _drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -392,27 +390,6 @@ def _dtype_name(t: Any) -> str | None:
         return None
     name = str(dt)
     return name[6:] if name.startswith("torch.") else getattr(dt, "name", name)
-
-
-_OPEN: weakref.WeakSet[Cache] = weakref.WeakSet()
-
-
-def _close_all() -> None:
-    """A short-lived process does not silently lose its last stores: drain them at exit."""
-    for c in list(_OPEN):
-        try:
-            c.close()
-        except Exception as e:  # noqa: BLE001
-            logger.warning("yrcache: closing a cache at exit failed: %s", e)
-
-
-# Runs before concurrent.futures' own exit hook (which joins worker threads without a bound), so
-# close()'s 30 s limit holds at exit too; plain atexit where that hook does not exist.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_close_all)
-else:  # pragma: no cover
-    atexit.register(_close_all)
 
 
 def _check_agrees(ns: Namespace, layout: KVLayout) -> None:
