@@ -466,17 +466,15 @@ def _plan(a: argparse.Namespace, odirect: bool) -> list[Row]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    notes = note = Notes()
-    a.dir = usable_dir(a.dir)
-    if a.dir is None:
-        return 2
+def _usable_backends(note: Notes) -> list[str]:
     info = yrcache.build_info()
     uring_ok = "uring" in info["backends"] and info["io_uring"]["usable"]
-    usable = ["uring", "psync"] if uring_ok else ["psync"]
     if not uring_ok:
         note(f"io_uring backend unusable here ({info['io_uring']['reason'] or 'not compiled'})")
+    return ["uring", "psync"] if uring_ok else ["psync"]
+
+
+def _apply_defaults(a: argparse.Namespace, usable: list[str], note: Notes) -> None:
     q = a.quick
     a.size = a.size or (256 * MIB if q else 1 << 30)
     a.pairs = a.pairs or (3 if q else 5)
@@ -486,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     for be in [b for b in a.backends if b not in usable]:
         note(f"backend {be!r} not available: skipped")
     a.backends = [b for b in a.backends if b in usable]
+
+
+def _errors(a: argparse.Namespace) -> list[str]:
     errs = [f"unknown op {o!r}" for o in a.ops if o not in ("write", "read")]
     errs += [f"--size must be a positive multiple of 1 MiB, got {a.size}"] \
         if a.size <= 0 or a.size % MIB else []
@@ -498,33 +499,29 @@ def main(argv: list[str] | None = None) -> int:
     free = shutil.disk_usage(a.dir).free
     errs += [f"not enough space in {a.dir}: need {2 * a.size} bytes, {free} free"] \
         if free < 2 * a.size + 64 * MIB else []
-    if errs:
-        print("error: " + "\n       ".join(errs), file=sys.stderr)
-        return 2
+    return errs
+
+
+def _setup_notes(a: argparse.Namespace, fio: str | None, note: Notes) -> None:
     if a.size < 1 << 30:
         note(f"--size {fmt_size(a.size)} is below the 1 GiB the comparison asks for")
-    if q:
+    if a.quick:
         note(f"--quick: {fmt_size(a.size)}, bs {','.join(fmt_size(b) for b in a.bs)}, qd "
              f"{','.join(map(str, a.qd))}, backends {','.join(a.backends)}, {a.pairs} pairs")
-    fio = None if a.no_fio else shutil.which("fio")
     if a.no_fio:
         note("fio disabled (--no-fio): reporting the engine alone")
     elif fio is None:
         note("fio not found: reporting the engine alone")
-    sysi = sysinfo(a.dir)
-    if not sysi["odirect"]:
-        note(f"O_DIRECT unusable in {a.dir}: {sysi['odirect_reason']}")
 
-    bench = Bench(a, fio, notes)
-    rows = _plan(a, sysi["odirect"])
-    bench._progress.total = sum(a.pairs * (2 if fio and r.backend in ENGINE_BACKENDS else 1)
-                      for r in rows if r.comparable)
-    t0 = time.monotonic()
+
+def _run(bench: Bench, rows: list[Row], first_backend: str) -> None:
+    """The read file laid out once, then every comparable row; the files go unless kept."""
+    a = bench.a
     try:
         if "read" in a.ops:
-            bench.lay_out_read_file(usable[0])
+            bench.lay_out_read_file(first_backend)
         for r in rows:
-            if r.backend in ENGINE_BACKENDS and fio:
+            if r.backend in ENGINE_BACKENDS and bench.fio:
                 r.fio_cmd = bench.fio_cmd(r.op, r.bs, r.qd, r.backend)
             if r.comparable:
                 bench.run_row(r)
@@ -534,6 +531,45 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep_files:
             _unlink(bench.wpath)
             _unlink(bench.rpath)
+
+
+def _config(bench: Bench, elapsed: float, notes: Notes) -> dict[str, Any]:
+    a = bench.a
+    return {"dir": a.dir, "size_bytes": a.size, "pairs": a.pairs, "block_bytes": a.bs,
+            "queue_depths": {be: a.qd or DEFAULT_QDS[be] for be in a.backends},
+            "backends": a.backends, "ops": a.ops, "quick": a.quick, "fio": bench.fio,
+            "fio_extra": a.fio_extra, "baselines": not a.no_baselines,
+            "baseline_queue_depth": TARGET_QD, "buffer_bytes": bench.buflen,
+            "buffers": BUFFERS, "check": a.check, "psync_fio": PSYNC_FIO,
+            "cpu_method": CPU_METHOD,
+            "timed_region": TIMED, "order": "pair i: engine first if i even, else fio first",
+            "elapsed_s": round(elapsed, 2), "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    notes = Notes()
+    a.dir = usable_dir(a.dir)
+    if a.dir is None:
+        return 2
+    usable = _usable_backends(notes)
+    _apply_defaults(a, usable, notes)
+    errs = _errors(a)
+    if errs:
+        print("error: " + "\n       ".join(errs), file=sys.stderr)
+        return 2
+    fio = None if a.no_fio else shutil.which("fio")
+    _setup_notes(a, fio, notes)
+    sysi = sysinfo(a.dir)
+    if not sysi["odirect"]:
+        notes(f"O_DIRECT unusable in {a.dir}: {sysi['odirect_reason']}")
+
+    bench = Bench(a, fio, notes)
+    rows = _plan(a, sysi["odirect"])
+    bench._progress.total = sum(a.pairs * (2 if fio and r.backend in ENGINE_BACKENDS else 1)
+                      for r in rows if r.comparable)
+    t0 = time.monotonic()
+    _run(bench, rows, usable[0])
     elapsed = time.monotonic() - t0
     results = _results(rows, a.size)
     print(_table(results))
@@ -541,24 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {n}")
     print(f"{len(results)} configs, {a.pairs} samples each, {elapsed:.1f} s")
     if a.json:
-        config = {"dir": a.dir, "size_bytes": a.size, "pairs": a.pairs, "block_bytes": a.bs,
-                  "queue_depths": {be: a.qd or DEFAULT_QDS[be] for be in a.backends},
-                  "backends": a.backends, "ops": a.ops, "quick": q, "fio": fio,
-                  "fio_extra": a.fio_extra, "baselines": not a.no_baselines,
-                  "baseline_queue_depth": TARGET_QD, "buffer_bytes": bench.buflen,
-                  "buffers": BUFFERS, "check": a.check, "psync_fio": PSYNC_FIO,
-                  "cpu_method": CPU_METHOD,
-                  "timed_region": TIMED, "order": "pair i: engine first if i even, else fio first",
-                  "elapsed_s": round(elapsed, 2), "notes": notes}
         with open(a.json, "w", encoding="utf-8") as fh:
-            json.dump({"schema": 1, "sysinfo": sysi, "config": config, "results": results}, fh,
-                      indent=1)
+            json.dump({"schema": 1, "sysinfo": sysi, "config": _config(bench, elapsed, notes),
+                       "results": results}, fh, indent=1)
     if a.plot:
         why = _plot(results, a.plot)
         if why:
             print(f"note: {why}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Any
 
 from yrcache.store.format import segment_offsets
 
@@ -75,12 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    notes = note = Notes()
-    a.dir = usable_dir(a.dir)
-    if a.dir is None:
-        return 2
+def _apply_defaults(a: argparse.Namespace) -> None:
     q = a.quick
     a.objects = a.objects or (8 if q else 32)
     a.pairs = a.pairs or (3 if q else 5)
@@ -89,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     a.lookup_stat_reps = a.lookup_stat_reps if a.lookup_stat_reps is not None else (5 if q else 10)
     a.load_window = a.load_window or 2 * a.load_threads
     a.fio_jobs = a.fio_jobs or a.store_threads
+
+
+def _errors(a: argparse.Namespace, fio: str | None) -> list[str]:
     obj = a.layers * a.segment_bytes
     errs = [f"unknown op {o!r} (use {','.join(OPS)})" for o in a.ops if o not in OPS]
     errs += [f"--{n.replace('_', '-')} must be >= 1" for n in
@@ -98,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     errs += ["--segment-bytes and --lookup-segment-bytes must be positive multiples of 4096"] \
         if min(a.segment_bytes, a.lookup_segment_bytes) <= 0 or \
         (a.segment_bytes | a.lookup_segment_bytes) % 4096 else []
-    fio = None if a.no_fio else shutil.which("fio")
     if fio and a.objects % a.fio_jobs:
         errs.append(f"--objects ({a.objects}) must be a multiple of --fio-jobs ({a.fio_jobs})")
     if a.mount_b and not os.path.isdir(a.mount_b):
@@ -106,57 +104,59 @@ def main(argv: list[str] | None = None) -> int:
     need = 2 * a.objects * (obj + 4096 * (1 + a.layers)) + 64 * MIB
     free = shutil.disk_usage(a.dir).free
     errs += [f"not enough space in {a.dir}: need {need} bytes, {free} free"] if free < need else []
-    if errs:
-        print("error: " + "\n       ".join(errs), file=sys.stderr)
-        return 2
+    return errs
+
+
+def _setup_notes(a: argparse.Namespace, fio: str | None, sysi: dict[str, Any], local: bool,
+                 note: Notes) -> None:
     if a.no_fio:
         note("fio disabled (--no-fio): reporting the store alone")
     elif fio is None:
         note("fio not found: reporting the store alone")
     if fio and a.qd % a.fio_jobs:
         note(f"fio: {a.fio_jobs} jobs x iodepth {max(1, a.qd // a.fio_jobs)} != queue depth {a.qd}")
-    sysi = sysinfo(a.dir)
-    fs = sysi["fs"]
-    local = not is_network_fs(fs["fstype"])
     if not sysi["odirect"]:
         note(f"O_DIRECT unusable in {a.dir}: {sysi['odirect_reason']} (fio --direct=1 will fail)")
     if not local:
-        note(f"{a.dir} is on {fs['fstype']}: O_DIRECT bypasses the client's page cache, but the "
-             f"FS may cache on its own (FUSE daemon, servers; a local MooseFS chunkserver's "
-             f"files live in this host's page cache, which drop_caches does clear)")
-    if q:
+        note(f"{a.dir} is on {sysi['fs']['fstype']}: O_DIRECT bypasses the client's page cache, "
+             f"but the FS may cache on its own (FUSE daemon, servers; a local MooseFS "
+             f"chunkserver's files live in this host's page cache, which drop_caches does clear)")
+    if a.quick:
         note(f"--quick: {a.objects} objects, {a.pairs} pairs, {a.lookup_procs} lookup processes")
     if fio and a.fio_jobs > 1:
         note(f"fio runs {a.fio_jobs} jobs (= the store's {a.store_threads} store threads) with "
              f"iodepth {max(1, a.qd // a.fio_jobs)} each: the same {a.qd} I/Os in flight as the "
              f"engine and one fsync per file per job, like concurrent puts (--fio-jobs 1 for a "
              f"single job at iodepth {a.qd})")
-    ops = [o for o in OPS if o in a.ops]
 
-    b = Bench(a, fio, notes)
-    rows = [Row(o) for o in ops if o != "lookup"]
-    runs_per_row = a.pairs * (2 if fio else 1)
-    b._progress.total = len(rows) * runs_per_row + (
-        2 + a.lookup_procs * (2 if a.mount_b else 1) if "lookup" in ops else 0)
-    t0 = time.monotonic()
+
+def _bandwidth_rows(b: Bench, rows: list[Row], ops: list[str], note: Notes) -> None:
+    """Every row's ours/fio pairs; untimed before them: objects to load when no store row made
+    them, fio's files, and one check that the bytes read back are the bytes written."""
+    if rows and "store" not in ops:
+        bandwidth.store_run(b)
+    for r in rows:
+        if b.fio:
+            r.fio_cmd = fio_cmd(b, r.op)
+        if r.op != "store" and r.fio_cmd is not None:
+            try:
+                fio_setup_files(b)
+            except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
+                r.note, r.fio_cmd = f"fio failed laying out its files: {e}", None
+                note(f"{r.op}: fio failed laying out its files: {e}")
+        if r.op == "load" or (r.op == "load_layer" and "load" not in ops):
+            bandwidth.check_data(b)
+        bandwidth.run_row(b, r)
+
+
+def _run(b: Bench, rows: list[Row], ops: list[str], note: Notes) -> dict[str, Any] | None:
+    """The bandwidth rows, then the lookups; the temp dir is removed (or kept) either way."""
+    a = b.a
     lookup = None
     try:
         b.open()
         b.drop_cache()  # probe once: notes why not
-        if rows and "store" not in ops:  # loads need objects: one untimed store run
-            bandwidth.store_run(b)
-        for r in rows:
-            if fio:
-                r.fio_cmd = fio_cmd(b, r.op)
-            if r.op != "store" and r.fio_cmd is not None:
-                try:
-                    fio_setup_files(b)
-                except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
-                    r.note, r.fio_cmd = f"fio failed laying out its files: {e}", None
-                    note(f"{r.op}: fio failed laying out its files: {e}")
-            if r.op == "load" or (r.op == "load_layer" and "load" not in ops):
-                bandwidth.check_data(b)  # untimed: the bytes read back are the bytes written
-            bandwidth.run_row(b, r)
+        _bandwidth_rows(b, rows, ops, note)
         if "lookup" in ops:
             lookup = run_lookups(b, a.mount_b, a.mount_a)
     finally:
@@ -167,6 +167,55 @@ def main(argv: list[str] | None = None) -> int:
             b.cleanup()
         else:
             note(f"files kept in {b.root}")
+    return lookup
+
+
+def _config(b: Bench, ops: list[str], local: bool, elapsed: float,
+            notes: Notes) -> dict[str, Any]:
+    a, fio = b.a, b.fio
+    return {
+        "dir": a.dir, "root": b.root, "mount_b": a.mount_b, "mount_a": a.mount_a,
+        "objects": a.objects, "layers": a.layers, "segment_bytes": a.segment_bytes,
+        "object_bytes": segment_offsets([a.segment_bytes] * a.layers)[2],
+        "bytes_per_run": b.run_bytes, "pairs": a.pairs, "ops": ops, "quick": a.quick,
+        "backend": b.eng.backend if b.eng is not None else a.backend, "queue_depth": a.qd,
+        "store_threads": a.store_threads, "load_threads": a.load_threads,
+        "load_window": a.load_window, "janitor": "off (janitor_period=0)",
+        "store_durable": False,  # Store default: no directory fsync after the rename
+        "fio": fio, "fio_jobs": a.fio_jobs, "fio_iodepth": max(1, a.qd // a.fio_jobs),
+        "fio_bs": b.fio_bs, "fio_extra": a.fio_extra, "fio_mapping": FIO_MAPPING,
+        "drop_caches": {"asked": not a.no_drop_caches, "done": b.drop and not a.no_drop_caches,
+                        "reason": b.drop_reason},
+        "local_fs": local, "timed_region": bandwidth.TIMED, "cpu_method": bandwidth.CPU_METHOD,
+        "verify_method": bandwidth.VERIFY_METHOD, "lookup_method": LOOKUP_METHOD,
+        "order": "pair i: ours first if i even, else fio first",
+        "elapsed_s": round(elapsed, 2), "notes": notes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    notes = Notes()
+    a.dir = usable_dir(a.dir)
+    if a.dir is None:
+        return 2
+    _apply_defaults(a)
+    fio = None if a.no_fio else shutil.which("fio")
+    errs = _errors(a, fio)
+    if errs:
+        print("error: " + "\n       ".join(errs), file=sys.stderr)
+        return 2
+    sysi = sysinfo(a.dir)
+    local = not is_network_fs(sysi["fs"]["fstype"])
+    _setup_notes(a, fio, sysi, local, notes)
+    ops = [o for o in OPS if o in a.ops]
+
+    b = Bench(a, fio, notes)
+    rows = [Row(o) for o in ops if o != "lookup"]
+    runs_per_row = a.pairs * (2 if fio else 1)
+    b._progress.total = len(rows) * runs_per_row + (
+        2 + a.lookup_procs * (2 if a.mount_b else 1) if "lookup" in ops else 0)
+    t0 = time.monotonic()
+    lookup = _run(b, rows, ops, notes)
     elapsed = time.monotonic() - t0
     results = report.results(b, rows)
     verify = report.verify_result(b, results)
@@ -176,25 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} bandwidth ops x {a.pairs} pairs{', lookups' if lookup else ''}, "
           f"{elapsed:.1f} s")
     if a.json:
-        config = {
-            "dir": a.dir, "root": b.root, "mount_b": a.mount_b, "mount_a": a.mount_a,
-            "objects": a.objects, "layers": a.layers, "segment_bytes": a.segment_bytes,
-            "object_bytes": segment_offsets([a.segment_bytes] * a.layers)[2],
-            "bytes_per_run": b.run_bytes, "pairs": a.pairs, "ops": ops, "quick": q,
-            "backend": b.eng.backend if b.eng is not None else a.backend, "queue_depth": a.qd,
-            "store_threads": a.store_threads, "load_threads": a.load_threads,
-            "load_window": a.load_window, "janitor": "off (janitor_period=0)",
-            "store_durable": False,  # Store default: no directory fsync after the rename
-            "fio": fio, "fio_jobs": a.fio_jobs, "fio_iodepth": max(1, a.qd // a.fio_jobs),
-            "fio_bs": b.fio_bs, "fio_extra": a.fio_extra, "fio_mapping": FIO_MAPPING,
-            "drop_caches": {"asked": not a.no_drop_caches, "done": b.drop and not a.no_drop_caches,
-                            "reason": b.drop_reason},
-            "local_fs": local, "timed_region": bandwidth.TIMED, "cpu_method": bandwidth.CPU_METHOD,
-            "verify_method": bandwidth.VERIFY_METHOD, "lookup_method": LOOKUP_METHOD,
-            "order": "pair i: ours first if i even, else fio first",
-            "elapsed_s": round(elapsed, 2), "notes": notes}
         doc = {"schema": 1, "bench": "store", "sysinfo": sysi,
-               "fs_mount_b": fs_of(a.mount_b) if a.mount_b else None, "config": config,
+               "fs_mount_b": fs_of(a.mount_b) if a.mount_b else None,
+               "config": _config(b, ops, local, elapsed, notes),
                "results": results, "verify": verify, "lookup": lookup}
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
@@ -203,4 +236,3 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             print(f"note: {why}")
     return 0
-

@@ -41,81 +41,104 @@ def yrcache_cpu_seconds(w) -> float:
     return total + (w.hook_cpu_s if w is not None else 0.0)
 
 
-def main() -> int:
-    spec = json.loads(sys.argv[1])
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)   # anything vLLM prints goes to stderr
-    import logging  # yrcache's own log lines (loads that fail, stores dropped) in the log
-
-    from vllm import LLM, SamplingParams
+def _log_to_stderr() -> None:
+    """yrcache's own log lines (loads that fail, stores dropped) in the engine's log."""
+    import logging
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger("yrcache").addHandler(h)
     logging.getLogger("yrcache").setLevel(logging.INFO)
 
+
+def _start(spec: dict[str, Any]) -> Any:
+    from vllm import LLM
     kw = dict(spec["engine"])
     if spec.get("connector") is not None:
         kw["kv_transfer_config"] = {"kv_connector": "YRCacheConnector",
                                     "kv_connector_module_path": "yrcache.integrations.vllm",
                                     "kv_role": "kv_both",
                                     "kv_connector_extra_config": spec["connector"]}
-    llm = LLM(**kw)
+    return LLM(**kw)
 
-    def worker():
-        from vllm.distributed.kv_transfer import get_kv_transfer_group
-        return get_kv_transfer_group().worker_side
 
-    def scheduler():
-        return llm.llm_engine.engine_core.engine_core.scheduler.connector.scheduler_side
+def _worker() -> Any:
+    from vllm.distributed.kv_transfer import get_kv_transfer_group
+    return get_kv_transfer_group().worker_side
 
+
+def _scheduler(llm: Any) -> Any:
+    return llm.llm_engine.engine_core.engine_core.scheduler.connector.scheduler_side
+
+
+def _generate(llm: Any, cmd: dict[str, Any]) -> dict[str, Any]:
+    from vllm import SamplingParams
+    sp = SamplingParams(max_tokens=cmd.get("max_tokens", 8), temperature=0.0,
+                        logprobs=cmd.get("logprobs", 1), detokenize=False)
+    prompts = []
+    for p in cmd["prompts"]:
+        d = {"prompt_token_ids": p["ids"]}
+        if p.get("salt"):
+            d["cache_salt"] = p["salt"]
+        prompts.append(d)
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    r: dict[str, Any] = {"seconds": time.perf_counter() - t0}
+    r["results"] = [{
+        "ttft": o.metrics.first_token_latency if o.metrics is not None else None,
+        "preemptions": o.metrics.num_preemptions if o.metrics is not None else None,
+        "tokens": list(o.outputs[0].token_ids),
+        "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
+                                                     o.outputs[0].logprobs)],
+        "cached": o.num_cached_tokens} for o in outs]
+    return r
+
+
+def _drain(cmd: dict[str, Any]) -> dict[str, Any]:
+    """Wait for this engine's stores to be published."""
+    w = _worker()
+    deadline = time.monotonic() + cmd.get("timeout", 60)
+    while w.cache is not None and w.cache.stats()["operations_in_flight"] and \
+            time.monotonic() < deadline:
+        time.sleep(0.005)
+    return {"in_flight": w.cache.stats()["operations_in_flight"] if w.cache else 0}
+
+
+def _stats(llm: Any) -> dict[str, Any]:
+    w = _worker()
+    r: dict[str, Any] = {"cache": w.cache.stats() if w.cache is not None else None,
+                         "disabled": w.disabled}
+    s = _scheduler(llm)
+    r["policy"] = llm.llm_engine.vllm_config.kv_transfer_config.kv_load_failure_policy
+    r["scheduler_disabled"] = s.disabled if s is not None else "no scheduler side"
+    return r
+
+
+def _faults(cmd: dict[str, Any]) -> dict[str, Any]:
+    """Test hook: I/O errors in the worker's engine (csrc/io/faults.h)."""
+    _worker()._engine._inject_faults(cmd["spec"])
+    return {"ok": True}
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)   # anything vLLM prints goes to stderr
+    _log_to_stderr()
+    llm = _start(spec)
+    ops = {"generate": lambda cmd: _generate(llm, cmd),
+           "reset": lambda cmd: {"ok": bool(llm.reset_prefix_cache())},
+           "drain": _drain,
+           "stats": lambda cmd: _stats(llm),
+           "cpu": lambda cmd: {"cpu_s": yrcache_cpu_seconds(_worker())},
+           "faults": _faults}
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         cmd = json.loads(line)
-        op = cmd["op"]
-        r: dict = {}
-        if op == "generate":
-            sp = SamplingParams(max_tokens=cmd.get("max_tokens", 8), temperature=0.0,
-                                logprobs=cmd.get("logprobs", 1), detokenize=False)
-            prompts = []
-            for p in cmd["prompts"]:
-                d = {"prompt_token_ids": p["ids"]}
-                if p.get("salt"):
-                    d["cache_salt"] = p["salt"]
-                prompts.append(d)
-            t0 = time.perf_counter()
-            outs = llm.generate(prompts, sp, use_tqdm=False)
-            r["seconds"] = time.perf_counter() - t0
-            r["results"] = [{
-                "ttft": o.metrics.first_token_latency if o.metrics is not None else None,
-                "preemptions": o.metrics.num_preemptions if o.metrics is not None else None,
-                "tokens": list(o.outputs[0].token_ids),
-                "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
-                                                             o.outputs[0].logprobs)],
-                "cached": o.num_cached_tokens} for o in outs]
-        elif op == "reset":
-            r["ok"] = bool(llm.reset_prefix_cache())
-        elif op == "drain":      # wait for this engine's stores to be published
-            w = worker()
-            deadline = time.monotonic() + cmd.get("timeout", 60)
-            while w.cache is not None and w.cache.stats()["operations_in_flight"] and \
-                    time.monotonic() < deadline:
-                time.sleep(0.005)
-            r["in_flight"] = w.cache.stats()["operations_in_flight"] if w.cache else 0
-        elif op == "stats":
-            w = worker()
-            r["cache"] = w.cache.stats() if w.cache is not None else None
-            r["disabled"] = w.disabled
-            s = scheduler()
-            r["policy"] = llm.llm_engine.vllm_config.kv_transfer_config.kv_load_failure_policy
-            r["scheduler_disabled"] = s.disabled if s is not None else "no scheduler side"
-        elif op == "cpu":
-            r["cpu_s"] = yrcache_cpu_seconds(worker())
-        elif op == "faults":     # test hook: I/O errors in the worker's engine (csrc/io/faults.h)
-            worker()._engine._inject_faults(cmd["spec"])
-            r["ok"] = True
-        elif op == "exit":
+        if cmd["op"] == "exit":
             out.write(json.dumps({"ok": True}) + "\n")
             break
+        handler = ops.get(cmd["op"])
+        r = handler(cmd) if handler is not None else {}
         out.write(json.dumps(r, default=str) + "\n")
     return 0
 
