@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 
-from yrcache.store import paths as L
-from yrcache.store.format import segment_offsets
 from yrcache.io.engine import HostBuffer
+from yrcache.store import paths
+from yrcache.store.format import segment_offsets
 from yrcache.store.keys import Namespace
+from yrcache.store.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
 
 DTYPE = "bfloat16"
 # Segment lengths the geometry picks from: unaligned, exactly aligned (O_DIRECT path when the
@@ -109,16 +114,16 @@ def read_object_file(path: str | os.PathLike, key: bytes, max_layers: int = 4) -
                for i, (o, n) in enumerate(zip(offs, lens)))
 
 
-def walk(root: str | os.PathLike, foreign: list | None = None) -> list[L.ObjectEntry]:
+def walk(root: str | os.PathLike, foreign: list | None = None) -> list[paths.ObjectEntry]:
     fd = os.open(os.fspath(root), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return list(L.walk_objects(fd, foreign=foreign))
+        return list(paths.walk_objects(fd, foreign=foreign))
     finally:
         os.close(fd)
 
 
 def tmp_files(root: str | os.PathLike) -> list[str]:
-    d = Path(root) / L.TMP_DIR
+    d = Path(root) / paths.TMP_DIR
     if not d.is_dir():
         return []
     return sorted(p.name for p in d.iterdir())
@@ -129,10 +134,11 @@ def tmp_files(root: str | os.PathLike) -> list[str]:
 WRITER_CODE = r"""
 import sys, os, json
 sys.path.insert(0, {tests!r})
-import store_util as U
+import store_util
 from yrcache.store.store import Store
 cfg = json.loads({cfg!r})
-store = Store(cfg["root"], U.namespace(), janitor_period=0, store_threads=cfg.get("threads", 4))
+store = Store(cfg["root"], store_util.namespace(), janitor_period=0,
+              store_threads=cfg.get("threads", 4))
 print("ready", os.getpid(), flush=True)
 if cfg.get("wait_go"):
     sys.stdin.readline()
@@ -143,13 +149,13 @@ import random
 rng = random.Random(cfg.get("seed", 0))
 while cfg["stop"] is None or i < cfg["stop"] or inflight:
     while len(inflight) < depth and (cfg["stop"] is None or i < cfg["stop"]):
-        k = U.make_key(cfg["tag"], i)
+        k = store_util.make_key(cfg["tag"], i)
         dedup = cfg.get("dedup", True)
         # now and then overwrite an earlier object (rename over a published file)
         if cfg.get("rewrite") and i > cfg["start"] + 4 and rng.random() < 0.2:
-            k = U.make_key(cfg["tag"], rng.randrange(cfg["start"], i))
+            k = store_util.make_key(cfg["tag"], rng.randrange(cfg["start"], i))
             dedup = False
-        inflight.append((i, k, U.put(store, k, dedup=dedup)))
+        inflight.append((i, k, store_util.put(store, k, dedup=dedup)))
         i += 1
     j, k, fut = inflight.pop(0)
     r = fut.result()
@@ -165,3 +171,48 @@ print("done", json.dumps(store.stats()), flush=True)
 def writer_code(**cfg) -> str:
     import json
     return WRITER_CODE.format(tests=str(Path(__file__).resolve().parent), cfg=json.dumps(cfg))
+
+
+# -- shared by the store safety tests (kill9, damage, foreign, faults, enospc, moosefs) ------
+#: the reasons a damaged or foreign object may give (GetResult.reason prefixes)
+OK_MISS = ("corrupt", "missing")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process that imports yrcache from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def open_store(root, **kw) -> Store:
+    """A Store of namespace() without a janitor thread or open-object cache."""
+    kw.setdefault("janitor_period", 0)
+    # These tests damage objects in place, which never happens to a published object (objects
+    # are replaced by rename). A store holding an object open re-reads its segments (and checks
+    # them) but not its header until handle_ttl passes: without open handles every read here
+    # starts from the file. test_store.py covers reads through open handles.
+    kw.setdefault("handle_ttl", 0)
+    return Store(root, namespace(), **kw)
+
+
+def wait_line(path: Path, prefix: str, proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The first complete line starting with ``prefix`` that a child writes to ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().split("\n")[:-1]:  # complete lines only
+                if line.startswith(prefix):
+                    return line
+        if proc.poll() is not None:
+            break
+        time.sleep(0.005)
+    raise AssertionError(f"child never printed {prefix!r}: rc={proc.poll()} "
+                         f"out={path.read_text() if path.exists() else ''!r}")
+
+
+def ok_keys(out_text: str) -> set[bytes]:
+    """Keys a writer child reported published (its "ok <hex>" lines)."""
+    # Only complete lines: the kill may land in the middle of a print.
+    lines = out_text.split("\n")[:-1]
+    return {bytes.fromhex(ln[3:]) for ln in lines if ln.startswith("ok ") and len(ln) == 35}

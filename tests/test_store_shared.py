@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The object store on a real distributed file system (MooseFS mounted twice: two "nodes").
-Races and crash safety on it are in test_store_safety.py."""
+Races and crash safety on it are in test_store_moosefs.py."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yrcache.store import paths as L
+from yrcache.store import paths
 from yrcache.store.store import Store
 
 from .conftest import REPO, run_child
@@ -20,7 +20,7 @@ from .test_store import SEG, chain, empty, make_ns, put_chain, segs_for
 def _tree_bytes(root: Path) -> int:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return sum(o.size for o in L.walk_objects(fd))
+        return sum(o.size for o in paths.walk_objects(fd))
     finally:
         os.close(fd)
 
