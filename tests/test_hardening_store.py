@@ -22,11 +22,11 @@ import yrcache
 from yrcache import cli
 from yrcache.cli.output import human
 from yrcache.cli.parser import parse_size
-from yrcache.store import format as F
+from yrcache.store import format as object_format
 from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.store.store import Store
 
-from . import store_util as U
+from . import store_util
 from .conftest import require, run_child
 
 BIG = 2**63
@@ -48,7 +48,7 @@ def _fd_count() -> int:
 
 @pytest.fixture
 def ns() -> Namespace:
-    return U.namespace("hardening")
+    return store_util.namespace("hardening")
 
 
 @pytest.fixture
@@ -66,9 +66,9 @@ def ro_root(data_dir: Path, ns: Namespace):
     src, ro = data_dir / "src", data_dir / "ro"
     src.mkdir()
     ro.mkdir()
-    keys = [U.make_key("ro", i) for i in range(3)]
+    keys = [store_util.make_key("ro", i) for i in range(3)]
     with Store(src, ns, janitor_period=0) as st:
-        assert all(U.put(st, k).result(timeout=60) for k in keys)
+        assert all(store_util.put(st, k).result(timeout=60) for k in keys)
     r = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True)
     require(r.returncode == 0, f"mount --bind failed: {r.stderr!r}")
     try:
@@ -88,17 +88,17 @@ def test_soak_store_evict_keeps_structures_and_fds_bounded(data_dir: Path, ns: N
     janitor's header cache, the index, the touched set, the handle cache and the log-once set
     hold at most the live objects (or their fixed bounds), and descriptors do not accumulate."""
     seg = 4096
-    obj = F.segment_offsets([seg])[2]
+    obj = object_format.segment_offsets([seg])[2]
     fds0 = _fd_count()
     st = Store(data_dir / "root", ns, janitor_period=0, capacity_bytes=24 * obj, max_handles=8)
     fds_open = _fd_count()
     sizes = []
     try:
         for i in range(400):
-            k = U.make_key("soak", i)
-            data = U.payload(k, 0, seg)
+            k = store_util.make_key("soak", i)
+            data = store_util.payload(k, 0, seg)
             assert isinstance(st.put(k, [data], parent=ns.digest, chunk_index=0, token_count=16,
-                                     dtype=U.DTYPE).result(timeout=60), bool)
+                                     dtype=store_util.DTYPE).result(timeout=60), bool)
             if st.lookup([k]):
                 out = np.zeros(seg, np.uint8)
                 assert st.get(k, [out]).result(timeout=60)
@@ -106,7 +106,7 @@ def test_soak_store_evict_keeps_structures_and_fds_bounded(data_dir: Path, ns: N
             if i % 4 == 3:  # the root holds ~4 more objects past the low watermark
                 assert st.run_janitor().ran
             if i % 20 == 19:
-                live = {o.key_hex for o in U.walk(data_dir / "root")}
+                live = {o.key_hex for o in store_util.walk(data_dir / "root")}
                 sizes.append(len(st.janitor._parents))
                 assert len(st.janitor._parents) <= len(live)
                 assert {k[1] for k in st.janitor._parents} <= live
@@ -129,11 +129,11 @@ def test_soak_store_evict_keeps_structures_and_fds_bounded(data_dir: Path, ns: N
 
 
 def test_janitor_header_cache_drops_replaced_objects(store: Store) -> None:
-    k = U.make_key("replace-cache")
-    assert U.put(store, k).result()
+    k = store_util.make_key("replace-cache")
+    assert store_util.put(store, k).result()
     store.run_janitor()
     assert [e[1] for e in store.janitor._parents] == [k.hex()]
-    assert U.put(store, k, dedup=False).result()  # a new inode under the same name
+    assert store_util.put(store, k, dedup=False).result()  # a new inode under the same name
     store.run_janitor()
     inos = {e[2] for e in store.janitor._parents}
     assert inos == {os.stat(store.path_of(k)).st_ino}
@@ -162,7 +162,7 @@ def test_bad_root_values(ns: Namespace, root: object, exc: type, match: str, tmp
 
 def test_bytes_and_pathlike_roots(data_dir: Path, ns: Namespace) -> None:
     with Store(os.fsencode(data_dir / "b"), ns, janitor_period=0) as st:
-        assert st.root == str(data_dir / "b") and st.lookup([U.make_key("x")]) == 0
+        assert st.root == str(data_dir / "b") and st.lookup([store_util.make_key("x")]) == 0
 
 
 @pytest.mark.parametrize(("make", "err", "match"), [
@@ -186,10 +186,10 @@ def test_unreadable_root_names_the_root(data_dir: Path, ns: Namespace) -> None:
     code = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-import store_util as U
+import store_util
 from yrcache.store.store import Store
 try:
-    Store({str(root)!r}, U.namespace("hardening"))
+    Store({str(root)!r}, store_util.namespace("hardening"))
 except PermissionError as e:
     print("ERR", e.errno, e)
 """
@@ -201,7 +201,7 @@ except PermissionError as e:
 
 
 # ---- C: argument checks at the call --------------------------------------------------------------
-K = U.make_key("args")
+K = store_util.make_key("args")
 GOOD_PUT = dict(parent=K, chunk_index=0, token_count=16, dtype="bfloat16", shape=(), dedup=True)
 
 
@@ -252,7 +252,7 @@ def test_put_bad_arguments_raise_at_the_call(store: Store, kw: dict, exc: type, 
     (K, [5], TypeError, r"segments\[0\]"),
     (K, [object()], TypeError, r"segments\[0\]"),
     (K, [], ValueError, "at least one segment"),
-    (K, [b"x"] * (F.MAX_SEGMENTS + 1), ValueError, "segments"),
+    (K, [b"x"] * (object_format.MAX_SEGMENTS + 1), ValueError, "segments"),
     (K, [np.zeros((4, 4), np.uint8)[:, 1]], ValueError, "contiguous"),
 ])
 def test_put_bad_keys_and_segments(store: Store, key, segs, exc: type, match: str) -> None:
@@ -425,16 +425,16 @@ def test_chain_keys_extremes() -> None:
 
 
 @pytest.mark.parametrize(("call", "exc"), [
-    (lambda: F.header_bytes_for(-1), ValueError),
-    (lambda: F.header_bytes_for(F.MAX_SEGMENTS + 1), ValueError),
-    (lambda: F.header_bytes_for(1.5), TypeError),
-    (lambda: F.align_up(5, 0), ValueError),
-    (lambda: F.segment_offsets([-1]), ValueError),
-    (lambda: F.segment_offsets([2**41]), ValueError),
-    (lambda: F.describe(None), TypeError),
-    (lambda: F.build_header(bytearray(4096), ns=D16, key=D16, parent=D16, chunk_index=2**40,
+    (lambda: object_format.header_bytes_for(-1), ValueError),
+    (lambda: object_format.header_bytes_for(object_format.MAX_SEGMENTS + 1), ValueError),
+    (lambda: object_format.header_bytes_for(1.5), TypeError),
+    (lambda: object_format.align_up(5, 0), ValueError),
+    (lambda: object_format.segment_offsets([-1]), ValueError),
+    (lambda: object_format.segment_offsets([2**41]), ValueError),
+    (lambda: object_format.describe(None), TypeError),
+    (lambda: object_format.build_header(bytearray(4096), ns=D16, key=D16, parent=D16, chunk_index=2**40,
                             token_count=1, dtype="u8", shape=(), segments=[b"x"]), ValueError),
-    (lambda: F.build_header(bytearray(4096), ns=D16, key=D16, parent=D16, chunk_index=0,
+    (lambda: object_format.build_header(bytearray(4096), ns=D16, key=D16, parent=D16, chunk_index=0,
                             token_count=1, dtype="u8", shape=(), segments=[b"x"],
                             created_unix_ns=-1), ValueError),
 ])
@@ -451,7 +451,7 @@ def test_format_helpers_bad_arguments(call, exc: type) -> None:
 ])
 def test_operations_after_close(data_dir: Path, ns: Namespace, method: str, args: tuple) -> None:
     st = Store(data_dir / "root", ns, janitor_period=0)
-    assert U.put(st, K).result()
+    assert store_util.put(st, K).result()
     st.close()
     kw = dict(GOOD_PUT) if method == "put" else {}
     kw.pop("dedup", None)
@@ -475,11 +475,11 @@ def test_read_only_root_is_load_only(ro_root, ns: Namespace, caplog) -> None:
         assert st.read_only is True
         assert st.lookup(keys) == 3
         for k in keys:
-            r, ok = U.check_get(st, k)
+            r, ok = store_util.check_get(st, k)
             assert r.ok and ok
-        fut = U.put(st, U.make_key("ro", "new"))
+        fut = store_util.put(st, store_util.make_key("ro", "new"))
         assert fut.result(timeout=10) is False
-        assert U.put(st, keys[0], dedup=False).result(timeout=10) is False
+        assert store_util.put(st, keys[0], dedup=False).result(timeout=10) is False
         with pytest.raises(ValueError):  # bad arguments still raise on a load-only store
             st.put(K, [b"x"], **dict(GOOD_PUT, chunk_index=-1))
         assert st.stats()["dropped_read_only"] == 2
@@ -500,14 +500,14 @@ def test_read_only_root_corrupt_object_is_a_miss_and_stays(ro_root, ns: Namespac
         f.seek(4096)
         f.write(b"\xff" * 16)
     with Store(ro, ns, janitor_period=0) as st:
-        r, _ = U.check_get(st, keys[1])
+        r, _ = store_util.check_get(st, keys[1])
         assert not r.ok and r.reason.startswith("corrupt")
         assert (src / p).exists()
 
 
 def test_read_only_root_without_the_namespace(ro_root) -> None:
     src, ro, _ = ro_root
-    other = U.namespace("not-yet-published")
+    other = store_util.namespace("not-yet-published")
     with Store(ro, other, janitor_period=0) as st:
         assert st.read_only and st.lookup([K]) == 0
         assert not st.get(K, [bytearray(8)]).result().ok
@@ -515,10 +515,10 @@ def test_read_only_root_without_the_namespace(ro_root) -> None:
         assert not (src / other.hex).exists()
         # another node publishes into it later: the load-only store finds it
         with Store(src, other, janitor_period=0) as w:
-            assert U.put(w, K).result()
+            assert store_util.put(w, K).result()
         st._ns_probed = -1e9  # (it looks again at most once a second)
         assert st.lookup([K]) == 1
-        r, ok = U.check_get(st, K)
+        r, ok = store_util.check_get(st, K)
         assert r.ok and ok
 
 
@@ -568,32 +568,32 @@ def test_full_root_opens_and_drops_stores(small_tmpfs: Path, ns: Namespace) -> N
     assert ei.value.errno == errno.ENOSPC
     with Store(root, ns, janitor_period=0) as st:
         assert not st.read_only
-        k = U.make_key("full")
-        assert U.put(st, k).result(timeout=60) is False
+        k = store_util.make_key("full")
+        assert store_util.put(st, k).result(timeout=60) is False
         s = st.stats()
         assert s["store_errors"] == 1 and "ENOSPC" in s["errors_by_errno"]
-        assert st.lookup([k]) == 0 and U.tmp_files(root) == []
+        assert st.lookup([k]) == 0 and store_util.tmp_files(root) == []
         os.unlink(small_tmpfs / "filler")
-        assert U.put(st, k).result(timeout=60)
-        r, ok = U.check_get(st, k)
+        assert store_util.put(st, k).result(timeout=60)
+        r, ok = store_util.check_get(st, k)
         assert r.ok and ok
 
 
 # ---- F: a damaged object is replaceable ----------------------------------------------------------
 def test_put_without_dedup_replaces_a_damaged_object(data_dir: Path, ns: Namespace) -> None:
     root = data_dir / "root"
-    k = U.make_key("damaged")
-    lens = U.geometry(k)
-    old = U.segments(k, aligned=False)
+    k = store_util.make_key("damaged")
+    lens = store_util.geometry(k)
+    old = store_util.segments(k, aligned=False)
     new = [np.asarray(s, np.uint8) ^ 0x5A for s in old]  # other bytes, same geometry
-    kw = U.put_kwargs(k)
+    kw = store_util.put_kwargs(k)
     with Store(root, ns, janitor_period=0) as a, Store(root, ns, janitor_period=0) as b:
         assert a.put(k, old, **kw).result()
         for st in (a, b):  # both keep the verified object open (handle cache) and indexed
-            r, ok = U.check_get(st, k)
+            r, ok = store_util.check_get(st, k)
             assert r.ok and ok and k in st._reader._handles
         with open(a.path_of(k), "r+b") as f:  # damage it in place
-            f.seek(F.segment_offsets(lens)[1][0])
+            f.seek(object_format.segment_offsets(lens)[1][0])
             f.write(b"\x00\xff" * 8)
         damaged = Path(a.path_of(k)).read_bytes()
         assert a.put(k, new, **kw).result()            # dedup=True: the existing file is kept
@@ -624,9 +624,9 @@ def test_planted_namespace_json_is_replaced_never_followed(data_dir: Path, ns: N
         (nsdir / "namespace.json").symlink_to(target)
     before = _tree(outside)
     with Store(root, ns, janitor_period=0) as st:
-        k = U.make_key("nsjson")
-        assert U.put(st, k).result()
-        r, ok = U.check_get(st, k)
+        k = store_util.make_key("nsjson")
+        assert store_util.put(st, k).result()
+        r, ok = store_util.check_get(st, k)
         assert r.ok and ok
     assert _tree(outside) == before
     p = nsdir / "namespace.json"
@@ -639,8 +639,8 @@ def test_namespace_json_directory_does_not_block_the_store(data_dir: Path, ns: N
     root = data_dir / "root"
     (root / ns.hex / "namespace.json").mkdir(parents=True)
     with Store(root, ns, janitor_period=0) as st:
-        k = U.make_key("nsdir")
-        assert U.put(st, k).result() and st.lookup([k]) == 1
+        k = store_util.make_key("nsdir")
+        assert store_util.put(st, k).result() and st.lookup([k]) == 1
 
 
 # ---- D: the command line -------------------------------------------------------------------------
@@ -648,7 +648,7 @@ def test_namespace_json_directory_does_not_block_the_store(data_dir: Path, ns: N
 def cli_root(data_dir: Path, ns: Namespace) -> Path:
     root = data_dir / "root"
     with Store(root, ns, janitor_period=0) as st:
-        assert U.put(st, U.make_key("cli")).result()
+        assert store_util.put(st, store_util.make_key("cli")).result()
     return root
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache.store import paths as L
+from yrcache.store import paths
 from yrcache.store.keys import Namespace, chain_keys
 from yrcache.store.store import Store
 
@@ -268,7 +268,7 @@ def test_restart_sees_everything(data_dir: Path, ns: Namespace) -> None:
 def _tree_bytes(root: Path) -> int:
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return sum(o.size for o in L.walk_objects(fd))
+        return sum(o.size for o in paths.walk_objects(fd))
     finally:
         os.close(fd)
 
@@ -461,7 +461,7 @@ def test_janitor_leaves_other_format_versions_alone(data_dir: Path, ns: Namespac
     with Store(data_dir / "root", ns, janitor_period=0, orphan_grace=0) as st:
         rep = st.run_janitor()
         assert rep.corrupt == 0 and p.exists()
-        assert st.janitor._parent_of(next(L.walk_objects(st._rootfd))) is _UNREADABLE
+        assert st.janitor._parent_of(next(paths.walk_objects(st._rootfd))) is _UNREADABLE
 
 
 def test_fifo_never_blocks_touch_or_header_reads(store: Store) -> None:
@@ -520,7 +520,7 @@ def test_open_that_raced_a_removal_is_not_kept_open(store: Store) -> None:
     gen = store._forgets                 # the racing load's open happens here ...
     assert store.delete(keys[1])         # ... a concurrent load removes the object ...
     assert store._reader.adopt_handle(keys[1], None, None, 0, gen) is False   # ... not adopted
-    store._reader.hit(keys[1], [], None, True, gen)                        # ... nor indexed as present
+    store._reader.hit(keys[1], [], None, True, gen)  # ... nor indexed as present
     assert keys[1] not in store._index and not store.exists(keys[1])
     assert all(put_chain(store, keys))   # stored anew: loads read the new object
     assert store.get(keys[1], bufs).result(timeout=10)
