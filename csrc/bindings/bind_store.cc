@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // _C.store: the object format's hot path (header encode/parse, segment checksums) and batched
-// existence checks. Policy (what to do with a bad object) stays in yrcache/store.py.
+// existence checks and touches. Policy (what to do with a bad object) stays in Python
+// (yrcache/store/reader.py).
 #include <pybind11/stl.h>
 
 #include <cstring>
@@ -32,8 +33,8 @@ py::bytes from_digest(const Digest& d) {
   return py::bytes(reinterpret_cast<const char*>(d.data()), d.size());
 }
 
-// Python-side format errors: ValueError subclass defined in yrcache/format.py is too far away, so
-// parse returns (header | None, reason, need) and the caller decides.
+// Python-side format errors (a ValueError subclass in yrcache/store/format.py) are too far away,
+// so parse returns (header | None, reason, need) and the caller decides.
 py::tuple parse_py(py::handle buf) {
   auto [ptr, len] = buffer_span(buf, false);
   auto h = std::make_unique<Header>();
