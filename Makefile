@@ -9,7 +9,7 @@ BENCH_DIR ?= $(CURDIR)/bench-results
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup bench bench-store bench-vllm test clean
+.PHONY: setup bench bench-store bench-vllm lint test clean
 setup:
 	./scripts/setup.sh
 
@@ -56,7 +56,11 @@ bench-vllm: setup
 gpu-check:
 	OUT=$${OUT:-gpu_out} bash bench/gpu_check.sh
 
-test: setup
+# lint first (ruff: the rule set in pyproject.toml), then the suite
+lint: setup
+	.venv/bin/ruff check yrcache tests setup.py
+
+test: lint
 	.venv/bin/python -m pytest tests --durations=15 $(PYTEST_ARGS)
 
 clean:

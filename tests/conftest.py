@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,26 +15,7 @@ import pytest
 
 import yrcache
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-REPO = Path(__file__).resolve().parent.parent
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip (laptop) or fail (CI) when a prerequisite of the test is missing."""
-    if ok:
-        return
-    if IN_CI:
-        pytest.fail(f"prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
-
-
-def uring_status() -> tuple[bool, str]:
-    info = yrcache.build_info()
-    if "uring" not in info["backends"]:
-        return False, "io_uring backend not compiled (install liburing-dev and rebuild)"
-    if not info["io_uring"]["usable"]:
-        return False, f"io_uring refused on this machine: {info['io_uring']['reason']}"
-    return True, ""
+from .helpers import require, uring_status
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -126,19 +106,6 @@ def ro_bind(tmp_path: Path):
     finally:
         for d in reversed(mounts):
             subprocess.run(["umount", "-l", str(d)], check=False)
-
-
-def run_child(code: str, *, prefix: list[str] | None = None, timeout: float = 120,
-              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run Python code in a child process (optionally under setpriv etc.) with this checkout on
-    the path; returns the completed process (stdout/stderr as text)."""
-    full_env = dict(os.environ)
-    pkg_root = Path(yrcache.__file__).resolve().parent.parent  # the yrcache this run imported
-    full_env["PYTHONPATH"] = os.pathsep.join([str(pkg_root), full_env.get("PYTHONPATH", "")])
-    if env:
-        full_env.update(env)
-    return subprocess.run([*(prefix or []), sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, cwd="/")
 
 
 # ---- shared (distributed) file system: one FS mounted twice, standing for two nodes -----------

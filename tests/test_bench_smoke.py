@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from .conftest import IN_CI, require, run_child
+from .helpers import IN_CI, require, run_child
 
 
 def test_io_bench_tiny_run(data_dir, tmp_path):

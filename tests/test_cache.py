@@ -298,7 +298,7 @@ def test_stats_latencies_and_prometheus(root: Path) -> None:
 
 
 def test_exit_drains_async_stores(root: Path) -> None:
-    from .conftest import run_child
+    from .helpers import run_child
     code = f"""
 import numpy as np
 from tests.test_cache import NS, LAYOUT, paged_kv, PER, CHUNK

@@ -21,7 +21,7 @@ from yrcache.store.format import segment_offsets
 from yrcache.store.keys import Namespace, chain_keys
 from yrcache.store.store import Store
 
-from .conftest import REPO
+from .helpers import REPO
 
 NS = Namespace(model="m", dtype="bfloat16", num_layers=4, kv_heads=2, head_size=64, layout="test")
 SEG = 64 << 10

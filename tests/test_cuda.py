@@ -10,6 +10,7 @@ vLLM worker hooks on CUDA tensors.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -23,15 +24,15 @@ import numpy as np
 import pytest
 
 import yrcache
-from yrcache.cuda import copy as cuda_copy
-from yrcache.cuda import gds
 from yrcache._native import _C
 from yrcache.cache.copy import gather_paged, scatter_paged
+from yrcache.cuda import copy as cuda_copy
+from yrcache.cuda import gds
 from yrcache.errors import CudaError, CudaUnavailableError
 from yrcache.io.engine import HostBuffer
 from yrcache.tensors import paged_geometry
 
-from .conftest import REPO, require
+from .helpers import REPO, require
 
 HAVE_GPU, WHY = cuda_copy.status()
 gpu = pytest.mark.skipif(not HAVE_GPU, reason=f"needs a CUDA device: {WHY}")
@@ -163,7 +164,7 @@ def test_device_io_ladder_decision_is_logged_with_its_reason() -> None:
         gds.decide("nvme")
 
 
-# -- on a GPU ----------------------------------------------------------------------------------------
+# -- on a GPU --------------------------------------------------------------------------------------
 torch = pytest.importorskip("torch") if HAVE_GPU else None
 
 
@@ -337,13 +338,13 @@ def test_vllm_worker_hooks_on_cuda_tensors(tmp_path: Path, monkeypatch: pytest.M
     """The connector's worker side as vLLM 0.32 drives it on CUDA (FlashAttention tensors), with
     a compute stream writing each layer right before save_kv_layer and reading each loaded layer
     right after wait_for_layer_load. vLLM itself is not installed on the GPU machines."""
+    from yrcache.cache.layout import KVLayout
     from yrcache.integrations.vllm import compat
     from yrcache.integrations.vllm.config import ConnectorConfig
     from yrcache.integrations.vllm.metadata import LoadOp, StoreOp, YRCacheMetadata
     from yrcache.integrations.vllm.spaces import Deployment, RankSpace
     from yrcache.integrations.vllm.worker import WorkerSide
     from yrcache.store.keys import chain_keys
-    from yrcache.cache.layout import KVLayout
     L, H, HS, BT, CH = 4, 8, 128, 16, 64
     monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
     monkeypatch.setattr(compat, "layer_index", lambda n: int(n.split(".")[2]))
@@ -463,9 +464,9 @@ def deferred(monkeypatch: pytest.MonkeyPatch) -> _DeferredDevice:
         "copier": lambda d: type("Copier", (), {"method": "deferred",
                                                 "record": lambda self, s: dev.enqueue(None)})(),
         "gather_paged": lambda layer, ids, dst, **kw: dev.enqueue(
-            lambda ids=np.array(ids): cpu_copy.gather_paged(layer, ids, dst)),
+            functools.partial(cpu_copy.gather_paged, layer, np.array(ids), dst)),
         "scatter_paged": lambda layer, ids, src, **kw: dev.enqueue(
-            lambda ids=np.array(ids): cpu_copy.scatter_paged(layer, ids, src)),
+            functools.partial(cpu_copy.scatter_paged, layer, np.array(ids), src)),
     }
     for name, fn in fake.items():   # the Cache reaches the device only through yrcache.cuda.copy
         monkeypatch.setattr(cuda_copy, name, fn)
@@ -534,13 +535,13 @@ def test_vllm_worker_releases_blocks_only_after_gathers(tmp_path: Path,
     to vLLM (get_finished) only once its gathers have run, and what is published is what the
     engine wrote before save_kv_layer, not what it wrote into the blocks afterwards."""
     torch = pytest.importorskip("torch")
+    from yrcache.cache.layout import KVLayout
     from yrcache.integrations.vllm import compat
     from yrcache.integrations.vllm.config import ConnectorConfig
     from yrcache.integrations.vllm.metadata import StoreOp, YRCacheMetadata
     from yrcache.integrations.vllm.spaces import Deployment, RankSpace
     from yrcache.integrations.vllm.worker import WorkerSide
     from yrcache.store.keys import chain_keys
-    from yrcache.cache.layout import KVLayout
     L, H, HS, BT, CH = 3, 2, 16, 16, 32
     monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, 1, 0, 1))
     monkeypatch.setattr(compat, "layer_index", lambda n: int(n.split(".")[2]))

@@ -12,7 +12,7 @@ import pytest
 
 import yrcache
 
-from .conftest import require, run_child, uring_status
+from .helpers import require, run_child, uring_status
 
 SECCOMP_PRELUDE = """
 import errno, pyseccomp as sc

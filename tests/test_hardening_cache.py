@@ -14,10 +14,10 @@ import pytest
 
 import yrcache
 from yrcache.cache.cache import Cache
-from yrcache.integrations.vllm.config import ConnectorConfig
 from yrcache.cache.layout import KVLayout
+from yrcache.integrations.vllm.config import ConnectorConfig
 
-from .test_cache import BT, CHUNK, HD, HEADS, LAYOUT, NS, PER, paged_kv, same
+from .test_cache import CHUNK, LAYOUT, NS, PER, paged_kv, same
 
 DENSE = KVLayout.dense(num_layers=2, dtype="float16", kv_heads=2, head_size=8)
 DENSE_NS = DENSE.namespace("test-dense", chunk_tokens=32)
@@ -59,7 +59,8 @@ def test_cache_constructor_rejects(root: Path, tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("field, value, exc", [
-    ("num_layers", 0, ValueError), ("num_layers", True, TypeError), ("num_layers", 2**40, ValueError),
+    ("num_layers", 0, ValueError), ("num_layers", True, TypeError),
+    ("num_layers", 2**40, ValueError),
     ("kv_heads", 1.0, TypeError), ("head_size", -1, ValueError), ("page_bytes", "4096", TypeError),
     ("block_tokens", 2**63, ValueError), ("name", "", ValueError), ("name", "a\0b", ValueError),
     ("name", None, ValueError), ("dtype", "x" * 10_000, ValueError), ("dtype", None, ValueError),

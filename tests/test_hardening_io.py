@@ -20,7 +20,7 @@ import yrcache
 from yrcache import _C
 from yrcache.futures import Future
 
-from .conftest import run_child
+from .helpers import run_child
 
 MAX_IO = _C.io.MAX_IO_BYTES
 NAN, INF = float("nan"), float("inf")

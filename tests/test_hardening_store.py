@@ -27,7 +27,7 @@ from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.store.store import Store
 
 from . import store_util
-from .conftest import require, run_child
+from .helpers import require, run_child
 
 BIG = 2**63
 
@@ -432,8 +432,9 @@ def test_chain_keys_extremes() -> None:
     (lambda: object_format.segment_offsets([-1]), ValueError),
     (lambda: object_format.segment_offsets([2**41]), ValueError),
     (lambda: object_format.describe(None), TypeError),
-    (lambda: object_format.build_header(bytearray(4096), ns=D16, key=D16, parent=D16, chunk_index=2**40,
-                            token_count=1, dtype="u8", shape=(), segments=[b"x"]), ValueError),
+    (lambda: object_format.build_header(bytearray(4096), ns=D16, key=D16, parent=D16,
+                                        chunk_index=2**40, token_count=1, dtype="u8", shape=(),
+                                        segments=[b"x"]), ValueError),
     (lambda: object_format.build_header(bytearray(4096), ns=D16, key=D16, parent=D16, chunk_index=0,
                             token_count=1, dtype="u8", shape=(), segments=[b"x"],
                             created_unix_ns=-1), ValueError),

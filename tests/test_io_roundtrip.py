@@ -10,7 +10,7 @@ import pytest
 
 import yrcache
 
-from .conftest import require
+from .helpers import require
 
 SIZES = [1, 511, 4095, 4096, 4097, 65536 + 3, 1 << 20, (4 << 20) + 4096 * 3 + 17]
 OFFSETS = [0, 1, 4096, 4096 * 7 + 100, (1 << 20) + 513]

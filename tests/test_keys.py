@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from yrcache.store.keys import Namespace, as_token_array, chain_keys, fold_extras, is_hex_digest
 
-from .conftest import REPO
+from .helpers import REPO
 
 VECTORS = json.loads((REPO / "docs" / "key_vectors.json").read_text())
 
@@ -62,7 +62,8 @@ def test_deterministic_across_processes() -> None:
     """No per-process seed: a child with a different PYTHONHASHSEED derives the same keys."""
     case = VECTORS["cases"][0]
     code = ("import json,sys; from yrcache.store.keys import *; c=json.loads(sys.argv[1]);"
-            "ns=Namespace(**c['namespace']); print(chain_keys(ns.digest, range(1000), 256)[-1].hex())")
+            "ns=Namespace(**c['namespace']);"
+            "print(chain_keys(ns.digest, range(1000), 256)[-1].hex())")
     for seed in ("1", "12345"):
         out = subprocess.run([sys.executable, "-c", code, json.dumps(case)], capture_output=True,
                              text=True, check=True, cwd=REPO, env={"PYTHONHASHSEED": seed,
@@ -152,4 +153,5 @@ def test_bad_root() -> None:
 
 def test_namespace_json_roundtrip() -> None:
     ns = _ns(salt="s", extra={"b": "2", "a": "1"})
-    assert Namespace.from_json(ns.to_json()) == ns and Namespace.from_json(ns.to_json()).digest == ns.digest
+    back = Namespace.from_json(ns.to_json())
+    assert back == ns and back.digest == ns.digest

@@ -14,7 +14,7 @@ import pytest
 from yrcache.store.store import Store
 
 from . import store_util
-from .conftest import REPO, run_child
+from .helpers import REPO, run_child
 
 
 def _plant_outside_object(data_dir: Path, k: bytes) -> tuple[Path, str]:

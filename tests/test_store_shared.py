@@ -13,7 +13,7 @@ import numpy as np
 from yrcache.store import paths
 from yrcache.store.store import Store
 
-from .conftest import REPO, run_child
+from .helpers import REPO, run_child
 from .test_store import SEG, chain, empty, make_ns, put_chain, segs_for
 
 

@@ -15,7 +15,7 @@ import pytest
 from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.store.store import Store
 
-from .conftest import require
+from .helpers import require
 from .vllm_util import Engine, vllm_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from .conftest import require
+from .helpers import require
 from .vllm_util import vllm_status
 
 ok, why = vllm_status()

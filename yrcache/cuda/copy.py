@@ -78,7 +78,8 @@ def stream_handle(stream: Any, device: int) -> int:
     else:
         cs = getattr(stream, "cuda_stream", None)
         if cs is None:
-            raise TypeError(f"expected a CUDA stream (int or torch.cuda.Stream), got {type(stream)}")
+            raise TypeError(f"expected a CUDA stream (int or torch.cuda.Stream), got "
+                            f"{type(stream)}")
         h = int(cs)
     return h or _LEGACY_STREAM
 

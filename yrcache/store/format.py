@@ -157,7 +157,8 @@ def verify_segments(h: Any, items: Sequence[tuple[int, Any]], *,
     if mac_key is not None:
         for i, buf in items:
             tag = int.from_bytes(_mac(mac_key, h.key, i.to_bytes(4, "little"), buf)[:8], "little")
-            if not hmac.compare_digest(tag.to_bytes(8, "little"), h.segment(i)[3].to_bytes(8, "little")):
+            want = h.segment(i)[3].to_bytes(8, "little")
+            if not hmac.compare_digest(tag.to_bytes(8, "little"), want):
                 raise ObjectFormatError(f"segment {i} MAC mismatch")
 
 

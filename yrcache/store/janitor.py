@@ -221,7 +221,8 @@ class Janitor:
     time; concurrent callers elsewhere simply skip."""
 
     def __init__(self, root_fd: int, *, capacity: int | None, low_watermark: float = 0.85,
-                 high_watermark: float = 0.95, tmp_max_age: float = 600.0, orphan_grace: float = 60.0,
+                 high_watermark: float = 0.95, tmp_max_age: float = 600.0,
+                 orphan_grace: float = 60.0,
                  on_evict: Callable[[str, str], None] | None = None,
                  read_only: bool = False) -> None:
         if capacity is not None and capacity <= 0:

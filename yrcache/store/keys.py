@@ -51,7 +51,8 @@ class Namespace:
     dtype: KV dtype as stored ("bfloat16", "float16", "fp8_e4m3", ...).
     num_layers / first_layer: the layers this worker holds (a pipeline stage holds a range).
     kv_heads / first_kv_head: the KV heads this worker holds (tensor parallel ranks hold a range).
-    head_size: per-head dimension. layout: the engine layout's name ("vllm-cpu-paged", "hf-dense"...).
+    head_size: per-head dimension.
+    layout: the engine layout's name ("vllm-cpu-paged", "hf-dense"...).
     block_tokens / page_bytes: paged-KV geometry (0 for dense layouts).
     chunk_tokens: tokens per chunk (one object per chunk).
     salt: optional tenant salt: roots shared between tenants stay disjoint.

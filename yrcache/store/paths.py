@@ -8,8 +8,9 @@
       <ns hex>/<k[:2]>/<k[2:4]>/<k hex>.kv            published objects
 
 Only hex digests (ours) become path components. Every directory below the root is opened with
-openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and files are created, renamed and removed relative
-to those descriptors, so a symlink planted by another writer of a shared root cannot lead outside it.
+openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), and files are created, renamed and removed
+relative to those descriptors, so a symlink planted by another writer of a shared root cannot lead
+outside it.
 """
 from __future__ import annotations
 

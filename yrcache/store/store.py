@@ -152,7 +152,8 @@ class Store:
             raise TypeError(f"namespace must be a yrcache.store.keys.Namespace, got "
                             f"{type(namespace).__name__}")
         if engine is not None and not isinstance(engine, IoEngine):
-            raise TypeError(f"engine must be a yrcache.IoEngine or None, got {type(engine).__name__}")
+            raise TypeError(f"engine must be a yrcache.IoEngine or None, got "
+                            f"{type(engine).__name__}")
         if mac_key is not None:
             if not isinstance(mac_key, bytes):
                 raise TypeError(f"mac_key must be bytes, got {type(mac_key).__name__}")
@@ -499,7 +500,8 @@ class Store:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             d: dict[str, Any] = dict(self._stats)
-            d["errors_by_errno"] = {errno.errorcode.get(k, str(k)): v for k, v in self._errors.items()}
+            d["errors_by_errno"] = {errno.errorcode.get(k, str(k)): v
+                                    for k, v in self._errors.items()}
         d["usage_estimate_bytes"] = self.usage.estimate() if self.capacity_bytes else None
         d["capacity_bytes"] = self.capacity_bytes
         d["index_entries"] = len(self._index)
@@ -549,7 +551,8 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<yrcache.Store {self.root!r} ns={self.ns_hex[:12]}{' closed' if self._closed else ''}>"
+        closed = " closed" if self._closed else ""
+        return f"<yrcache.Store {self.root!r} ns={self.ns_hex[:12]}{closed}>"
 
     def _note_published(self, key: bytes, nbytes: int) -> None:
         """Bookkeeping of a put: the name now holds the new inode, so a descriptor kept open on
