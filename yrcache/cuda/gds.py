@@ -27,9 +27,9 @@ import threading
 from typing import Any
 
 from .. import envs
-from . import copy as cuda
 from .._native import _C
 from ..io.engine import HostBuffer, IoEngine
+from . import copy as cuda
 
 logger = logging.getLogger(__name__)
 
