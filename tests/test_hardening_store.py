@@ -113,7 +113,7 @@ def test_soak_store_evict_keeps_structures_and_fds_bounded(data_dir: Path, ns: N
                 assert {k.hex() for k in st._index} <= live
                 assert {k.hex() for k in st._touched} <= live
                 assert len(st._reader._handles) <= 8
-                assert len(st._logged) <= 4
+                assert len(st._log_once) <= 4
                 assert len(st._inflight) <= 2
                 # an open object holds up to two descriptors (O_DIRECT + buffered), plus slack
                 assert _fd_count() <= fds_open + 2 * 8 + 2

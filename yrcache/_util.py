@@ -1,16 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Small pieces every layer needs once: log-once, a bounded recency map, and closing live objects
-at interpreter exit."""
+"""Small pieces every layer needs once: log-once, and closing live objects at interpreter exit."""
 from __future__ import annotations
 
 import atexit
 import logging
 import threading
-import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Hashable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -25,6 +22,9 @@ class LogOnce:
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def __call__(self, kind: str, what: str, fmt: str, *args: Any,
                  level: int = logging.WARNING) -> bool:
         with self._lock:
@@ -35,48 +35,6 @@ class LogOnce:
             self._seen.add((kind, what))
         self._logger.log(level, fmt, *args)
         return True
-
-
-class RecentMap(Generic[K, V]):
-    """A map of at most ``maxlen`` entries, oldest first out; with ``ttl`` (seconds) an entry
-    older than that reads as absent. ``touch`` re-inserts at the young end. Not thread-safe: the
-    owner holds its own lock."""
-
-    def __init__(self, maxlen: int, ttl: float | None = None) -> None:
-        self._d: OrderedDict[K, tuple[float, V]] = OrderedDict()
-        self.maxlen, self.ttl = maxlen, ttl
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def __contains__(self, key: object) -> bool:
-        return self.get(key) is not None   # type: ignore[arg-type]
-
-    def get(self, key: K, default: V | None = None) -> V | None:
-        item = self._d.get(key)
-        if item is None:
-            return default
-        if self.ttl is not None and time.monotonic() - item[0] > self.ttl:
-            del self._d[key]
-            return default
-        return item[1]
-
-    def put(self, key: K, value: V) -> None:
-        self._d.pop(key, None)
-        self._d[key] = (time.monotonic(), value)
-        while len(self._d) > self.maxlen:
-            self._d.popitem(last=False)
-        if self.ttl is not None:   # amortised: drop expired entries from the old end
-            old = time.monotonic() - self.ttl
-            while self._d and next(iter(self._d.values()))[0] < old:
-                self._d.popitem(last=False)
-
-    def pop(self, key: K) -> V | None:
-        item = self._d.pop(key, None)
-        return None if item is None else item[1]
-
-    def clear(self) -> None:
-        self._d.clear()
 
 
 class _Closeable(Protocol):

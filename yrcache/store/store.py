@@ -36,6 +36,7 @@ from typing import Any
 
 from .._args import check_digest, check_digests, check_int
 from .._native import _C
+from .._util import LogOnce
 from ..futures import Future
 from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
 from . import check, paths
@@ -191,7 +192,7 @@ class Store:
         self._nsfd: int | None = None
         self._ns_probed = 0.0
         self._lock = threading.Lock()
-        self._logged: set[tuple[str, str]] = set()
+        self._log_once = LogOnce(logger)
         try:
             self._rootfd = self._keep_fd(paths.open_root(self.root, create=read_only is not True))
             self._ro_reason = "read_only=True" if read_only else ""
@@ -677,15 +678,6 @@ class Store:
     def _count_error(self, err: int, where: str) -> None:
         with self._lock:
             self._errors[err] += 1
-
-    def _log_once(self, kind: str, what: str, fmt: str, *args: Any) -> None:
-        with self._lock:
-            if (kind, what) in self._logged:
-                return
-            if len(self._logged) > 10000:
-                self._logged.clear()
-            self._logged.add((kind, what))
-        logger.warning(fmt, *args)
 
     def _keep_fd(self, fd: int) -> int:
         self._fds.append(fd)
