@@ -707,3 +707,24 @@ def test_soak_fds_and_inflight_bounded(backend, data_dir):
         assert not eng._book.orphans
         assert eng.stats()["errors"] == failed
     assert nfds() <= base
+
+
+def test_work_queued_at_exit_still_reaches_the_engine(data_dir):
+    """A process that queues puts on a Store and exits without waiting: the store's workers are
+    joined at exit before the I/O engine under them closes, so every put is published."""
+    code = f"""
+import hashlib, yrcache
+from yrcache.store.keys import Namespace
+ns = Namespace(model="m", dtype="float16", num_layers=2, kv_heads=1, head_size=64,
+               layout="dense", chunk_tokens=16)
+s = yrcache.Store({str(data_dir / "root")!r}, ns, store_threads=1, janitor_period=0)
+seg = bytearray(1 << 16)
+keys = [hashlib.blake2b(b"%d" % i, digest_size=16).digest() for i in range(50)]
+for i, k in enumerate(keys):
+    s.put(k, [seg, seg], parent=b"\\0" * 16, chunk_index=i, token_count=16, dtype="float16",
+          shape=[1 << 16])
+"""
+    r = run_child(code)
+    assert r.returncode == 0, r.stderr
+    objects = [p for p in (data_dir / "root").rglob("*.kv")]
+    assert len(objects) == 50, r.stderr

@@ -2,15 +2,15 @@
 """Small pieces every layer needs once: log-once, and closing live objects at interpreter exit."""
 from __future__ import annotations
 
+# threading's exit hooks run in reverse order of registration: importing concurrent.futures here
+# registers its hook (which joins pool workers without a bound) before ours, so EARLY objects are
+# closed before it runs and each close()'s own time limit holds at exit too.
 import atexit
+import concurrent.futures.thread  # noqa: F401
 import logging
 import threading
 import weakref
-from collections.abc import Hashable
-from typing import Any, Protocol, TypeVar
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
+from typing import Any, Protocol
 
 
 class LogOnce:
@@ -41,17 +41,21 @@ class _Closeable(Protocol):
     def close(self) -> Any: ...
 
 
-_live: dict[int, weakref.WeakSet[Any]] = {}
+_live: dict[int, weakref.WeakSet[Any]] = {0: weakref.WeakSet(), 1: weakref.WeakSet()}
 _live_lock = threading.Lock()
+
+#: closed before the interpreter joins worker threads: objects whose close() drains their own
+#: work within a time limit (a Cache: its in-flight stores, at most its close timeout)
+EARLY = 0
+#: closed by plain atexit, after every worker thread was joined: objects that queued work of
+#: others may still use until then (an IoEngine under a Store's pools)
+LATE = 1
 
 
 def close_at_exit(obj: _Closeable, *, tier: int) -> None:
-    """Close ``obj`` at interpreter exit if it is still alive then. Lower tiers close first (a
-    Cache drains its stores before the I/O engines under it close). Runs before
-    concurrent.futures' own exit hook, which joins worker threads without a bound, so each
-    close()'s own time limit holds at exit too."""
+    """Close ``obj`` at interpreter exit if it is still alive then, at ``tier`` EARLY or LATE."""
     with _live_lock:
-        _live.setdefault(tier, weakref.WeakSet()).add(obj)
+        _live[tier].add(obj)
 
 
 def forget_at_exit(obj: _Closeable) -> None:
@@ -60,20 +64,19 @@ def forget_at_exit(obj: _Closeable) -> None:
             s.discard(obj)
 
 
-def _close_all() -> None:
+def _close_tier(tier: int) -> None:
     with _live_lock:
-        tiers = [list(_live[t]) for t in sorted(_live)]
-    for objs in tiers:
-        for obj in objs:
-            try:
-                obj.close()
-            except Exception as e:  # noqa: BLE001 - exiting anyway: say so, go on
-                logging.getLogger("yrcache").warning("yrcache: closing %r at exit failed: %s",
-                                                     obj, e)
+        objs = list(_live[tier])
+    for obj in objs:
+        try:
+            obj.close()
+        except Exception as e:  # noqa: BLE001 - exiting anyway: say so, go on
+            logging.getLogger("yrcache").warning("yrcache: closing %r at exit failed: %s", obj, e)
 
 
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
-    _register(_close_all)
+    _register(_close_tier, EARLY)
 else:  # pragma: no cover - interpreters without the hook
-    atexit.register(_close_all)
+    atexit.register(_close_tier, EARLY)
+atexit.register(_close_tier, LATE)

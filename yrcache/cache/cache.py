@@ -41,7 +41,7 @@ import numpy as np
 
 from .._args import U32_MAX, check_digest, check_digests, check_int
 from .._native import _C
-from .._util import close_at_exit, forget_at_exit
+from .._util import EARLY, close_at_exit, forget_at_exit
 from ..cuda import copy as cuda_copy
 from ..store.format import align_up
 from ..store.keys import Namespace, chain_keys, fold_extras
@@ -113,7 +113,7 @@ class Cache:
             self._operations, ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit"))
         self._loader = Loader(self._parts, stride)
         self._closed = False
-        close_at_exit(self, tier=0)   # a short-lived process does not lose its last stores
+        close_at_exit(self, tier=EARLY)   # a short-lived process does not lose its last stores
 
     @property
     def read_only(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 from .. import envs
 from .._args import check_int
 from .._native import _C
-from .._util import LogOnce, close_at_exit, forget_at_exit
+from .._util import LATE, LogOnce, close_at_exit, forget_at_exit
 from ..futures import Future
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class IoEngine:
                 self._dispatcher = None
                 self.close()
                 raise
-        close_at_exit(self, tier=1)   # after the caches built on it (tier 0)
+        close_at_exit(self, tier=LATE)   # after the pools that queue work on it
 
     # -- properties --------------------------------------------------------------------------
     @property
