@@ -31,7 +31,7 @@ py::dict build_info() {
   cuda["device_count"] = c.device_count;
   cuda["status"] = c.status;
   d["cuda"] = cuda;
-  d["cufile"] = "dlopen at run time (yrcache.gds)";
+  d["cufile"] = "dlopen at run time (yrcache.cuda.gds)";
   py::list backends;
   backends.append("psync");
 #ifdef YRCACHE_HAVE_LIBURING

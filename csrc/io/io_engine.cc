@@ -52,8 +52,8 @@ std::unique_ptr<IoEngine> IoEngine::create(const EngineOptions& in, std::string*
   if (b == "psync") return make_psync_engine(opt);
   if (b == "cufile")
     throw BackendUnavailable(
-        "backend 'cufile' moves GPU memory, not host buffers: use yrcache.gds.DeviceFileIO (the "
-        "cuFile -> bounce ladder); host-memory engines are 'auto', 'uring' or 'psync'");
+        "backend 'cufile' moves GPU memory, not host buffers: use yrcache.cuda.gds.DeviceFileIO "
+        "(the cuFile -> bounce ladder); host-memory engines are 'auto', 'uring' or 'psync'");
   if (b != "uring" && b != "auto")
     throw std::invalid_argument("backend must be 'auto', 'uring' or 'psync', got '" + b + "'");
 #ifdef YRCACHE_HAVE_LIBURING
