@@ -382,7 +382,7 @@ def test_close_gives_up_after_its_timeout(root: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(c.store_, "put", lambda *a, **kw: yrcache.Future())   # never completes
     c.store(rng.integers(0, 1000, CHUNK), kv, np.arange(PER))
     c.close(timeout=0.3)
-    assert c.stats()["store_dropped_close"] == 1 and c.store_._closed
+    assert c.stats()["store_dropped_close"] == 1 and c.store_._state.closed
 
 
 @pytest.mark.parametrize("mode", ["async", "sync"])

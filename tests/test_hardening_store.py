@@ -110,10 +110,10 @@ def test_soak_store_evict_keeps_structures_and_fds_bounded(data_dir: Path, ns: N
                 sizes.append(len(st.janitor._parents))
                 assert len(st.janitor._parents) <= len(live)
                 assert {k[1] for k in st.janitor._parents} <= live
-                assert {k.hex() for k in st._index} <= live
-                assert {k.hex() for k in st._touched} <= live
+                assert {k.hex() for k in st._state.index} <= live
+                assert {k.hex() for k in st._state.touched} <= live
                 assert len(st._reader._handles) <= 8
-                assert len(st._log_once) <= 4
+                assert len(st._state.log_once) <= 4
                 assert len(st._inflight) <= 2
                 # an open object holds up to two descriptors (O_DIRECT + buffered), plus slack
                 assert _fd_count() <= fds_open + 2 * 8 + 2
@@ -517,7 +517,7 @@ def test_read_only_root_without_the_namespace(ro_root) -> None:
         # another node publishes into it later: the load-only store finds it
         with Store(src, other, janitor_period=0) as w:
             assert store_util.put(w, K).result()
-        st._ns_probed = -1e9  # (it looks again at most once a second)
+        st._state.ns_probed = -1e9  # (it looks again at most once a second)
         assert st.lookup([K]) == 1
         r, ok = store_util.check_get(st, K)
         assert r.ok and ok

@@ -462,7 +462,7 @@ def test_janitor_leaves_other_format_versions_alone(data_dir: Path, ns: Namespac
     with Store(data_dir / "root", ns, janitor_period=0, orphan_grace=0) as st:
         rep = st.run_janitor()
         assert rep.corrupt == 0 and p.exists()
-        assert st.janitor._parent_of(next(paths.walk_objects(st._rootfd))) is _UNREADABLE
+        assert st.janitor._parent_of(next(paths.walk_objects(st._state.rootfd))) is _UNREADABLE
 
 
 def test_fifo_never_blocks_touch_or_header_reads(store: Store) -> None:
@@ -472,7 +472,7 @@ def test_fifo_never_blocks_touch_or_header_reads(store: Store) -> None:
     p.parent.mkdir(parents=True)
     os.mkfifo(p)
     t = time.monotonic()
-    assert _C.store.touch_keys(store._nsfd, k) >= 0
+    assert _C.store.touch_keys(store._state.nsfd, k) >= 0
     with pytest.raises(OSError):   # a FIFO is refused at open (O_NONBLOCK), never waited on
         store.read_header(k)
     assert time.monotonic() - t < 5
@@ -518,11 +518,11 @@ def test_open_that_raced_a_removal_is_not_kept_open(store: Store) -> None:
                       store.namespace.chunk_tokens)
     assert all(put_chain(store, keys))
     bufs = [np.zeros(SEG, np.uint8) for _ in range(4)]
-    gen = store._forgets                 # the racing load's open happens here ...
+    gen = store._state.forgets           # the racing load's open happens here ...
     assert store.delete(keys[1])         # ... a concurrent load removes the object ...
     assert store._reader.adopt_handle(keys[1], None, None, 0, gen) is False   # ... not adopted
     store._reader.hit(keys[1], [], None, True, gen)  # ... nor indexed as present
-    assert keys[1] not in store._index and not store.exists(keys[1])
+    assert keys[1] not in store._state.index and not store.exists(keys[1])
     assert all(put_chain(store, keys))   # stored anew: loads read the new object
     assert store.get(keys[1], bufs).result(timeout=10)
     assert all(np.array_equal(b, s) for b, s in zip(bufs, segs_for(keys[1])))

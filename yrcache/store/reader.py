@@ -23,7 +23,7 @@ from . import check, paths
 from .format import ObjectFormatError, parse_header, segment_offsets, verify_segments
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .state import StoreState
 
 #: errno values that mean "the object is not there (any more)": a plain miss, not an error.
 MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE, errno.ENOTDIR})
@@ -163,12 +163,14 @@ def miss_reason(e: BaseException) -> str:
 
 
 class Reader:
-    """Loads for one :class:`~yrcache.store.store.Store`: it shares the store's lock, counters,
-    index and namespace directory, and owns the open-object cache (``handle_ttl`` seconds, at
-    most ``max_handles`` objects)."""
+    """Loads for one :class:`~yrcache.store.store.Store`: it shares the store's
+    :class:`~yrcache.store.state.StoreState` (lock, counters, index, namespace directory), and
+    owns the open-object cache (``handle_ttl`` seconds, at most ``max_handles`` objects)."""
 
-    def __init__(self, store: Store, *, handle_ttl: float, max_handles: int) -> None:
-        self._store = store
+    def __init__(self, state: StoreState, engine: IoEngine, *, handle_ttl: float,
+                 max_handles: int) -> None:
+        self._state = state
+        self._engine = engine
         self.handle_ttl = handle_ttl
         self._max_handles = max_handles
         self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
@@ -181,7 +183,7 @@ class Reader:
             self.retire_locked(key, hd)
 
     def retire_all(self) -> None:
-        with self._store._lock:
+        with self._state.lock:
             for k, hd in list(self._handles.items()):
                 self.retire_locked(k, hd)
 
@@ -190,18 +192,18 @@ class Reader:
             remove_bad: bool = True, count: bool = True) -> GetResult:
         """Load and verify (see Store.get); a miss for anything wrong. ``remove_bad`` removes an
         invalid object; ``count`` (loads, not tools) counts stats and keeps the object open."""
-        gen = self._store._forgets  # an object forgotten meanwhile is neither indexed nor kept open
+        gen = self._state.forgets  # an object forgotten meanwhile is neither indexed nor kept open
         hd = self._acquire_handle(key) if count else None
         if hd is not None:  # open and verified moments ago: read just the segments
             r = self._get_held(key, hd, views, layers, lengths, byte_range, remove_bad, count, gen)
             if r is not None:
                 return r
-        nsfd = self._store._ns_dir()
+        nsfd = self._state.ns_dir()
         if nsfd is None:  # a load-only store whose namespace does not exist (yet)
             return self._miss(key, FileNotFoundError(errno.ENOENT, "no namespace directory"),
                               count)
         try:
-            f = self._store.engine.open(paths.object_relpath(key.hex()), "r", dir_fd=nsfd)
+            f = self._engine.open(paths.object_relpath(key.hex()), "r", dir_fd=nsfd)
         except OSError as e:
             if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
                 return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",
@@ -221,8 +223,8 @@ class Reader:
             if lengths is not None and (h.segment_count != len(lengths) or any(
                     h.segment(i)[1] != n for i, n in enumerate(lengths))):
                 raise ObjectFormatError("segment lengths differ from the expected layout")
-            read_verify(self._store.engine, hd.file, h.object_bytes, key, views, layers, None,
-                        byte_range, ns=self._store.ns, mac_key=self._store._mac, known=h)
+            read_verify(self._engine, hd.file, h.object_bytes, key, views, layers, None,
+                        byte_range, ns=self._state.ns, mac_key=self._state.mac, known=h)
         except _MismatchError as e:
             self._release_handle(hd)
             return self._mismatch(key, str(e), count)
@@ -238,7 +240,7 @@ class Reader:
                 return self._corrupt(key, hd.ino, str(e), remove_bad, count)
             return self._miss(key, e, count)
         self._release_handle(hd)
-        self._store._bump("open_handle_hits")
+        self._state.bump("open_handle_hits")
         return self.hit(key, views, h, count, gen)
 
     def _get_opened(self, key: bytes, f: Any, views: list[memoryview],
@@ -252,8 +254,8 @@ class Reader:
             ino = st.st_ino
             if not stat.S_ISREG(st.st_mode):
                 raise ObjectFormatError("not a regular file")
-            h = read_verify(self._store.engine, f, st.st_size, key, views, layers, lengths,
-                            byte_range, ns=self._store.ns, mac_key=self._store._mac)
+            h = read_verify(self._engine, f, st.st_size, key, views, layers, lengths,
+                            byte_range, ns=self._state.ns, mac_key=self._state.mac)
         except _MismatchError as e:
             f.close()
             return self._mismatch(key, str(e), count)
@@ -264,7 +266,7 @@ class Reader:
                 # may not see all of it yet (seen once on MooseFS: a fresh object read as 0
                 # bytes). A miss now; an object that stays short is removed by a later load,
                 # the janitor or fsck.
-                self._store._bump("incomplete")
+                self._state.bump("incomplete")
                 return self._miss(key, FileNotFoundError(errno.ENOENT, "not fully visible yet"),
                                   count)
             return self._corrupt(key, ino, str(e), remove_bad, count)
@@ -278,19 +280,20 @@ class Reader:
     def hit(self, key: bytes, views: list[memoryview], h: Any, count: bool,
             gen: int) -> GetResult:
         nbytes = sum(v.nbytes for v in views)
-        with self._store._lock:
+        st = self._state
+        with st.lock:
             if count:
-                self._store._stats["hits"] += 1
-                self._store._stats["bytes_read"] += nbytes
+                st.counters["hits"] += 1
+                st.counters["bytes_read"] += nbytes
             # Not if a concurrent read (another layer of the same object) found it corrupt and
             # removed it meanwhile: "exists" would then hold for index_ttl, so the engine would
             # neither store the chunk again nor stop looking it up.
-            if self._store._forgets == gen:
-                self._store._index_add_locked(key, time.monotonic())
+            if st.forgets == gen:
+                st.index_add_locked(key, time.monotonic())
         return GetResult(True, key, "", h)
 
     def _acquire_handle(self, key: bytes) -> _Handle | None:
-        with self._store._lock:
+        with self._state.lock:
             hd = self._handles.get(key)
             if hd is None:
                 return None
@@ -302,7 +305,7 @@ class Reader:
             return hd
 
     def _release_handle(self, hd: _Handle) -> None:
-        with self._store._lock:
+        with self._state.lock:
             hd.users -= 1
             close = hd.retired and hd.users == 0
         if close:
@@ -311,11 +314,11 @@ class Reader:
     def adopt_handle(self, key: bytes, f: Any, h: Any, ino: int, gen: int) -> bool:
         if self.handle_ttl <= 0 or self._max_handles <= 0:
             return False
-        with self._store._lock:
+        with self._state.lock:
             # An object forgotten (found corrupt by a concurrent read of another layer, deleted,
             # evicted) since this open may be gone, or replaced by a new object: keeping the old
             # descriptor would serve the removed inode to later loads. Any forget skips adoption.
-            if key in self._handles or self._store._closed or self._store._forgets != gen:
+            if key in self._handles or self._state.closed or self._state.forgets != gen:
                 return False
             self._handles[key] = _Handle(f, h, ino, time.monotonic())
             while len(self._handles) > self._max_handles:
@@ -324,7 +327,7 @@ class Reader:
         return True
 
     def _retire_handle(self, key: bytes, hd: _Handle) -> None:
-        with self._store._lock:
+        with self._state.lock:
             self.retire_locked(key, hd)
 
     def retire_locked(self, key: bytes, hd: _Handle) -> None:
@@ -338,45 +341,45 @@ class Reader:
     def _mismatch(self, key: bytes, why: str, count: bool) -> GetResult:
         # A valid object that does not fit what the caller asked for: a miss; the object stays.
         if count:
-            self._store._bump("misses")
-        self._store._log_once("mismatch", key.hex(), "yrcache: object %s does not match the "
-                              "request (%s)", key.hex(), why)
+            self._state.bump("misses")
+        self._state.log_once("mismatch", key.hex(), "yrcache: object %s does not match the "
+                             "request (%s)", key.hex(), why)
         return GetResult(False, key, f"mismatch: {why}")
 
     def _corrupt(self, key: bytes, ino: int, why: str, remove: bool, count: bool) -> GetResult:
         if count:
-            self._store._bump("corrupt")
-            self._store._bump("misses")
-        self._store._forget(key)
-        self._store._log_once("corrupt", key.hex(), "yrcache: object %s is invalid (%s)%s",
-                              key.hex(), why, "; removed" if remove else "")
+            self._state.bump("corrupt")
+            self._state.bump("misses")
+        self._state.forget(key)
+        self._state.log_once("corrupt", key.hex(), "yrcache: object %s is invalid (%s)%s",
+                             key.hex(), why, "; removed" if remove else "")
         if remove:
             self._remove_if_same(key, ino)
         return GetResult(False, key, f"corrupt: {why}")
 
     def _miss(self, key: bytes, e: OSError, count: bool = True) -> GetResult:
         if count:
-            self._store._bump("misses")
-        self._store._forget(key)
+            self._state.bump("misses")
+        self._state.forget(key)
         if e.errno not in MISSING_ERRNOS:
             if count:
-                self._store._count_error(e.errno or 0, "load")
-            self._store._log_once("load-errno", str(e.errno), "yrcache: load of %s failed: %s",
-                                  key.hex(), e)
+                self._state.count_error(e.errno or 0, "load")
+            self._state.log_once("load-errno", str(e.errno), "yrcache: load of %s failed: %s",
+                                 key.hex(), e)
             return GetResult(False, key, f"error: {e}")
         return GetResult(False, key, "missing")
 
     def _remove_if_same(self, key: bytes, ino: int) -> None:
         # Only the inode we found bad: a writer may have renamed a good object over it meanwhile.
-        if self._store.read_only or self._store._nsfd is None:  # load-only: removes nothing
+        if self._state.read_only or self._state.nsfd is None:  # load-only: removes nothing
             return
-        check.remove_if_same(self._store._nsfd, paths.object_relpath(key.hex()), ino)
+        check.remove_if_same(self._state.nsfd, paths.object_relpath(key.hex()), ino)
 
     def _replaced(self, key: bytes, ino: int) -> bool:
         """Whether the object's name now holds another inode than ``ino`` (a stat, no open)."""
-        if self._store._nsfd is None:
+        if self._state.nsfd is None:
             return False
-        return check.holds_other_inode(self._store._nsfd, paths.object_relpath(key.hex()), ino)
+        return check.holds_other_inode(self._state.nsfd, paths.object_relpath(key.hex()), ino)
 
 
 __all__ = ["FOREIGN_ERRNOS", "MISSING_ERRNOS", "RECENT_S", "GetResult", "Reader", "miss_reason",

@@ -29,14 +29,12 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._args import check_digest, check_digests, check_int
 from .._native import _C
-from .._util import LogOnce
 from ..futures import Future
 from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
 from . import check, paths
@@ -50,6 +48,7 @@ from .format import (
 from .janitor import HOST_TAG, Janitor, Usage
 from .keys import Namespace
 from .reader import FOREIGN_ERRNOS, MISSING_ERRNOS, GetResult, Reader, miss_reason
+from .state import StoreState
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
@@ -88,6 +87,42 @@ def _check_fraction(name: str, v: Any) -> float:
     return f
 
 
+def _check_options(namespace: Any, engine: Any, *, mac_key: Any, capacity_bytes: Any,
+                   durable: Any, read_only: Any, watermarks: tuple[Any, Any],
+                   seconds: dict[str, Any], threads: dict[str, Any],
+                   max_handles: Any) -> tuple[float, float]:
+    """Check the Store constructor's arguments (but the root); returns the watermarks as floats
+    (low, high)."""
+    if not isinstance(namespace, Namespace):
+        raise TypeError(f"namespace must be a yrcache.store.keys.Namespace, got "
+                        f"{type(namespace).__name__}")
+    if engine is not None and not isinstance(engine, IoEngine):
+        raise TypeError(f"engine must be a yrcache.IoEngine or None, got "
+                        f"{type(engine).__name__}")
+    if mac_key is not None:
+        if not isinstance(mac_key, bytes):
+            raise TypeError(f"mac_key must be bytes, got {type(mac_key).__name__}")
+        if not 16 <= len(mac_key) <= 64:
+            raise ValueError(f"mac_key must be 16-64 bytes, got {len(mac_key)}")
+    if capacity_bytes is not None:
+        check_int("capacity_bytes", capacity_bytes, 1)
+    for name, flag in (("durable", durable), ("read_only", read_only)):
+        if not isinstance(flag, bool) and not (name == "read_only" and flag is None):
+            raise TypeError(f"{name} must be a bool{' or None' * (name == 'read_only')}, "
+                            f"got {type(flag).__name__}")
+    low_watermark = _check_fraction("low_watermark", watermarks[0])
+    high_watermark = _check_fraction("high_watermark", watermarks[1])
+    if low_watermark > high_watermark:
+        raise ValueError(f"need 0 < low_watermark <= high_watermark <= 1, got "
+                         f"{low_watermark}, {high_watermark}")
+    for name, v in seconds.items():
+        _check_seconds(name, v)
+    for name, v in threads.items():
+        check_int(name, v, 1, MAX_THREADS)
+    check_int("max_handles", max_handles, 0, MAX_HANDLES)
+    return low_watermark, high_watermark
+
+
 def _views(name: str, bufs: Any, *, writable: bool) -> list[memoryview]:
     """Byte views of a sequence of buffers (TypeError for what is not one, ValueError for a
     read-only destination or a non-contiguous buffer)."""
@@ -107,12 +142,6 @@ def _views(name: str, bufs: Any, *, writable: bool) -> list[memoryview]:
             raise ValueError("destination buffers must be writable")
         out.append(v.cast("B") if v.ndim != 1 or v.format != "B" else v)
     return out
-
-
-_COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
-             "dropped_read_only", "hits", "misses", "corrupt", "incomplete", "bytes_read",
-             "open_handle_hits", "lookups", "lookup_keys", "evictions", "orphans_removed",
-             "tmp_reclaimed", "touches")
 
 
 class Store:
@@ -139,6 +168,7 @@ class Store:
             run on separate pools so loads never queue behind stores.
     """
 
+
     def __init__(self, root: str | os.PathLike[str], namespace: Namespace, *,
                  engine: IoEngine | None = None, capacity_bytes: int | None = None,
                  low_watermark: float = 0.85, high_watermark: float = 0.95,
@@ -149,92 +179,38 @@ class Store:
                  lookup_threads: int = 16, load_threads: int = 8, store_threads: int = 4,
                  read_only: bool | None = None) -> None:
         root = paths.check_root(root)
-        if not isinstance(namespace, Namespace):
-            raise TypeError(f"namespace must be a yrcache.store.keys.Namespace, got "
-                            f"{type(namespace).__name__}")
-        if engine is not None and not isinstance(engine, IoEngine):
-            raise TypeError(f"engine must be a yrcache.IoEngine or None, got "
-                            f"{type(engine).__name__}")
-        if mac_key is not None:
-            if not isinstance(mac_key, bytes):
-                raise TypeError(f"mac_key must be bytes, got {type(mac_key).__name__}")
-            if not 16 <= len(mac_key) <= 64:
-                raise ValueError(f"mac_key must be 16-64 bytes, got {len(mac_key)}")
-        if capacity_bytes is not None:
-            check_int("capacity_bytes", capacity_bytes, 1)
-        for name, flag in (("durable", durable), ("read_only", read_only)):
-            if not isinstance(flag, bool) and not (name == "read_only" and flag is None):
-                raise TypeError(f"{name} must be a bool{' or None' * (name == 'read_only')}, "
-                                f"got {type(flag).__name__}")
-        low_watermark = _check_fraction("low_watermark", low_watermark)
-        high_watermark = _check_fraction("high_watermark", high_watermark)
-        if low_watermark > high_watermark:
-            raise ValueError(f"need 0 < low_watermark <= high_watermark <= 1, got "
-                             f"{low_watermark}, {high_watermark}")
-        for name, v in (("janitor_period", janitor_period), ("tmp_max_age", tmp_max_age),
-                        ("orphan_grace", orphan_grace), ("touch_interval", touch_interval),
-                        ("index_ttl", index_ttl), ("handle_ttl", handle_ttl)):
-            _check_seconds(name, v)
-        for name, v in (("lookup_threads", lookup_threads), ("load_threads", load_threads),
-                        ("store_threads", store_threads)):
-            check_int(name, v, 1, MAX_THREADS)
-        check_int("max_handles", max_handles, 0, MAX_HANDLES)
+        low_watermark, high_watermark = _check_options(
+            namespace, engine, mac_key=mac_key, capacity_bytes=capacity_bytes, durable=durable,
+            read_only=read_only, watermarks=(low_watermark, high_watermark),
+            seconds={"janitor_period": janitor_period, "tmp_max_age": tmp_max_age,
+                     "orphan_grace": orphan_grace, "touch_interval": touch_interval,
+                     "index_ttl": index_ttl, "handle_ttl": handle_ttl},
+            threads={"lookup_threads": lookup_threads, "load_threads": load_threads,
+                     "store_threads": store_threads}, max_handles=max_handles)
         self.root = root
         self.namespace = namespace
         self.ns = namespace.digest
         self.ns_hex = self.ns.hex()
         self.durable = durable
         self.capacity_bytes = capacity_bytes
-        self.touch_interval = touch_interval
-        self.index_ttl = index_ttl
-        self._mac = mac_key
-        self._fds: list[int] = []
-        self._nsfd: int | None = None
-        self._ns_probed = 0.0
-        self._lock = threading.Lock()
-        self._log_once = LogOnce(logger)
-        try:
-            self._rootfd = self._keep_fd(paths.open_root(self.root, create=read_only is not True))
-            self._ro_reason = "read_only=True" if read_only else ""
-            if not read_only:
-                self._ro_reason = self._open_writable(probe=read_only is None)
-            if self._ro_reason:
-                self._open_read_only()
-        except BaseException:
-            for fd in self._fds:
-                os.close(fd)
-            raise
+        self._state = StoreState(root, self.ns, mac_key=mac_key, durable=durable,
+                                 capacity_bytes=capacity_bytes, index_ttl=index_ttl,
+                                 touch_interval=touch_interval, logger=logger)
+        self._open(read_only)
         self._own_engine = engine is None
         self.engine = engine or IoEngine()
-        self._stats: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
-        self._errors: dict[int, int] = defaultdict(int)
-        # key -> when it was last known to exist, oldest first; entries past index_ttl are
-        # dropped, so it holds what this process recently saw, not every key it ever met
-        self._index: OrderedDict[bytes, float] = OrderedDict()
-        self._index_max = 1 << 18
-        # key -> when this process last refreshed its mtime (same order and pruning)
-        self._touched: OrderedDict[bytes, float] = OrderedDict()
-        self._reader = Reader(self, handle_ttl=handle_ttl, max_handles=max_handles)
-        self._writer = Writer(self)
-        self._forgets = 0   # bumped by every _forget: opens that raced one are not kept open
+        self._reader = Reader(self._state, self.engine, handle_ttl=handle_ttl,
+                              max_handles=max_handles)
+        self._state.retire_handle = self._reader.retire
         self._inflight: set[concurrent.futures.Future[Any]] = set()
-        self._stat = _C.store.StatBatch(lookup_threads)
-        # Warm the lookup path once (threads parked, code paved): a scheduler's first lookup
-        # should cost what every later one does. 64 random keys: misses, about 0.1 ms locally.
-        self._stat.run_keys(self._nsfd if self._nsfd is not None else self._rootfd,
-                            os.urandom(16 * 64), False)
-        self._loads = ThreadPoolExecutor(load_threads, thread_name_prefix="yrcache-load")
-        self._stores = ThreadPoolExecutor(store_threads, thread_name_prefix="yrcache-store")
-        for pool in (self._loads, self._stores):  # start a thread now, not in the first call
-            pool.submit(int)
-        self._closed = False
-        self.janitor = Janitor(self._rootfd, capacity=capacity_bytes, low_watermark=low_watermark,
-                               high_watermark=high_watermark, tmp_max_age=tmp_max_age,
-                               orphan_grace=orphan_grace, on_evict=self._forget_hex,
-                               read_only=self.read_only)
+        self._start_pools(lookup_threads, load_threads, store_threads)
+        self.janitor = Janitor(self._state.rootfd, capacity=capacity_bytes,
+                               low_watermark=low_watermark, high_watermark=high_watermark,
+                               tmp_max_age=tmp_max_age, orphan_grace=orphan_grace,
+                               on_evict=self._forget_hex, read_only=self.read_only)
         self.usage = Usage(self.janitor.metafd, capacity_bytes, high_watermark=high_watermark)
-        self._stats["tmp_reclaimed"] += self.janitor.reclaim_tmp()
-        self._janitor_wake = threading.Event()
+        self._writer = Writer(self._state, self.engine, self.usage)
+        self._state.bump("tmp_reclaimed", self.janitor.reclaim_tmp())
         self._janitor_stop = threading.Event()
         self._janitor_thread: threading.Thread | None = None
         if janitor_period > 0 and not self.read_only:
@@ -243,36 +219,62 @@ class Store:
                                                     name="yrcache-janitor")
             self._janitor_thread.start()
 
+    def _open(self, read_only: bool | None) -> None:
+        """Open the root and, unless load-only, the namespace and temp directories (closing
+        what was opened when that fails)."""
+        st = self._state
+        try:
+            st.rootfd = st.keep_fd(paths.open_root(self.root, create=read_only is not True))
+            st.ro_reason = "read_only=True" if read_only else ""
+            if not read_only:
+                st.ro_reason = self._open_writable(probe=read_only is None)
+            if st.ro_reason:
+                self._open_read_only()
+        except BaseException:
+            st.close_fds()
+            raise
+
+    def _start_pools(self, lookup_threads: int, load_threads: int, store_threads: int) -> None:
+        st = self._state
+        st.stat_batch = _C.store.StatBatch(lookup_threads)
+        # Warm the lookup path once (threads parked, code paved): a scheduler's first lookup
+        # should cost what every later one does. 64 random keys: misses, about 0.1 ms locally.
+        st.stat_batch.run_keys(st.nsfd if st.nsfd is not None else st.rootfd,
+                               os.urandom(16 * 64), False)
+        self._loads = ThreadPoolExecutor(load_threads, thread_name_prefix="yrcache-load")
+        self._stores = ThreadPoolExecutor(store_threads, thread_name_prefix="yrcache-store")
+        for pool in (self._loads, self._stores):  # start a thread now, not in the first call
+            pool.submit(int)
+
     def _open_writable(self, *, probe: bool) -> str:
         """Open (creating) the namespace and temp directories and check that the root takes
         writes. Returns "" when it does; with ``probe`` (auto-detection), why it does not when the
         file system refuses writes (read-only, permissions): the store then opens load-only. Any
         other failure raises an OSError naming the root."""
+        st = self._state
         what = f"creating {self.ns_hex}/"
         try:
-            self._nsfd = self._keep_fd(paths.open_dir(self._rootfd, self.ns_hex, create=True))
+            st.nsfd = st.keep_fd(paths.open_dir(st.rootfd, self.ns_hex, create=True))
             what = f"creating {paths.TMP_DIR}/"
-            self._tmpfd = self._keep_fd(paths.open_dir(self._rootfd, paths.TMP_DIR, create=True))
+            st.tmpfd = st.keep_fd(paths.open_dir(st.rootfd, paths.TMP_DIR, create=True))
             what = f"creating {paths.META_DIR}/"
-            os.close(paths.open_dir(self._rootfd, paths.META_DIR, create=True))
+            os.close(paths.open_dir(st.rootfd, paths.META_DIR, create=True))
             # Existing directories open without a write: create (and remove) a file to know
             # whether publishing can work here (a read-only mount, a root owned by someone else).
             what = f"writing in {paths.TMP_DIR}/"
             name = f"{HOST_TAG}-{os.getpid()}-probe-{os.urandom(4).hex()}{paths.TMP_SUFFIX}"
-            os.close(paths.open_beneath(self._tmpfd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                                    paths.FILE_MODE))
-            os.unlink(name, dir_fd=self._tmpfd)
+            os.close(paths.open_beneath(st.tmpfd, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                        paths.FILE_MODE))
+            os.unlink(name, dir_fd=st.tmpfd)
         except OSError as e:
             if what.startswith("writing") and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 # A full root is still a writable one: puts fail with a counter until the
                 # janitor frees space, and loads go on (refusing it would stop both).
-                self._log_once("full", "open", "yrcache: cache root %s is full (%s); stores "
-                               "fail until space is freed", self.root, e.strerror)
+                st.log_once("full", "open", "yrcache: cache root %s is full (%s); stores "
+                            "fail until space is freed", self.root, e.strerror)
             elif probe and e.errno in READ_ONLY_ERRNOS:
-                for fd in self._fds[1:]:  # keep the root's descriptor only
-                    os.close(fd)
-                del self._fds[1:]
-                self._nsfd = None
+                st.close_fds(keep=1)  # keep the root's descriptor only
+                st.nsfd = None
                 return f"{e.strerror} ({what})"
             else:
                 raise paths.root_error(e.errno or errno.EIO, f"is not usable: {what} failed "
@@ -283,12 +285,12 @@ class Store:
     def _open_read_only(self) -> None:
         """Load-only: nothing is created; an absent namespace directory is opened when it
         appears (another node publishes into it later), meanwhile every lookup is a miss."""
-        self._tmpfd = -1
-        self._ns_dir()
-        if self._ro_reason != "read_only=True":
+        self._state.tmpfd = -1
+        self._state.ns_dir()
+        if self._state.ro_reason != "read_only=True":
             logger.warning("yrcache: cache root %s is load-only here (%s): lookups and loads work, "
                            "stores are dropped, nothing is evicted or removed", self.root,
-                           self._ro_reason)
+                           self._state.ro_reason)
 
     @property
     def handle_ttl(self) -> float:
@@ -304,7 +306,25 @@ class Store:
         """True when this store never writes: ``read_only=True``, or a root auto-detected as not
         writable (read-only file system, no write permission). Loads work; puts return False
         (``dropped_read_only``); the janitor, touches and removals of bad objects are off."""
-        return bool(self._ro_reason)
+        return self._state.read_only
+
+    @property
+    def index_ttl(self) -> float:
+        """Seconds an in-process "exists" answer is trusted (see the constructor)."""
+        return self._state.index_ttl
+
+    @index_ttl.setter
+    def index_ttl(self, seconds: float) -> None:
+        self._state.index_ttl = seconds
+
+    @property
+    def touch_interval(self) -> float:
+        """A hit refreshes an object's mtime at most this often (see the constructor)."""
+        return self._state.touch_interval
+
+    @touch_interval.setter
+    def touch_interval(self, seconds: float) -> None:
+        self._state.touch_interval = seconds
 
     # -- public API -----------------------------------------------------------------------------
     def path_of(self, key: bytes) -> str:
@@ -331,9 +351,9 @@ class Store:
                              shape=shape, lengths=[v.nbytes for v in views])
         fut: Future[bool] = Future(what="put")
         if self.read_only:  # a load-only root: the cache skips the write, as when it is full
-            self._bump("dropped_read_only")
-            self._log_once("read-only", "root", "yrcache: cache root %s is load-only (%s): "
-                           "dropping stores", self.root, self._ro_reason)
+            self._state.bump("dropped_read_only")
+            self._state.log_once("read-only", "root", "yrcache: cache root %s is load-only (%s): "
+                                 "dropping stores", self.root, self._state.ro_reason)
             fut.set_result(False)
             return fut
         self._submit(self._stores, self._run, fut, self._writer.put, key, views, parent,
@@ -399,31 +419,22 @@ class Store:
         unreachable root answers 0). Hits refresh the matched objects' LRU age in the background."""
         self._check_open()
         keys = check_digests("keys", keys)
-        self._bump("lookups")
-        self._bump("lookup_keys", len(keys))
+        st = self._state
+        st.bump("lookups")
+        st.bump("lookup_keys", len(keys))
         now = time.monotonic()
-        n = 0
-        with self._lock:
-            for k in keys:
-                t = self._index.get(k)
-                if t is None or now - t > self.index_ttl:
-                    break
-                n += 1
-        nsfd = self._ns_dir() if n < len(keys) else None
+        n = st.indexed_prefix(keys, now)
+        nsfd = st.ns_dir() if n < len(keys) else None
         if nsfd is not None:
-            res = self._stat.run_keys(nsfd, b"".join(keys[n:]), True)
+            res = st.stat_batch.run_keys(nsfd, b"".join(keys[n:]), True)
             found = 0
             for r in res:
                 if r < 0:
                     if -r not in MISSING_ERRNOS | FOREIGN_ERRNOS and -r != errno.ECANCELED:
-                        self._count_error(-r, "lookup")
+                        st.count_error(-r, "lookup")
                     break
                 found += 1
-            with self._lock:
-                for k in keys[n:n + found]:
-                    self._index.pop(k, None)  # re-inserted at the young end
-                self._index.update(dict.fromkeys(keys[n:n + found], now))
-                self._trim_index_locked(now)
+            st.index_found(keys[n:n + found], now)
             n += found
         if n:
             self._touch_chain(keys[:n])
@@ -441,7 +452,7 @@ class Store:
         """Whether the object is known to exist (in-process index, else one fstatat); no LRU
         touch. For dedup decisions."""
         self._check_open()
-        return self._exists(check_digest("key", key))
+        return self._state.exists(check_digest("key", key))
 
     def contains(self, key: bytes) -> bool:
         return self.lookup([key]) == 1
@@ -451,8 +462,8 @@ class Store:
         is removed: False."""
         self._check_open()
         key = check_digest("key", key)
-        self._forget(key)
-        nsfd = self._ns_dir()
+        self._state.forget(key)
+        nsfd = self._state.ns_dir()
         if self.read_only or nsfd is None:
             return False
         try:
@@ -471,7 +482,7 @@ class Store:
         key = check_digest("key", key)
         fd = self._open_object_fd(key)
         try:
-            return check.read_header(fd, ns=self.ns, key=key, mac_key=self._mac)
+            return check.read_header(fd, ns=self.ns, key=key, mac_key=self._state.mac)
         finally:
             os.close(fd)
 
@@ -499,29 +510,26 @@ class Store:
         return rep
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
-            d: dict[str, Any] = dict(self._stats)
-            d["errors_by_errno"] = {errno.errorcode.get(k, str(k)): v
-                                    for k, v in self._errors.items()}
+        d = self._state.snapshot()
         d["usage_estimate_bytes"] = self.usage.estimate() if self.capacity_bytes else None
         d["capacity_bytes"] = self.capacity_bytes
-        d["index_entries"] = len(self._index)
+        d["index_entries"] = len(self._state.index)
         return d
 
     def flush(self) -> None:
         """Wait for every put, get and background touch submitted so far (does not close)."""
-        with self._lock:
+        with self._state.lock:
             pending = list(self._inflight)
         concurrent.futures.wait(pending)
         self.usage.flush()
 
     def close(self) -> None:
         """Finish submitted work, stop the janitor, release descriptors (and an owned engine)."""
-        if self._closed:
+        if self._state.closed:
             return
-        self._closed = True
+        self._state.closed = True
         self._janitor_stop.set()
-        self._janitor_wake.set()
+        self._state.janitor_wake.set()
         self._stores.shutdown(wait=True)
         self._loads.shutdown(wait=True)
         self._reader.retire_all()
@@ -535,15 +543,10 @@ class Store:
                 step()
             except Exception as e:  # noqa: BLE001 - close releases everything it can
                 logger.warning("yrcache: while closing the store: %s", e)
-        for fd in self._fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds.clear()
+        self._state.close_fds()
 
     def _stat_close(self) -> None:
-        self._stat = None  # joins the lookup threads
+        self._state.stat_batch = None  # joins the lookup threads
 
     def __enter__(self) -> Store:
         return self
@@ -552,33 +555,18 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        closed = " closed" if self._closed else ""
+        closed = " closed" if self._state.closed else ""
         return f"<yrcache.Store {self.root!r} ns={self.ns_hex[:12]}{closed}>"
-
-    def _note_published(self, key: bytes, nbytes: int) -> None:
-        """Bookkeeping of a put: the name now holds the new inode, so a descriptor kept open on
-        an object it replaced (dedup=False re-stores a chunk whose load failed) is retired and
-        later loads read this one. Not _forget(): that would also stop every load in flight from
-        keeping its handle, and a read racing this put adopts only an object it verified (same
-        key, same bytes), so it needs no such guard."""
-        with self._lock:
-            self._reader.retire(key)
-            self._stats["objects_stored"] += 1
-            self._stats["bytes_stored"] += nbytes
-            now = time.monotonic()
-            self._index_add_locked(key, now)
-            self._touched[key] = now  # fresh mtime: no touch needed for touch_interval
-            _trim_aged(self._touched, now, self.touch_interval, self._index_max)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _submit(self, pool: ThreadPoolExecutor, fn: Any, *args: Any) -> None:
         f = pool.submit(fn, *args)
-        with self._lock:
+        with self._state.lock:
             self._inflight.add(f)
         f.add_done_callback(self._inflight_done)
 
     def _inflight_done(self, f: concurrent.futures.Future[Any]) -> None:
-        with self._lock:
+        with self._state.lock:
             self._inflight.discard(f)
 
     def _run(self, fut: Future[Any], fn: Any, *args: Any) -> None:
@@ -589,24 +577,8 @@ class Store:
         else:
             fut.set_result(r)
 
-    def _exists(self, key: bytes) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            t = self._index.get(key)
-            if t is not None and now - t <= self.index_ttl:
-                return True
-        nsfd = self._ns_dir()
-        if nsfd is None:
-            return False
-        r = self._stat.run_keys(nsfd, bytes(key), False)[0]
-        if r >= 0:
-            with self._lock:
-                self._index_add_locked(key, now)
-            return True
-        return False
-
     def _open_object_fd(self, key: bytes) -> int:
-        nsfd = self._ns_dir()
+        nsfd = self._state.ns_dir()
         if nsfd is None:
             raise FileNotFoundError(errno.ENOENT, "no such namespace directory (yet)", self.ns_hex)
         return paths.open_beneath(nsfd, paths.object_relpath(key.hex()), os.O_RDONLY)
@@ -615,26 +587,20 @@ class Store:
         """Refresh mtimes (LRU age) of a matched chain, rate-limited per key, in the background."""
         if self.read_only:  # mtimes are the janitor's LRU ages: a load-only store leaves them
             return
-        now = time.monotonic()
-        with self._lock:
-            due = [k for k in keys if now - self._touched.get(k, -1e18) > self.touch_interval]
-            for k in due:
-                self._touched.pop(k, None)  # re-inserted at the young end
-                self._touched[k] = now
-            _trim_aged(self._touched, now, self.touch_interval, self._index_max)
-        if due and not self._closed:
+        due = self._state.touch_due(keys, time.monotonic())
+        if due and not self._state.closed:
             try:
                 self._submit(self._stores, self._touch, due)
             except RuntimeError:  # shutting down
                 pass
 
     def _touch(self, keys: list[bytes]) -> None:
-        self._bump("touches", _C.store.touch_keys(self._nsfd, b"".join(keys)))
+        self._state.bump("touches", _C.store.touch_keys(self._state.nsfd, b"".join(keys)))
 
     def _janitor_loop(self, period: float) -> None:
         while not self._janitor_stop.is_set():
-            self._janitor_wake.wait(period)
-            self._janitor_wake.clear()
+            self._state.janitor_wake.wait(period)
+            self._state.janitor_wake.clear()
             if self._janitor_stop.is_set():
                 return
             try:
@@ -643,45 +609,20 @@ class Store:
                 if rep.ran:
                     self._record_janitor(rep)
             except Exception as e:  # noqa: BLE001 - the janitor must never die
-                self._log_once("janitor", type(e).__name__, "yrcache: janitor pass failed: %s", e)
+                self._state.log_once("janitor", type(e).__name__,
+                                     "yrcache: janitor pass failed: %s", e)
 
     def _record_janitor(self, rep: Any) -> None:
-        with self._lock:
-            self._stats["evictions"] += rep.evicted
-            self._stats["orphans_removed"] += rep.orphans
-            self._stats["tmp_reclaimed"] += rep.tmp_reclaimed
+        st = self._state
+        with st.lock:
+            st.counters["evictions"] += rep.evicted
+            st.counters["orphans_removed"] += rep.orphans
+            st.counters["tmp_reclaimed"] += rep.tmp_reclaimed
         self.usage.refresh()
 
     def _forget_hex(self, ns_hex: str, key_hex: str) -> None:
         if ns_hex == self.ns_hex:
-            self._forget(bytes.fromhex(key_hex))
-
-    def _forget(self, key: bytes) -> None:
-        with self._lock:
-            self._forgets += 1
-            self._index.pop(key, None)
-            self._touched.pop(key, None)
-            self._reader.retire(key)
-
-    def _index_add_locked(self, key: bytes, t: float) -> None:
-        self._index.pop(key, None)
-        self._index[key] = t
-        self._trim_index_locked(t)
-
-    def _trim_index_locked(self, now: float) -> None:
-        _trim_aged(self._index, now, self.index_ttl, self._index_max)
-
-    def _bump(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._stats[name] += n
-
-    def _count_error(self, err: int, where: str) -> None:
-        with self._lock:
-            self._errors[err] += 1
-
-    def _keep_fd(self, fd: int) -> int:
-        self._fds.append(fd)
-        return fd
+            self._state.forget(bytes.fromhex(key_hex))
 
     def _write_namespace_json(self) -> None:
         """Write ``namespace.json`` (for people and fsck) unless a regular file is there. Anything
@@ -689,64 +630,33 @@ class Store:
         replaces the entry itself and never follows it. Failures are logged, not raised: objects
         never depend on this file."""
         name = "namespace.json"
+        nsfd, log_once = self._state.nsfd, self._state.log_once
         try:
-            st = os.stat(name, dir_fd=self._nsfd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=nsfd, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
                 return
             replacing = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
         except FileNotFoundError:
             replacing = ""
         except OSError as e:
-            self._log_once("nsjson", "stat", "yrcache: cannot check %s/%s/%s: %s", self.root,
-                           self.ns_hex, name, e)
+            log_once("nsjson", "stat", "yrcache: cannot check %s/%s/%s: %s", self.root,
+                     self.ns_hex, name, e)
             return
         tmp = f".namespace.{HOST_TAG}.{os.getpid()}.{os.urandom(4).hex()}"
         try:
-            check.write_then_rename(self._nsfd, name, self.namespace.to_json().encode(), tmp,
+            check.write_then_rename(nsfd, name, self.namespace.to_json().encode(), tmp,
                                     fsync=True)
         except OSError as e:  # e.g. a full root, or a directory planted in its place
-            self._log_once("nsjson", "write", "yrcache: cannot write %s/%s/%s: %s", self.root,
-                           self.ns_hex, name, e)
+            log_once("nsjson", "write", "yrcache: cannot write %s/%s/%s: %s", self.root,
+                     self.ns_hex, name, e)
             return
         if replacing:
             logger.warning("yrcache: %s/%s/%s was %s; replaced by the namespace's fields",
                            self.root, self.ns_hex, name, replacing)
 
-    def _ns_dir(self) -> int | None:
-        """The namespace directory's descriptor; None while a load-only store finds none (it is
-        looked for again at most once a second: another node may publish into it later)."""
-        fd = self._nsfd
-        if fd is not None or not self.read_only:
-            return fd
-        now = time.monotonic()
-        if now - self._ns_probed < 1.0:
-            return None
-        self._ns_probed = now
-        try:
-            fd = paths.open_dir(self._rootfd, self.ns_hex)
-        except OSError:
-            return None
-        with self._lock:
-            if self._nsfd is None and not getattr(self, "_closed", False):
-                self._nsfd = self._keep_fd(fd)
-                return fd
-        os.close(fd)
-        return self._nsfd
-
     def _check_open(self) -> None:
-        if self._closed:
+        if self._state.closed:
             raise _C.ClosedError("store is closed")
-
-
-
-def _trim_aged(d: OrderedDict[bytes, float], now: float, max_age: float, max_len: int) -> None:
-    """Drop the oldest entries of a key -> time dict kept oldest first: those older than
-    ``max_age`` (they answer nothing any more), and any beyond ``max_len``."""
-    while d:
-        k, t = next(iter(d.items()))
-        if len(d) <= max_len and now - t <= max_age:
-            return
-        d.popitem(last=False)
 
 
 def _seq(name: str, v: Any) -> list[Any]:
