@@ -45,10 +45,14 @@ class LoadFuture(Future[LoadResult]):
     def layer(self, i: int) -> Future[None]:
         return self._layers[i]
 
+    def layers(self) -> list[Future[None]]:
+        """Every layer's future, in layer order."""
+        return list(self._layers)
+
 
 def fail_load(lf: LoadFuture, e: BaseException) -> None:
     """Fail every layer of ``lf`` not done yet, and the load."""
-    for f in [*lf._layers, lf]:
+    for f in [*lf.layers(), lf]:
         if not f.done():
             f.set_exception(e)
 

@@ -24,7 +24,6 @@ VANISHED_ERRNOS = frozenset({errno.ENOENT, errno.ESTALE})
 #: the largest header read (objects with many segments declare sizes above 4 KiB)
 MAX_HEADER_BYTES = 1 << 20
 #: ``ino`` of :func:`remove_if_same` that removes the entry only when it is a symlink
-ANY_SYMLINK = -1
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -151,12 +150,10 @@ def tmp_entries(rootfd: int) -> tuple[list[TempFile], list[paths.Foreign]]:
 
 
 # -- removing --------------------------------------------------------------------------------------
-def remove_if_same(dirfd: int, rel: str, ino: int | None = None, *,
-                   allow_dir: bool = False) -> tuple[str, str]:
+def remove_if_same(dirfd: int, rel: str, ino: int | None = None) -> tuple[str, str]:
     """Remove ``rel`` (beneath ``dirfd``) through its parent's descriptor, never following a
     symlink. With ``ino``, only while the name still holds that inode (a writer may have
-    published a new object there since it was judged); ANY_SYMLINK: only a symlink. Directories
-    are kept unless ``allow_dir``.
+    published a new object there since it was judged). Directories are kept.
 
     Returns (outcome, detail): "removed"; "gone" (someone else removed it); "replaced" (another
     inode, kept); "kept" (a directory); "error" with the error's text."""
@@ -167,17 +164,11 @@ def remove_if_same(dirfd: int, rel: str, ino: int | None = None, *,
         return ("gone", "") if e.errno in VANISHED_ERRNOS else ("error", e.strerror or str(e))
     try:
         st = os.stat(name, dir_fd=d, follow_symlinks=False)
-        if ino == ANY_SYMLINK:
-            if not stat.S_ISLNK(st.st_mode):
-                return "replaced", "replaced meanwhile (kept)"
-        elif ino is not None and st.st_ino != ino:
+        if ino is not None and st.st_ino != ino:
             return "replaced", "replaced meanwhile (kept)"
         if stat.S_ISDIR(st.st_mode):
-            if not allow_dir:
-                return "kept", "a directory (kept)"
-            os.rmdir(name, dir_fd=d)
-        else:
-            os.unlink(name, dir_fd=d)  # unlink never follows a symlink
+            return "kept", "a directory (kept)"
+        os.unlink(name, dir_fd=d)  # unlink never follows a symlink
         return "removed", ""
     except OSError as e:
         return ("gone", "") if e.errno in VANISHED_ERRNOS else ("error", e.strerror or str(e))
@@ -211,7 +202,7 @@ def orphans(chunks: Iterable[tuple[Any, str, str, int]], alive: dict[str, set[st
             yield c
 
 
-__all__ = ["ANY_SYMLINK", "MAX_HEADER_BYTES", "VANISHED_ERRNOS", "TempFile", "entry_kind",
+__all__ = ["MAX_HEADER_BYTES", "VANISHED_ERRNOS", "TempFile", "entry_kind",
            "header_bytes_needed", "holds_other_inode", "open_object", "orphans", "read_header",
            "read_header_bytes", "read_json", "read_small", "remove_if_same", "scan_stats",
            "tmp_entries", "write_then_rename"]
