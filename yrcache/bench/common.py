@@ -139,6 +139,19 @@ def summarize(xs: Sequence[float], *, digits: int = 6, quantile: str = "linear",
     return out
 
 
+
+def throughput_summary(gbps: Sequence[float], cpu_s_per_gb: Sequence[float],
+                       seconds: Sequence[float] | None = None) -> dict[str, Any] | None:
+    """The bandwidth rows' summary (the io and store benchmarks' JSON): GB/s median, range and
+    samples, the median seconds when given, CPU seconds per GB; None without samples."""
+    if not gbps:
+        return None
+    return {**summarize(gbps, digits=4, gbps_median="median", gbps_min="min", gbps_max="max",
+                        samples="samples"),
+            **(summarize(seconds, seconds_median="median") if seconds is not None else {}),
+            **summarize(cpu_s_per_gb, digits=5, cpu_s_per_gb_median="median",
+                        cpu_s_per_gb_samples="samples")}
+
 def num(x: float | None, spec: str = ".2f") -> str:
     """``x`` formatted with ``spec``, ``-`` for None: a table cell."""
     return "-" if x is None else format(x, spec)

@@ -41,8 +41,8 @@ from .common import (
     num,
     plot_bars,
     spread,
-    summarize,
     sysinfo,
+    throughput_summary,
     usable_dir,
 )
 
@@ -333,12 +333,7 @@ class Bench:
 
 
 def _summary(samples: list[Sample]) -> dict[str, Any] | None:
-    if not samples:
-        return None
-    return {**summarize([s.gbps for s in samples], digits=4, gbps_median="median",
-                        gbps_min="min", gbps_max="max", samples="samples"),
-            **summarize([s.cpu_s_per_gb for s in samples], digits=5,
-                        cpu_s_per_gb_median="median", cpu_s_per_gb_samples="samples")}
+    return throughput_summary([s.gbps for s in samples], [s.cpu_s_per_gb for s in samples])
 
 
 def _results(rows: list[Row], size: int) -> list[dict[str, Any]]:

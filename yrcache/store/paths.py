@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -186,37 +186,36 @@ def walk_objects(rootfd: int, *, foreign: list[Foreign] | None = None,
         if namespaces is not None and ns.name not in namespaces:
             continue
         with _maybe_dir(rootfd, ns.name) as nsfd:
-            if nsfd is None:
+            if nsfd is not None:
+                yield from _walk_shards(nsfd, ns.name, "", 2, note)
+
+
+def _walk_shards(fd: int, ns: str, shard: str, depth: int,
+                 note: Callable[[str, os.DirEntry[str]], None]) -> Iterator[ObjectEntry]:
+    """The objects below shard directory ``shard`` of namespace ``ns`` (``depth`` shard levels
+    left above the object files: ``ab/cd/<key>.kv``)."""
+    for e in _scandir(fd):
+        rel = f"{ns}/{shard}{e.name}"
+        if depth:
+            if not shard and e.name == "namespace.json" and e.is_file(follow_symlinks=False):
                 continue
-            for a in _scandir(nsfd):
-                if a.name == "namespace.json" and a.is_file(follow_symlinks=False):
-                    continue
-                if not (_SHARD_RE.match(a.name) and a.is_dir(follow_symlinks=False)):
-                    note(f"{ns.name}/{a.name}", a)
-                    continue
-                with _maybe_dir(nsfd, a.name) as afd:
-                    if afd is None:
-                        continue
-                    for b in _scandir(afd):
-                        if not (_SHARD_RE.match(b.name) and b.is_dir(follow_symlinks=False)):
-                            note(f"{ns.name}/{a.name}/{b.name}", b)
-                            continue
-                        with _maybe_dir(afd, b.name) as bfd:
-                            if bfd is None:
-                                continue
-                            for e in _scandir(bfd):
-                                rel = f"{ns.name}/{a.name}/{b.name}/{e.name}"
-                                key_hex = object_key(f"{a.name}/{b.name}", e.name)
-                                if key_hex is None or not e.is_file(follow_symlinks=False):
-                                    if not e.name.startswith(".nfs"):  # NFS silly-renames
-                                        note(rel, e)
-                                    continue
-                                try:
-                                    st = e.stat(follow_symlinks=False)
-                                except OSError:
-                                    continue
-                                yield ObjectEntry(ns.name, key_hex, st.st_size, st.st_mtime,
-                                                  st.st_ino)
+            if not (_SHARD_RE.match(e.name) and e.is_dir(follow_symlinks=False)):
+                note(rel, e)
+                continue
+            with _maybe_dir(fd, e.name) as sub:
+                if sub is not None:
+                    yield from _walk_shards(sub, ns, f"{shard}{e.name}/", depth - 1, note)
+            continue
+        key_hex = object_key(shard.rstrip("/"), e.name)
+        if key_hex is None or not e.is_file(follow_symlinks=False):
+            if not e.name.startswith(".nfs"):  # NFS silly-renames
+                note(rel, e)
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        yield ObjectEntry(ns, key_hex, st.st_size, st.st_mtime, st.st_ino)
 
 
 def _scandir(fd: int) -> list[os.DirEntry[str]]:

@@ -8,18 +8,13 @@ from typing import Any
 
 from yrcache.store.format import CHECKSUM_IMPL
 
-from ..common import Bars, Panel, fmt_size, format_table, num, plot_bars, spread, summarize
+from ..common import Bars, Panel, fmt_size, format_table, num, plot_bars, spread, throughput_summary
 from .harness import GB, TARGET_RATIO, Bench, Row, Sample
 
 
 def _summary(samples: list[Sample]) -> dict[str, Any] | None:
-    if not samples:
-        return None
-    return {**summarize([s.gbps for s in samples], digits=4, gbps_median="median",
-                        gbps_min="min", gbps_max="max", samples="samples"),
-            **summarize([s.seconds for s in samples], seconds_median="median"),
-            **summarize([s.cpu_s_per_gb for s in samples], digits=5,
-                        cpu_s_per_gb_median="median", cpu_s_per_gb_samples="samples")}
+    return throughput_summary([s.gbps for s in samples], [s.cpu_s_per_gb for s in samples],
+                              [s.seconds for s in samples])
 
 
 def results(b: Bench, rows: list[Row]) -> list[dict[str, Any]]:
