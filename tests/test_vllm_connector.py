@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from yrcache.store.keys import Namespace, chain_keys, fold_extras
 from yrcache.store.store import Store
 
 from .helpers import require
-from .vllm_util import Engine, vllm_status
+from .vllm_util import Engine, Server, vllm_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -282,6 +283,45 @@ def test_unusable_root_disables_and_read_only_root_loads(model: Path, tmp_path: 
         assert st["cache"]["load_chunks"] == 4 and st["cache"]["load_partial"] == 0
         assert st["cache"]["stores"] == 0      # no store was even planned (Q was a miss)
     assert "is load-only here" in log.read_text()
+
+
+def test_vllm_serve_unusable_root_serves_and_read_only_root_loads(model: Path, tmp_path: Path,
+                                                                  ro_bind) -> None:
+    """The same through `vllm serve` (the OpenAI API server, engine core and worker in their own
+    processes, HTTP): a root that is a file disables the connector with one line in the server's
+    own output and requests are answered; a read-only mount of a populated root loads the prefix,
+    and the tokens equal both the recomputed ones and vLLM's own prefix hit of the same length."""
+    log = tmp_path / "serve.log"
+    P = rand_tokens(1100, 80)
+    bad = tmp_path / "not-a-dir"
+    bad.write_bytes(b"keep")
+    with Server(model, bad, log) as s:
+        miss = s.complete(P)
+        assert miss["cached"] == 0 and len(miss["tokens"]) == 8
+    text = log.read_text(errors="replace")
+    assert f"connector DISABLED: cache root {str(bad)!r} is unusable" in text
+    assert "connector DISABLED on this worker" in text and bad.read_bytes() == b"keep"
+
+    root = tmp_path / "root"
+    with Server(model, root, log) as s:
+        ref = s.complete(P)
+        assert ref["cached"] == 0
+        deadline = time.monotonic() + 30     # the server kills its engine at once on SIGTERM:
+        ns, keys = None, []                  # wait for the background stores to publish
+        while time.monotonic() < deadline:
+            if namespaces(root):
+                ns, keys = chunk_keys(root, P)
+                if all(object_path(root, ns, k).exists() for k in keys):
+                    break
+            time.sleep(0.2)
+        assert ns is not None and len(keys) == 4
+    ro = ro_bind(root)
+    with Server(model, ro, log) as s:
+        hit = s.complete(P)
+        own = s.complete(P)                  # vLLM's own prefix cache, same cached length
+    assert hit["cached"] == own["cached"] == 1024
+    assert hit["tokens"] == ref["tokens"] == own["tokens"] == miss["tokens"]
+    assert "is load-only here" in log.read_text(errors="replace")
 
 
 def test_serving_benchmark_smoke(model: Path, tmp_path: Path) -> None:

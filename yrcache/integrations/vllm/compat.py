@@ -46,6 +46,21 @@ TESTED_VERSIONS = ("0.32.0",)
 SUPPORTED = ((0, 32),)        # (major, minor) series whose connector API this module speaks
 
 
+def log_through_vllm() -> None:
+    """Route yrcache's log lines into vLLM's own output. vLLM configures only its "vllm" logger
+    (its handler, format and level; no propagation), and the yrcache package logger carries a
+    NullHandler, so under ``vllm serve`` a line such as "connector DISABLED: ..." would otherwise
+    be printed nowhere. Left alone when the application configured yrcache's logging itself."""
+    ours, theirs = logging.getLogger("yrcache"), logging.getLogger("vllm")
+    if not theirs.handlers or any(not isinstance(h, logging.NullHandler) for h in ours.handlers):
+        return
+    for h in theirs.handlers:
+        ours.addHandler(h)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(theirs.getEffectiveLevel())
+    ours.propagate = False   # as vLLM's: never twice through a root handler
+
+
 def check_version() -> str:
     v = str(getattr(vllm, "__version__", "0"))
     m = re.match(r"(\d+)\.(\d+)", v)

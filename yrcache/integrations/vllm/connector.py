@@ -50,6 +50,7 @@ def _guarded(default: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
 class YRCacheConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: Any, role: KVConnectorRole, kv_cache_config: Any) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
+        compat.log_through_vllm()
         compat.check_version()
         self._cfg = ConnectorConfig.from_extra(
             self._kv_transfer_config.kv_connector_extra_config)
