@@ -70,6 +70,7 @@ py::dict stats_dict(const EngineStats& s) {
   d["fixed_buffer_ios"] = s.fixed_buffer_ios;
   d["errors"] = s.errors;
   d["cancelled"] = s.cancelled;
+  d["reads_ahead"] = s.reads_ahead;
   return d;
 }
 

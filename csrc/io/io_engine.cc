@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "io/io_engine.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/align.h"
@@ -32,10 +33,68 @@ std::string uring_reason(int err, const std::string& what) {
     r += ": RLIMIT_MEMLOCK too small for the ring";
   return r;
 }
+
+// May len more bytes go where used are in flight, under cap? The first task always may (so a piece
+// larger than the cap still runs); written to never overflow (fallocate lengths reach 2^62).
+bool fits(std::size_t used, std::size_t len, std::size_t cap) {
+  return used == 0 || (used <= cap && len <= cap - used);
+}
 }  // namespace
 
-IoEngine::IoEngine(const EngineOptions& opt)
-    : opt_(opt), cq_(std::make_shared<CompletionQueue>()), gate_(std::make_shared<Gate>()) {
+TaskQueue::TaskQueue(unsigned slots, std::size_t max_bytes)
+    : slots_(std::max(1u, slots)),
+      max_bytes_(max_bytes),
+      write_slots_(std::max<std::size_t>(1, slots_ - std::max<std::size_t>(1, slots_ / 4))),
+      write_bytes_(max_bytes / 4 * 3) {}
+
+void TaskQueue::push(std::unique_ptr<Task> t) {
+  (is_read(*t) ? reads_ : writes_).push_back(std::move(t));
+}
+
+std::unique_ptr<Task> TaskQueue::pop(const Inflight& now, bool* read_ahead) {
+  *read_ahead = false;
+  if (now.tasks >= slots_) return nullptr;
+  // A read also starts while no other read is in flight, whatever the writes hold: writes filling
+  // the byte bound must not hold a load back (the bound is then exceeded by one piece at most).
+  if (!reads_.empty() &&
+      (now.bytes == now.write_bytes || fits(now.bytes, reads_.front()->len, max_bytes_))) {
+    *read_ahead = !writes_.empty();
+    std::unique_ptr<Task> t = std::move(reads_.front());
+    reads_.pop_front();
+    return t;
+  }
+  if (!writes_.empty() && now.write_tasks < write_slots_ &&
+      fits(now.bytes, writes_.front()->len, max_bytes_) &&
+      fits(now.write_bytes, writes_.front()->len, write_bytes_)) {
+    std::unique_ptr<Task> t = std::move(writes_.front());
+    writes_.pop_front();
+    return t;
+  }
+  return nullptr;
+}
+
+std::vector<std::unique_ptr<Task>> TaskQueue::take_all() {
+  std::vector<std::unique_ptr<Task>> out;
+  out.reserve(size());
+  for (auto* lane : {&reads_, &writes_}) {
+    for (auto& t : *lane) out.push_back(std::move(t));
+    lane->clear();
+  }
+  return out;
+}
+
+void TaskQueue::erase_op(const Op* op) {
+  for (auto* lane : {&reads_, &writes_})
+    lane->erase(std::remove_if(lane->begin(), lane->end(),
+                               [op](const std::unique_ptr<Task>& t) { return t->op.get() == op; }),
+                lane->end());
+}
+
+IoEngine::IoEngine(const EngineOptions& opt, unsigned slots, std::size_t max_bytes)
+    : opt_(opt),
+      cq_(std::make_shared<CompletionQueue>()),
+      pending_(slots, max_bytes),
+      gate_(std::make_shared<Gate>()) {
   gate_->engine = this;
 }
 
@@ -136,7 +195,7 @@ std::shared_ptr<Completion> IoEngine::submit(std::uint64_t id, OpCode code,
       live_ops_++;
       for (auto& t : tasks) {
         t->op = op;
-        pending_.push_back(std::move(t));
+        pending_.push(std::move(t));
       }
       kick_locked();
     }
@@ -155,10 +214,7 @@ bool IoEngine::cancel_op(const std::shared_ptr<Op>& op) {
     std::lock_guard<std::mutex> lk(mu_);
     if (op->issued > 0 || op->outstanding == 0 || op->cancelled) return false;
     op->cancelled = true;
-    std::deque<std::unique_ptr<Task>> keep;
-    for (auto& t : pending_)
-      if (t->op != op) keep.push_back(std::move(t));
-    pending_.swap(keep);
+    pending_.erase_op(op.get());
     op->outstanding = 0;
     stats_.cancelled++;
     if (--live_ops_ == 0) idle_cv_.notify_all();
@@ -167,11 +223,24 @@ bool IoEngine::cancel_op(const std::shared_ptr<Op>& op) {
   return true;
 }
 
+std::unique_ptr<Task> IoEngine::next_task_locked() {
+  bool read_ahead = false;
+  std::unique_ptr<Task> t = pending_.pop(inflight_, &read_ahead);
+  if (!t) return t;
+  if (read_ahead) stats_.reads_ahead++;
+  prepare_issue_locked(*t);
+  return t;
+}
+
 void IoEngine::prepare_issue_locked(Task& t) {
   t.issued = true;
   t.op->issued++;
-  inflight_tasks_++;
-  inflight_bytes_ += t.len;
+  inflight_.tasks++;
+  inflight_.bytes += t.len;
+  if (!TaskQueue::is_read(t)) {
+    inflight_.write_tasks++;
+    inflight_.write_bytes += t.len;
+  }
   stats_.tasks++;
   t.io_buf = t.user;
   if (t.bounce && bounce_free_.empty()) {
@@ -242,8 +311,12 @@ void IoEngine::finish_task(std::unique_ptr<Task> t) {
     std::lock_guard<std::mutex> lk(mu_);
     if (t->bounce_slot >= 0) bounce_free_.push_back(t->bounce_slot);
     if (t->issued) {
-      inflight_tasks_--;
-      inflight_bytes_ -= t->len;
+      inflight_.tasks--;
+      inflight_.bytes -= t->len;
+      if (!TaskQueue::is_read(*t)) {
+        inflight_.write_tasks--;
+        inflight_.write_bytes -= t->len;
+      }
     }
     stats_.retries += t->retries;
     stats_.short_transfers += t->shorts;
@@ -276,8 +349,7 @@ void IoEngine::close(bool cancel_pending) {
   closing_ = true;
   if (cancel_pending) {
     // Not-yet-issued tasks fail with ECANCELED; issued ones finish normally.
-    std::deque<std::unique_ptr<Task>> drop;
-    drop.swap(pending_);
+    std::vector<std::unique_ptr<Task>> drop = pending_.take_all();
     lk.unlock();
     for (auto& t : drop) {
       t->err = -ECANCELED;
@@ -308,7 +380,7 @@ EngineStats IoEngine::stats() const {
 
 std::size_t IoEngine::inflight() const {
   std::lock_guard<std::mutex> lk(mu_);
-  return inflight_tasks_ + pending_.size();
+  return inflight_.tasks + pending_.size();
 }
 
 void IoEngine::note(std::string msg) {

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // The I/O engine interface. A request (Op) is cut into kernel-level tasks by the alignment
 // splitter; the backend runs tasks with at most queue_depth of them (and max_inflight_bytes) in
-// flight; results go through one shared handler (short transfers, EINTR/EAGAIN, EOF, O_DIRECT
-// refusal) and each Op finishes its Completion once. Backends: "uring" (liburing, a reaper thread)
-// and "psync" (a pread/pwrite thread pool); the factory is open for "cufile".
+// flight, reads ahead of writes (TaskQueue); results go through one shared handler (short
+// transfers, EINTR/EAGAIN, EOF, O_DIRECT refusal) and each Op finishes its Completion once.
+// Backends: "uring" (liburing, a reaper thread) and "psync" (a pread/pwrite thread pool); the
+// factory is open for "cufile".
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -89,6 +90,42 @@ struct EngineStats {
   std::uint64_t ops = 0, tasks = 0, bytes_read = 0, bytes_written = 0;
   std::uint64_t short_transfers = 0, retries = 0, direct_fallbacks = 0, bounced = 0;
   std::uint64_t fixed_buffer_ios = 0, errors = 0, cancelled = 0;
+  std::uint64_t reads_ahead = 0;  // reads issued while writes were waiting
+};
+
+// Work issued to the kernel or a worker: all of it, and the write lane's part of it.
+struct Inflight {
+  std::size_t tasks = 0, bytes = 0;
+  std::size_t write_tasks = 0, write_bytes = 0;
+};
+
+// Tasks waiting to be issued, in two lanes, so that a load never queues behind background stores:
+// reads are issued first, and writes (with fsync and fallocate) may hold only a share of the slots
+// and bytes in flight, so a read arriving behind a burst of writes finds a free slot at once. Each
+// lane is FIFO. Guarded by the engine mutex.
+class TaskQueue {
+ public:
+  // slots: tasks in flight at most (kernel I/Os, or workers); max_bytes: bytes in flight at most
+  // (SIZE_MAX: unbounded). Writes get slots - max(1, slots/4) slots (at least one) and 3/4 of the
+  // bytes.
+  TaskQueue(unsigned slots, std::size_t max_bytes);
+
+  static bool is_read(const Task& t) noexcept { return t.code == OpCode::Read; }
+  void push(std::unique_ptr<Task> t);
+  bool empty() const noexcept { return reads_.empty() && writes_.empty(); }
+  std::size_t size() const noexcept { return reads_.size() + writes_.size(); }
+  // Moves out the next task that may start with `now` in flight, or returns null. *read_ahead says
+  // whether it is a read taken while writes were waiting.
+  std::unique_ptr<Task> pop(const Inflight& now, bool* read_ahead);
+  // Moves out every queued task (reads first), for close(cancel).
+  std::vector<std::unique_ptr<Task>> take_all();
+  // Drops the queued tasks of one op (a cancelled op: its tasks are never issued).
+  void erase_op(const Op* op);
+
+ private:
+  std::deque<std::unique_ptr<Task>> reads_, writes_;
+  std::size_t slots_, max_bytes_;
+  std::size_t write_slots_, write_bytes_;  // the write lane's share
 };
 
 class IoEngine {
@@ -126,7 +163,9 @@ class IoEngine {
   void set_fallback_reason(std::string r) { fallback_reason_ = std::move(r); }
 
  protected:
-  explicit IoEngine(const EngineOptions& opt);
+  // slots and max_bytes bound the work in flight (see TaskQueue): the backend's queue depth or
+  // worker count, and its byte bound.
+  IoEngine(const EngineOptions& opt, unsigned slots, std::size_t max_bytes);
   // Called with mu_ held after tasks were queued; the backend starts what it can.
   virtual void kick_locked() = 0;
   // Stops backend threads; called once, after all work finished, without mu_ held.
@@ -140,6 +179,9 @@ class IoEngine {
   // Called without mu_.
   void finish_task(std::unique_ptr<Task> t);
   void note(std::string msg);
+  // The next queued task that may start now (reads first, writes within their share), marked in
+  // flight by prepare_issue_locked; null when none may. Called with mu_ held; never throws.
+  std::unique_ptr<Task> next_task_locked();
   // Marks t in flight and points io_buf at the caller's memory or, for misaligned caller memory, at a
   // chunk-sized bounce buffer (filled for writes; without memory for one, the piece turns buffered).
   // Called with mu_ held; never throws (it runs on backend threads).
@@ -156,9 +198,8 @@ class IoEngine {
   FaultInjector faults_;
   mutable std::mutex mu_;
   std::condition_variable idle_cv_;
-  std::deque<std::unique_ptr<Task>> pending_;
-  std::size_t inflight_tasks_ = 0;   // issued to the kernel / a worker
-  std::size_t inflight_bytes_ = 0;
+  TaskQueue pending_;
+  Inflight inflight_;  // issued to the kernel / a worker
   std::size_t live_ops_ = 0;
   bool closing_ = false;
   bool shut_ = false;

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // psync: a pool of threads doing pread/pwrite/fsync/fallocate. Always built; the bottom rung of the
 // ladder. Each worker runs one task at a time, so queue depth = thread count; idle workers block.
+// Workers take reads first and a write only while writes hold less than their share of the workers
+// (TaskQueue), so some worker is always free for a load behind a burst of stores.
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 
 #include "common/thread_group.h"
 #include "io/io_engine.h"
@@ -15,10 +18,9 @@ namespace {
 
 class PsyncEngine final : public IoEngine {
  public:
-  explicit PsyncEngine(const EngineOptions& opt) : IoEngine(opt) {
-    // queue_depth may be up to 4096 for io_uring; as a thread count it is capped.
-    const unsigned n = opt.threads ? opt.threads : std::min(opt.queue_depth, kMaxThreads);
-    workers_.start(n, [this] { run(); }, [this] { stop_workers(); });
+  // No byte bound: each worker holds one piece of at most chunk_bytes, which bounds it already.
+  explicit PsyncEngine(const EngineOptions& opt) : IoEngine(opt, workers(opt), SIZE_MAX) {
+    workers_.start(workers(opt), [this] { run(); }, [this] { stop_workers(); });
   }
   ~PsyncEngine() override { close(false); }
   const char* name() const noexcept override { return "psync"; }
@@ -31,6 +33,11 @@ class PsyncEngine final : public IoEngine {
   }
 
  private:
+  // queue_depth may be up to 4096 for io_uring; as a thread count it is capped.
+  static unsigned workers(const EngineOptions& opt) {
+    return opt.threads ? opt.threads : std::min(opt.queue_depth, kMaxThreads);
+  }
+
   void stop_workers() {
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -62,11 +69,14 @@ class PsyncEngine final : public IoEngine {
   void run() {
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
-      work_cv_.wait(lk, [&] { return !pending_.empty() || stop_; });
-      if (pending_.empty()) return;  // stop_ and nothing left
-      std::unique_ptr<Task> t = std::move(pending_.front());
-      pending_.pop_front();
-      prepare_issue_locked(*t);
+      // A write slot is freed only by a finishing write, whose worker comes back here; when it
+      // takes a read instead, the wake-up passed on below lets a waiting worker take the write.
+      std::unique_ptr<Task> t;
+      while (!(t = next_task_locked()) && !stop_) work_cv_.wait(lk);
+      // Stopping with nothing this worker may take: what is left (writes beyond the share) is
+      // taken by the workers still running writes.
+      if (!t) return;
+      if (!pending_.empty()) work_cv_.notify_one();
       lk.unlock();
       while (on_result(*t, execute(*t)) == Next::Reissue) {
       }

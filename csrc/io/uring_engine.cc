@@ -2,8 +2,9 @@
 // uring: one io_uring per engine. Callers prepare SQEs and submit under the engine mutex (a batch
 // per request); a reaper thread blocks in io_uring_wait_cqe, drains every ready CQE, handles the
 // results (short transfers, retries) outside the lock and refills the ring up to queue_depth and
-// max_inflight_bytes. No SQPOLL (it burns a core on small machines); no COOP/DEFER_TASKRUN (the
-// submitting thread is not the one that reaps). Registered host buffers use READ/WRITE_FIXED.
+// max_inflight_bytes, reads first and writes within their share (TaskQueue). No SQPOLL (it burns a
+// core on small machines); no COOP/DEFER_TASKRUN (the submitting thread is not the one that reaps).
+// Registered host buffers use READ/WRITE_FIXED.
 #include <liburing.h>
 
 #include <cerrno>
@@ -20,7 +21,8 @@ constexpr unsigned kFixedSlots = 64;
 
 class UringEngine final : public IoEngine {
  public:
-  explicit UringEngine(const EngineOptions& opt) : IoEngine(opt) {
+  explicit UringEngine(const EngineOptions& opt)
+      : IoEngine(opt, opt.queue_depth, opt.max_inflight_bytes) {
     unsigned entries = 8;
     while (entries < 2 * opt.queue_depth) entries <<= 1;
     io_uring_params p{};
@@ -80,14 +82,12 @@ class UringEngine final : public IoEngine {
  protected:
   void kick_locked() override {
     unsigned queued = 0;
-    while (!pending_.empty() && inflight_tasks_ < opt_.queue_depth &&
-           (inflight_bytes_ == 0 || inflight_bytes_ + pending_.front()->len <= opt_.max_inflight_bytes)) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      if (!sqe) break;
-      std::unique_ptr<Task> t = std::move(pending_.front());
-      pending_.pop_front();
-      prepare_issue_locked(*t);
-      prep(sqe, t.release());
+    // The SQ (2 x depth entries) has room for every task in flight; the check is a guard, made
+    // before a task is taken so none is taken without an SQE for it.
+    while (io_uring_sq_space_left(&ring_) > 0) {
+      std::unique_ptr<Task> t = next_task_locked();
+      if (!t) break;
+      prep(io_uring_get_sqe(&ring_), t.release());
       ++queued;
     }
     if (queued) submit_locked();
@@ -194,7 +194,7 @@ class UringEngine final : public IoEngine {
       for (Task* t : again) prep(io_uring_get_sqe(&ring_), t);  // SQ has room: <= depth in flight
       if (!again.empty()) submit_locked();
       kick_locked();
-      if (wake && stop_ && inflight_tasks_ == 0) return;
+      if (wake && stop_ && inflight_.tasks == 0) return;
     }
   }
 

@@ -109,7 +109,8 @@ class IoEngine:
             Default from ``YRCACHE_BACKEND``.
         queue_depth: kernel I/Os in flight (psync: worker threads). Default 8.
         chunk_bytes: large requests are cut into pieces of this many bytes (rounded up to 4 KiB).
-        max_inflight_bytes: cap on bytes in flight (uring); at least one piece always runs.
+        max_inflight_bytes: cap on bytes in flight (uring); at least one piece always runs, and
+            a read beside writes that fill the cap.
         register_buffers: use io_uring fixed buffers for memory from :meth:`alloc` (falls back to
             unregistered I/O when RLIMIT_MEMLOCK is too small).
         direct: open files with O_DIRECT by default.
@@ -199,7 +200,9 @@ class IoEngine:
         return self._closed
 
     def stats(self) -> dict[str, int]:
-        """Counters: ops, tasks, bytes read/written, short transfers, retries, fallbacks, errors."""
+        """Counters: ops, tasks, bytes read/written, short transfers, retries, fallbacks, errors,
+        and ``reads_ahead``: reads issued before writes queued earlier (loads never wait behind
+        stores; writes hold at most about 3/4 of the queue depth and of ``max_inflight_bytes``)."""
         return self._c.stats()
 
     # -- files and memory --------------------------------------------------------------------
@@ -384,7 +387,8 @@ class IoEngine:
             raise _C.ClosedError("I/O engine is closed")
 
     def _inject_faults(self, spec: str) -> None:
-        """Test hook: make the backend return errors or short transfers (see csrc/io/faults.h)."""
+        """Test hook: make the backend return errors or short transfers, or delay its I/Os (see
+        csrc/io/faults.h)."""
         self._c.set_faults(spec)
 
     def __enter__(self) -> IoEngine:
