@@ -10,6 +10,7 @@ import concurrent.futures.thread  # noqa: F401
 import logging
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 
@@ -80,3 +81,16 @@ if _register is not None:
 else:  # pragma: no cover - interpreters without the hook
     atexit.register(_close_tier, EARLY)
 atexit.register(_close_tier, LATE)
+
+
+def prestart(pool: ThreadPoolExecutor) -> None:
+    """Start every worker thread of ``pool`` now (a ThreadPoolExecutor starts them one submit
+    at a time), so that no request pays for a thread start."""
+    n = pool._max_workers
+    barrier = threading.Barrier(n + 1)
+    for _ in range(n):
+        pool.submit(barrier.wait, 30.0)
+    barrier.wait(30.0)
+
+
+

@@ -41,7 +41,7 @@ import numpy as np
 
 from .._args import U32_MAX, check_digest, check_digests, check_int
 from .._native import _C
-from .._util import EARLY, close_at_exit, forget_at_exit
+from .._util import EARLY, close_at_exit, forget_at_exit, prestart
 from ..cuda import copy as cuda_copy
 from ..store.format import align_up
 from ..store.keys import Namespace, chain_keys, fold_extras
@@ -50,8 +50,9 @@ from ..tensors import tensor_info
 from . import metrics
 from .layout import KVLayout
 from .loader import Loader, LoadFuture, LoadResult, fail_load
-from .metrics import Metrics
+from .metrics import IoMeter, Metrics
 from .parts import CacheParts, Operations
+from .prefetch import Prefetcher
 from .staging import Staging
 from .tier import HostTier
 from .transfer import ChunkCopier, GpuOrder
@@ -78,12 +79,19 @@ class Cache:
         host_tier_bytes: a bounded LRU of recently stored/loaded chunks in host memory in front
             of the files (0: off). Only chunks that were published or read back verified enter
             it, so it never holds KV that does not exist (or did not exist) as a valid object.
+        prefetch_bytes: host memory for chunks read ahead of their load (:meth:`prefetch`;
+            0: off). Allocated by the first prefetch (or :meth:`warm_up`), then reused.
+        store_yield_s: when the smoothed latency of an object's put exceeds this (a slow or
+            saturated file system), new async stores are dropped (``store_dropped_slow``) while
+            others are still in flight; the next store after the backlog drains measures again.
+            0: never.
         **store_args: passed to :class:`~yrcache.store.Store` (capacity_bytes, durable, ...).
     """
 
     def __init__(self, root: Any, namespace: Namespace, layout: KVLayout, *, mode: str = "async",
                  staging_bytes: int = 256 << 20, copy_threads: int = 0,
-                 host_tier_bytes: int = 0, **store_args: Any) -> None:
+                 host_tier_bytes: int = 0, prefetch_bytes: int = 64 << 20,
+                 store_yield_s: float = 2.0, **store_args: Any) -> None:
         if mode not in ("async", "sync"):
             raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
         if not isinstance(namespace, Namespace):
@@ -93,6 +101,11 @@ class Cache:
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
         check_int("copy_threads", copy_threads, 0, MAX_COPY_THREADS)
         check_int("host_tier_bytes", host_tier_bytes)
+        check_int("prefetch_bytes", prefetch_bytes)
+        if isinstance(store_yield_s, bool) or not isinstance(store_yield_s, (int, float)) or \
+                not 0 <= store_yield_s <= 86400:
+            raise ValueError(f"store_yield_s must be seconds in [0, 86400], got "
+                             f"{store_yield_s!r:.40}")
         check_int("staging_bytes", staging_bytes, 1)
         _check_agrees(namespace, layout)
         self.namespace, self.layout, self.mode = namespace, layout, mode
@@ -105,12 +118,19 @@ class Cache:
                                 self.store_.engine)
         self._tier = HostTier(host_tier_bytes, stride * layout.num_layers)
         self._metrics = Metrics()
+        self._meter = IoMeter()
+        self._prefetch = Prefetcher(self.store_, self._metrics, self._meter,
+                                    budget_bytes=prefetch_bytes,
+                                    chunk_bytes=stride * layout.num_layers,
+                                    seg_bytes=self.seg_bytes, stride=stride,
+                                    num_layers=layout.num_layers)
         self._operations = Operations()
         self._parts = CacheParts(
             layout, mode, self.chunk_tokens, self.seg_bytes, self.store_, self._staging,
             self._tier, self._metrics,
             ChunkCopier(layout, self.chunk_tokens, self.seg_bytes, copy_threads, self._staging),
-            self._operations, ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit"))
+            self._operations, ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-commit"),
+            self._prefetch, self._meter, IoMeter(), float(store_yield_s))
         self._loader = Loader(self._parts, stride)
         self._closed = False
         close_at_exit(self, tier=EARLY)   # a short-lived process does not lose its last stores
@@ -222,6 +242,46 @@ class Cache:
             lf.exception()   # complete on return; a failure is on the future, not raised here
         return lf
 
+    # -- read-ahead -------------------------------------------------------------------------------
+    def prefetch(self, keys: Sequence[bytes], owner: str) -> int:
+        """Read chunks ``keys`` into host memory now, verified, for a load that comes later (a
+        request waiting in a queue): that load then copies them from memory. Returns how many
+        chunks were taken on (the rest did not fit ``prefetch_bytes``). ``owner`` (e.g. the
+        request id) holds them until :meth:`release_prefetch`; chunks wanted by several owners are
+        read once. Never raises for a cache fault: a chunk that cannot be read is simply not
+        there when its load comes (the load reads the file, and fails on it as it would)."""
+        self._check_open()
+        keys = check_digests("keys", keys)
+        if not isinstance(owner, str):
+            raise TypeError(f"owner must be a str, got {type(owner).__name__}")
+        return self._prefetch.prefetch(owner, keys)
+
+    def prefetched(self, keys: Sequence[bytes]) -> int:
+        """Leading chunks of ``keys`` read ahead and ready in memory."""
+        return self._prefetch.ready(check_digests("keys", keys))
+
+    def release_prefetch(self, owner: str) -> None:
+        """``owner`` no longer needs what it prefetched (its load started, it was aborted or
+        preempted); chunks nobody else wants are freed, reads not started are cancelled."""
+        self._prefetch.release(owner)
+
+    def read_rates(self) -> dict[str, float | None]:
+        """Smoothed latency of one file read (s), bandwidth of whole loads (bytes/s; None until
+        measured), and the age of the oldest read still out (s): what a planner weighs a load
+        against recomputing with."""
+        return self._meter.snapshot()
+
+    def warm_up(self) -> None:
+        """Pay every one-time cost now (an engine calls this at start-up) so that no request
+        does: every worker thread started, the staging's pages faulted in, the prefetch memory
+        allocated and registered."""
+        self._check_open()
+        self._staging.touch()
+        self._prefetch.allocate(self.store_.engine)
+        self._loader.prestart()
+        prestart(self._parts.committer)
+        self.store_.warm_up()
+
     # -- CUDA -------------------------------------------------------------------------------------
     def prepare_cuda(self, device: int = 0) -> None:
         """Pin the staging (cudaHostRegister) and create ``device``'s copy engine now, at
@@ -326,6 +386,8 @@ class Cache:
         and the store's own stats under "store"."""
         d: dict[str, Any] = self._metrics.counters()
         d.update(self._tier.stats())
+        d.update(self._prefetch.stats())
+        d.update(self._meter.snapshot())
         d.update(self._metrics.latencies())
         d["chunks_being_stored"] = self._staging.chunks_in_flight   # the store queue depth
         d["operations_in_flight"] = len(self._operations)
@@ -350,6 +412,7 @@ class Cache:
             self._drain(timeout)
         finally:
             self._loader.shutdown()
+            self._prefetch.close()
             self._parts.committer.shutdown(wait=False)
             self._staging.close()
             self.store_.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util import prestart
 from ..futures import Future
 from .parts import CacheParts
 from .staging import sync_all
@@ -70,9 +71,18 @@ class Loader:
 
     def submit(self, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any], ids: Any, batch: int,
                gpu: GpuOrder | None, background: bool) -> None:
-        """Start a load; RuntimeError if the loader was shut down."""
-        (self._background if background else self._pool).submit(
-            self._run_guarded, _LoadRun(self, lf, keys, kv, ids, batch, gpu))
+        """Start a load; RuntimeError if the loader was shut down. Chunks read ahead (prefetch)
+        are claimed now, in the caller's thread, before the caller lets their owner go."""
+        run = _LoadRun(self, lf, keys, kv, ids, batch, gpu, self.parts.prefetch.claim(keys))
+        try:
+            (self._background if background else self._pool).submit(self._run_guarded, run)
+        except BaseException:
+            self.parts.prefetch.unclaim(keys, run.claimed)
+            raise
+
+    def prestart(self) -> None:
+        prestart(self._pool)
+        prestart(self._background)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False)
@@ -85,6 +95,8 @@ class Loader:
         except BaseException as e:  # a bug: surface it on the futures, never hang the caller
             logger.exception("yrcache: load failed")
             fail_load(run.lf, e)
+        finally:
+            run.loader.parts.prefetch.unclaim(run.keys, run.claimed)
 
     def scatter(self, layer: Any, ids: Any, c: int, seg: memoryview, batch: int,
                 gpu: GpuOrder | None) -> tuple[bool, str, list[Any]]:
@@ -104,8 +116,10 @@ class _LoadRun:
     """One load: which chunks are in place, layer by layer, and which come from where."""
 
     def __init__(self, loader: Loader, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any],
-                 ids: Any, batch: int, gpu: GpuOrder | None) -> None:
+                 ids: Any, batch: int, gpu: GpuOrder | None,
+                 claimed: list[np.ndarray | None]) -> None:
         self.loader, self.lf, self.keys, self.kv = loader, lf, keys, kv
+        self.claimed = claimed   # chunks read ahead, in memory: no file read
         self.ids, self.batch, self.gpu = ids, batch, gpu
         self.n, self.nl = len(keys), loader.parts.layout.num_layers
         self.lock = threading.Lock()
@@ -119,7 +133,9 @@ class _LoadRun:
     def run(self) -> None:
         p, n, nl = self.loader.parts, self.n, self.nl
         t0 = time.perf_counter()
-        self.tiered = [p.tier.get(k) for k in self.keys]
+        self.tiered = [c if c is not None else p.tier.get(k)
+                       for k, c in zip(self.keys, self.claimed)]
+        self.file_bytes = 0
         # Copies for the host tier of chunks not in it: at most what the tier can hold, and a
         # copy enters the tier only when every layer of it was filled from verified bytes.
         room = p.tier.capacity
@@ -142,8 +158,11 @@ class _LoadRun:
             slot = self.filling[c]
             if slot is not None and self.filled[c] == nl:
                 p.tier.insert(self.keys[c], slot)
-        p.metrics.bump(load_tier_hits=sum(t is not None for t in self.tiered[:loaded]))
-        p.metrics.record("load", time.perf_counter() - t0, loaded * p.seg_bytes * nl)
+        p.metrics.bump(load_tier_hits=sum(t is not None and cl is None for t, cl in
+                                          zip(self.tiered[:loaded], self.claimed)))
+        secs = time.perf_counter() - t0
+        p.metrics.record("load", secs, loaded * p.seg_bytes * nl)
+        p.meter.transfer(secs, self.file_bytes)
         self.lf.set_result(LoadResult(loaded * p.chunk_tokens, n, loaded, self.reason))
 
     def _issue(self, l: int, c: int) -> None:
@@ -173,25 +192,33 @@ class _LoadRun:
             return
         slab = p.staging.acquire_load_slab()
         seg = slab[:p.seg_bytes]
+        t0, token = time.perf_counter(), p.meter.start()
         try:
             g = p.store.get(self.keys[c], [seg], layers=[l], lengths=ld.lengths)
         except BaseException as e:  # e.g. closed meanwhile: this chunk fails
+            p.meter.cancel(token)
             p.staging.release_load_slab(slab)
             self.finish(l, c, False, f"error: {e}", None)
             return
-        g.add_done_callback(lambda f: self._on_segment(f, l, c, seg, slab))
+        g.add_done_callback(lambda f: self._on_segment(f, l, c, seg, slab, t0, token))
 
-    def _on_segment(self, f: Future[Any], l: int, c: int, seg: memoryview, slab: Any) -> None:
+    def _on_segment(self, f: Future[Any], l: int, c: int, seg: memoryview, slab: Any,
+                    t0: float, token: int) -> None:
         evs: list[Any] = []
+        meter = self.loader.parts.meter
         try:
             exc = f.exception()
             r = None if exc is not None else f.result()
             if r:
+                meter.done(token, time.perf_counter() - t0, seg.nbytes)
+                with self.lock:
+                    self.file_bytes += seg.nbytes
                 ok, why, evs = self.loader.scatter(self.kv[l], self.ids, c, seg, self.batch,
                                                    self.gpu)
                 if unsignalled(self.gpu):   # nobody's stream waits for it: done before it counts
                     sync_all(evs)
             else:
+                meter.cancel(token)
                 ok, why = False, str(exc) if exc is not None else r.reason
             if ok:
                 self.finish(l, c, True, "", seg)   # copies seg into a tier slot first, if any

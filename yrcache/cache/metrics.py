@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 COUNTERS = ("stores", "store_chunks", "store_existing", "store_replaced",
             "store_dropped_staging", "store_dropped_read_only", "store_failed", "store_aborted",
             "store_dropped_close", "loads", "load_chunks", "load_partial", "load_from_inflight",
-            "load_tier_hits", "bytes_gathered", "bytes_scattered")
+            "load_tier_hits", "bytes_gathered", "bytes_scattered", "prefetch_chunks",
+            "prefetch_read", "prefetch_shared", "prefetch_hits", "prefetch_late",
+            "prefetch_failed", "prefetch_budget_full", "prefetch_cancelled", "prefetch_wasted",
+            "prefetch_evicted", "store_dropped_slow")
 
 #: operations whose latency and bandwidth are kept, and how many recent ones
 OPERATIONS = ("store", "load")
@@ -53,6 +57,7 @@ class Metrics:
 
 
 _GAUGE_PREFIXES = ("staging_", "host_tier_", "store_index", "store_usage", "store_capacity",
+                   "prefetch_chunks_", "prefetch_owners", "prefetch_bytes", "read_",
                    "chunks_being", "operations_in")
 
 
@@ -87,4 +92,55 @@ def prometheus_collector(stats: Callable[[], dict[str, Any]], ns: str, registry:
     return collector
 
 
-__all__ = ["COUNTERS", "Metrics", "prometheus_collector"]
+
+
+
+class IoMeter:
+    """File I/O as a planner needs it: smoothed latency of one operation, smoothed bandwidth of
+    whole transfers, and the age of the oldest operation still out (a stalled file system shows
+    there long before any operation completes)."""
+
+    ALPHA = 0.2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._out: dict[int, float] = {}
+        self._next = 0
+        self.latency_s: float | None = None
+        self.bandwidth_Bps: float | None = None
+
+    def start(self) -> int:
+        with self._lock:
+            self._next += 1
+            self._out[self._next] = time.monotonic()
+            return self._next
+
+    def cancel(self, token: int) -> None:
+        with self._lock:
+            self._out.pop(token, None)
+
+    def done(self, token: int, seconds: float, nbytes: int) -> None:
+        """One operation finished: ``seconds`` from issue to done (verified bytes, for a read)."""
+        with self._lock:
+            self._out.pop(token, None)
+            self.latency_s = _ewma(self.latency_s, seconds, self.ALPHA)
+
+    def transfer(self, seconds: float, nbytes: int) -> None:
+        """A whole transfer moved ``nbytes`` in ``seconds`` (its operations overlapped)."""
+        if seconds > 0 and nbytes > 0:
+            with self._lock:
+                self.bandwidth_Bps = _ewma(self.bandwidth_Bps, nbytes / seconds, self.ALPHA)
+
+    def snapshot(self) -> dict[str, float | None]:
+        with self._lock:
+            now = time.monotonic()
+            stall = now - min(self._out.values()) if self._out else 0.0
+            return {"read_latency_s": self.latency_s, "read_bandwidth_Bps": self.bandwidth_Bps,
+                    "read_stall_s": stall}
+
+
+def _ewma(old: float | None, x: float, alpha: float) -> float:
+    return x if old is None else old + alpha * (x - old)
+
+
+__all__ = ["COUNTERS", "Metrics", "IoMeter", "prometheus_collector"]

@@ -12,7 +12,8 @@ from typing import Any
 from ..futures import Future
 from ..store.store import Store
 from .layout import KVLayout
-from .metrics import Metrics
+from .metrics import IoMeter, Metrics
+from .prefetch import Prefetcher
 from .staging import Staging
 from .tier import HostTier
 from .transfer import ChunkCopier
@@ -57,6 +58,12 @@ class CacheParts:
     copier: ChunkCopier
     operations: Operations
     committer: ThreadPoolExecutor   # CUDA stores: waits for the gathers, then publishes
+    prefetch: Prefetcher
+    meter: IoMeter            # file reads (loads and prefetches): what a load planner needs
+    store_meter: IoMeter      # object puts: how far behind the background stores are
+    #: stores yield above this smoothed put latency (s; 0: never): new ones are dropped while
+    #: others are in flight, before a slow file system's backlog delays loads
+    store_yield_s: float
 
 
 __all__ = ["CacheParts", "Operations"]

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ..cuda import copy as cuda_copy
 from ..io.buffers import BufferPool
 from ..io.engine import IoEngine
@@ -59,6 +61,13 @@ class Staging:
         self._reaper_stopped = False
         self._cuda_devices: set[int] = set()   # devices whose copies use the pinned staging
         self._pin_lock = threading.Lock()
+
+    def touch(self) -> None:
+        """Fault every page of the staging in now (registration with io_uring already did, when
+        it succeeded), not under the first request's copies."""
+        for pool in (self._store_pool, self._load_pool):
+            if not pool.registered:
+                np.frombuffer(pool.arena, np.uint8)[::4096] = 0
 
     # -- sizes ------------------------------------------------------------------------------------
     @property

@@ -57,7 +57,7 @@ class StoreWriter:
         self._chunks: list[_Chunk] = []
         self._gathered: set[int] = set()
         self._open = True
-        self.existing = self.dropped = self.replaced = 0
+        self.existing = self.dropped = self.replaced = self.slow = 0
         self.future = StoreFuture()
         if parts.store.read_only:   # a load-only root: nothing to claim, gather or write
             self.dropped = len(keys)
@@ -69,6 +69,7 @@ class StoreWriter:
         """Claim and stage each chunk not stored yet (one store per chunk in this process)."""
         staging = self._p.staging
         claimed_key: bytes | None = None
+        behind = self._behind()   # once per store: a probe store is written whole
         try:
             for i, key in enumerate(keys):
                 claimed = staging.claim(key)
@@ -79,6 +80,11 @@ class StoreWriter:
                     if claimed:
                         staging.unclaim(key)
                     claimed_key = None
+                    continue
+                if behind:   # a slow file system: yield to loads, do not queue
+                    self.dropped += 1
+                    self.slow += 1
+                    staging.unclaim(key)
                     continue
                 st = staging.stage(key)
                 if st is None:  # staging full: drop, never block the caller or grow memory
@@ -93,6 +99,15 @@ class StoreWriter:
                 staging.unclaim(claimed_key)
             self.abort()
             raise
+
+    def _behind(self) -> bool:
+        """Async stores are far behind: the smoothed put latency is above the high-water mark
+        and puts are still in flight. The first store after they drain goes ahead and measures
+        again, so a file system that recovers gets stores back."""
+        p = self._p
+        lat = p.store_meter.latency_s
+        return p.mode == "async" and p.store_yield_s > 0 and lat is not None and \
+            lat > p.store_yield_s and p.staging.chunks_in_flight > 0
 
     @property
     def chunks(self) -> int:
@@ -179,7 +194,9 @@ class StoreWriter:
         finally:
             self.future.source_released.set_result(None)
             p.metrics.bump(stores=1, store_chunks=len(self._keys), store_existing=self.existing,
-                           store_replaced=self.replaced, store_dropped_staging=self.dropped,
+                           store_replaced=self.replaced,
+                           store_dropped_staging=self.dropped - self.slow,
+                           store_dropped_slow=self.slow,
                            bytes_gathered=len(puts) * p.seg_bytes * p.layout.num_layers)
             self._finish(puts)
 
@@ -206,6 +223,7 @@ class StoreWriter:
 
         def one(key: bytes, st: StagedChunk, f: Future[bool]) -> None:
             ok = False
+            p.store_meter.done(0, time.perf_counter() - t0, obj_bytes)
             try:
                 ok = f.exception() is None and bool(f.result())
                 if ok:

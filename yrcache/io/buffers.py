@@ -18,6 +18,22 @@ from .engine import HostBuffer, IoEngine
 MAX_ARENA_BYTES = 1 << 40
 
 
+_arenas = [0]   # large host buffers allocated in this process (what start-up should pay for)
+
+
+def arena(nbytes: int) -> Any:
+    """A page-aligned host buffer for a pool of slabs, counted (:func:`arenas_allocated`)."""
+    buf = HostBuffer(nbytes)
+    _arenas[0] += 1
+    return buf
+
+
+def arenas_allocated() -> int:
+    """How many arenas (staging, prefetch) this process allocated so far: a test of the claim
+    that no request pays for one."""
+    return _arenas[0]
+
+
 class BufferPool:
     """``count`` slabs of ``slab_bytes`` (rounded up to 4 KiB) from one registered arena.
 
@@ -31,7 +47,7 @@ class BufferPool:
         check_int("count", count, 1, MAX_ARENA_BYTES // (-(-slab_bytes // 4096) * 4096))
         self.slab_bytes = -(-slab_bytes // 4096) * 4096
         self.count = count
-        self.arena: Any = HostBuffer(self.slab_bytes * count)
+        self.arena: Any = arena(self.slab_bytes * count)
         self.registered = engine.register(self.arena) if engine is not None else False
         self._view = memoryview(self.arena)
         self._free = list(range(count - 1, -1, -1))

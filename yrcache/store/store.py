@@ -35,6 +35,7 @@ from typing import Any
 
 from .._args import check_digest, check_digests, check_int
 from .._native import _C
+from .._util import prestart
 from ..futures import Future
 from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
 from . import check, paths
@@ -245,6 +246,12 @@ class Store:
         self._stores = ThreadPoolExecutor(store_threads, thread_name_prefix="yrcache-store")
         for pool in (self._loads, self._stores):  # start a thread now, not in the first call
             pool.submit(int)
+
+    def warm_up(self) -> None:
+        """Start every load and store thread now (one of each is started at open)."""
+        self._check_open()
+        prestart(self._loads)
+        prestart(self._stores)
 
     def _open_writable(self, *, probe: bool) -> str:
         """Open (creating) the namespace and temp directories and check that the root takes
