@@ -5,6 +5,7 @@ serving damaged bytes; and the read meter a load planner uses."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -199,3 +200,26 @@ def test_async_stores_yield_on_a_slow_file_system(data_dir: Path) -> None:
         st = c.stats()
         assert st["store_dropped_slow"] == 2 and st["store_dropped_staging"] == 0
         assert store(4).result(timeout=30).stored == 2       # drained: stores go ahead again
+
+
+def test_load_in_waiter_copies_only_in_the_waiting_thread(data_dir: Path) -> None:
+    """in_waiter: reads go on in the background, but nothing is copied into the engine's memory
+    until the caller waits (a CPU engine's compute threads never share a core with copies)."""
+    rng = np.random.default_rng(9)
+    c, kv, toks, ids = _stored(data_dir / "root", rng, 4)
+    with c:
+        c.mode = "async"
+        c._parts = dataclasses.replace(c._parts, mode="async")
+        dst = [np.zeros_like(x) for x in kv]
+        dst_ids = rng.permutation(64)[:PER * 4]
+        lf = c.load_chunks(c.keys(toks), dst, dst_ids, in_waiter=True)
+        _wait(lambda: c.store_.engine.stats()["bytes_read"] > 0)
+        time.sleep(0.2)                                   # every read is back by now
+        assert not any(d.view(np.uint16).any() for d in dst)    # ...and nothing was copied
+        assert not lf.layer(0).done()
+        assert lf.wait_layer(0, timeout=30) is None
+        assert same(dst[0][dst_ids], kv[0][ids])
+        r = lf.result(timeout=30)                         # copies the other layers here too
+        assert r.loaded == 4
+        for layer in range(len(kv)):
+            assert same(dst[layer][dst_ids], kv[layer][ids])

@@ -211,7 +211,8 @@ class Cache:
                                 stream=stream)
 
     def load_chunks(self, keys: Sequence[bytes], kv: Sequence[Any], block_ids: Any = None, *,
-                    batch: int = 0, background: bool = False, stream: Any = None) -> LoadFuture:
+                    batch: int = 0, background: bool = False, stream: Any = None,
+                    in_waiter: bool = False) -> LoadFuture:
         """Load chunks ``keys`` into ``kv``. Paged: ``block_ids`` holds each chunk's blocks in
         order; a block id of -1 leaves that block untouched (its tokens are already in place, e.g.
         computed by the engine), so a load may start or end inside a chunk. ``background``: a load
@@ -219,7 +220,11 @@ class Cache:
         forward pass waits on never queue behind it; it does not block even in sync mode.
         CUDA tensors: the copies wait for the work enqueued on ``stream`` (default: torch's
         current stream) before this call, and ``stream`` waits for each copy, so kernels the
-        caller enqueues after a layer's future completes see that layer."""
+        caller enqueues after a layer's future completes see that layer. ``in_waiter`` (host
+        memory, async): the copies run in the thread that waits, through
+        ``LoadFuture.wait_layer(i)`` or ``result()``, not on yrcache's threads (a CPU engine's
+        compute threads are then never preempted by them); the reads still run in the
+        background. Such a load's layers complete only while someone waits through those."""
         self._check_open()
         keys = check_digests("keys", keys)
         ids = self._check_kv(kv, block_ids, len(keys), load=True, batch=batch)
@@ -234,7 +239,8 @@ class Cache:
         self._metrics.bump(loads=1, load_chunks=len(keys))
         self._operations.track(lf)
         try:
-            self._loader.submit(lf, keys, kv, ids, batch, gpu, background)
+            self._loader.submit(lf, keys, kv, ids, batch, gpu, background,
+                                in_waiter and not background and self.mode == "async")
         except RuntimeError as e:  # the loader was shut down by a concurrent close()
             fail_load(lf, _C.ClosedError(f"cache is closed ({e})"))
             raise _C.ClosedError("cache is closed") from e

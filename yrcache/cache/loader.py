@@ -2,13 +2,20 @@
 """A Cache's load pipeline: reads go out layer-major (layer 0 of every chunk, then layer 1...),
 as many at once as there are load slabs; each verified segment is scattered as it arrives, and
 layer futures complete in order as soon as every chunk's segment of that layer is in place.
-Chunks in the host tier or staged by a store of this process are copied from memory."""
+Chunks in the host tier or staged by a store of this process are copied from memory.
+
+A load into host memory that the caller waits on layer by layer can leave the copying to the
+waiter (``in_waiter``): segments that arrive are queued, and :meth:`LoadFuture.wait_layer` (or
+``result()``) copies them in the waiting thread. On a CPU engine the model's threads and the copies
+then never run at once (a copy thread steals a core from the model's OpenMP team, which stalls the
+whole team at its next barrier), while the reads still go on under the forward pass."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,12 +43,35 @@ class LoadFuture(Future[LoadResult]):
     """A load's outcome, with one future per layer (``layer(i)``), completed as soon as that
     layer's segments of every chunk are in place (or known missing)."""
 
-    __slots__ = ("_layers",)
+    __slots__ = ("_layers", "_pump")
 
     def __init__(self, num_layers: int) -> None:
         super().__init__(what="cache.load")
         self._layers: list[Future[None]] = [Future(what=f"cache.load.layer{i}")
                                             for i in range(num_layers)]
+        #: copies segments that arrived, in the calling thread (loads with ``in_waiter``)
+        self._pump: Callable[[Future[Any], float], None] | None = None
+
+    def wait_layer(self, i: int, timeout: float | None = None) -> BaseException | None:
+        """Wait until layer ``i`` is in place (doing the copies queued for the waiter, if any);
+        its exception, or None."""
+        self._pump_until(self._layers[i], timeout)
+        return self._layers[i].exception(timeout)
+
+    def _wait(self, timeout: object) -> None:
+        self._pump_until(self, timeout)
+        super()._wait(timeout)
+
+    def _pump_until(self, f: Future[Any], timeout: object) -> None:
+        pump = self._pump
+        if pump is None:
+            return
+        deadline = None if timeout is None else time.monotonic() + float(timeout)  # type: ignore[arg-type]
+        while not f.done():
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                break
+            pump(f, left)
 
     def layer(self, i: int) -> Future[None]:
         return self._layers[i]
@@ -70,10 +100,13 @@ class Loader:
         self._background = ThreadPoolExecutor(1, thread_name_prefix="yrcache-cache-bgload")
 
     def submit(self, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any], ids: Any, batch: int,
-               gpu: GpuOrder | None, background: bool) -> None:
+               gpu: GpuOrder | None, background: bool, in_waiter: bool = False) -> None:
         """Start a load; RuntimeError if the loader was shut down. Chunks read ahead (prefetch)
         are claimed now, in the caller's thread, before the caller lets their owner go."""
         run = _LoadRun(self, lf, keys, kv, ids, batch, gpu, self.parts.prefetch.claim(keys))
+        if in_waiter and gpu is None:
+            run.queue = deque()
+            lf._pump = run.pump
         try:
             (self._background if background else self._pool).submit(self._run_guarded, run)
         except BaseException:
@@ -126,9 +159,22 @@ class _LoadRun:
         self.first_bad, self.reason = self.n, ""   # chunks from here on are not (all) in place
         self.left = [self.n] * self.nl              # segments of each layer still outstanding
         self.next_layer = 0                         # layer futures are completed in order
-        self.all_done = threading.Event()
         self.filling: list[np.ndarray | None] = []
         self.filled = [0] * self.n
+        self.arrived = threading.Condition(self.lock)
+        self.queue: deque[tuple[Any, ...]] | None = None   # segments for the waiter to copy
+
+    def pump(self, f: Future[Any], timeout: float) -> None:
+        """Copy the segments that arrived, in this thread; if none did, wait up to ``timeout``
+        for one, or for ``f`` to complete."""
+        assert self.queue is not None
+        with self.arrived:
+            if not self.queue and not f.done():
+                self.arrived.wait(timeout)
+            items = list(self.queue)
+            self.queue.clear()
+        for it in items:
+            self._on_segment(*it, queued=True)
 
     def run(self) -> None:
         p, n, nl = self.loader.parts, self.n, self.nl
@@ -143,14 +189,18 @@ class _LoadRun:
             want = self.tiered[c] is None and room > 0
             room -= want
             self.filling.append(p.tier.slot() if want else None)
+        self.t0 = t0
         if n == 0:
             for l in range(nl):
                 self.lf.layer(l).set_result(None)
-            self.all_done.set()
+            self._complete()
         for l in range(nl):
             for c in range(n):
                 self._issue(l, c)
-        self.all_done.wait()
+
+    def _complete(self) -> None:
+        """Every segment is in place or failed: the host tier, the meters, the result."""
+        p, n, nl = self.loader.parts, self.n, self.nl
         loaded = self.first_bad
         if loaded < n:
             p.metrics.bump(load_partial=1)
@@ -160,7 +210,7 @@ class _LoadRun:
                 p.tier.insert(self.keys[c], slot)
         p.metrics.bump(load_tier_hits=sum(t is not None and cl is None for t, cl in
                                           zip(self.tiered[:loaded], self.claimed)))
-        secs = time.perf_counter() - t0
+        secs = time.perf_counter() - self.t0
         p.metrics.record("load", secs, loaded * p.seg_bytes * nl)
         p.meter.transfer(secs, self.file_bytes)
         self.lf.set_result(LoadResult(loaded * p.chunk_tokens, n, loaded, self.reason))
@@ -203,7 +253,12 @@ class _LoadRun:
         g.add_done_callback(lambda f: self._on_segment(f, l, c, seg, slab, t0, token))
 
     def _on_segment(self, f: Future[Any], l: int, c: int, seg: memoryview, slab: Any,
-                    t0: float, token: int) -> None:
+                    t0: float, token: int, queued: bool = False) -> None:
+        if self.queue is not None and not queued:   # the waiter copies it
+            with self.arrived:
+                self.queue.append((f, l, c, seg, slab, t0, token))
+                self.arrived.notify_all()
+            return
         evs: list[Any] = []
         meter = self.loader.parts.meter
         try:
@@ -246,10 +301,14 @@ class _LoadRun:
             while self.next_layer < self.nl and self.left[self.next_layer] == 0:
                 ready.append(self.next_layer)
                 self.next_layer += 1
-            if self.next_layer == self.nl:
-                self.all_done.set()
+            last = bool(ready) and self.next_layer == self.nl
         for r in ready:
             self.lf.layer(r).set_result(None)
+        if ready:
+            with self.arrived:   # a waiter of that layer stops pumping
+                self.arrived.notify_all()
+        if last:
+            self._complete()
 
 
 __all__ = ["LoadFuture", "LoadResult", "Loader", "fail_load"]
