@@ -23,6 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 BLOCK, CHUNK = 128, 256          # the CPU backend's block size; the connector's default chunk
 MODES = ["async", "sync"]
+#: these tests check the load path itself: every hit is loaded (the measured load-or-recompute
+#: decision, the default, would recompute some short hits of this tiny model; it is tested in
+#: test_vllm_prefetch.py)
+LOAD = {"min_load_tokens": 0}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def chunk_keys(root: Path, tokens: list[int], salt: str | None = None) -> tuple[
 
 
 def engine(model: Path, root: Path, mode: str, log: Path, **kw) -> Engine:
-    return Engine(model, {"root": str(root), "mode": mode}, log=log, **kw)
+    return Engine(model, {"root": str(root), "mode": mode, **LOAD}, log=log, **kw)
 
 
 def overwrite_with(root: Path, ns: Namespace, dst_keys: list[bytes], src_keys: list[bytes]) -> None:
@@ -146,7 +150,7 @@ def test_multi_turn_conversation_loads_history(model: Path, tmp_path: Path, mode
     history in vLLM's own prefix cache (the reference), then with that cache reset, so the history
     comes from yrcache's files, generated tokens included. Outputs must be identical."""
     root, log = tmp_path / "root", tmp_path / "vllm.log"
-    with Engine(model, {"root": str(root), "mode": mode, **MT}, log=log) as e:
+    with Engine(model, {"root": str(root), "mode": mode, **MT, **LOAD}, log=log) as e:
         prompt = rand_tokens(600, 10)
         kv_tokens = 0
         for turn in range(4):
@@ -170,8 +174,8 @@ def test_two_nodes_share_a_conversation(model: Path, shared_dirs: tuple[Path, Pa
     without yrcache serves the same conversation from its own prefix cache: same outputs."""
     a, b = shared_dirs
     log = tmp_path / "vllm.log"
-    with Engine(model, {"root": str(a), "mode": mode, **MT}, log=log) as ea, \
-            Engine(model, {"root": str(b), "mode": mode, **MT}, log=log) as eb, \
+    with Engine(model, {"root": str(a), "mode": mode, **MT, **LOAD}, log=log) as ea, \
+            Engine(model, {"root": str(b), "mode": mode, **MT, **LOAD}, log=log) as eb, \
             Engine(model, None, log=log) as ref:
         prompt = rand_tokens(700, 20)
         kv_tokens = 0
@@ -353,7 +357,8 @@ def test_tensor_parallel_2_objects_per_rank_and_all_ranks_needed(model: Path,
     root, log = tmp_path / "root", tmp_path / "vllm.log"
     P = rand_tokens(1100, 40)
     env = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
-    with Engine(model, {"root": str(root)}, log=log, env=env, tensor_parallel_size=2) as e:
+    with Engine(model, {"root": str(root), **LOAD}, log=log, env=env,
+                tensor_parallel_size=2) as e:
         (ref,) = e.generate([P])
         assert ref["cached"] == 0
     nss = namespaces(root)                       # the engine exited: its stores were drained
@@ -363,12 +368,14 @@ def test_tensor_parallel_2_objects_per_rank_and_all_ranks_needed(model: Path,
     for ns in nss:
         keys[ns.first_kv_head] = chain_keys(ns.digest, P, ns.chunk_tokens)
         assert all(object_path(root, ns, k).exists() for k in keys[ns.first_kv_head])
-    with Engine(model, {"root": str(root)}, log=log, env=env, tensor_parallel_size=2) as e:
+    with Engine(model, {"root": str(root), **LOAD}, log=log, env=env,
+                tensor_parallel_size=2) as e:
         (r,) = e.generate([P])
         assert r["cached"] == 1024 and same_output(r, ref)
     rank1 = next(ns for ns in nss if ns.first_kv_head == 1)
     os.unlink(object_path(root, rank1, keys[1][2]))
-    with Engine(model, {"root": str(root)}, log=log, env=env, tensor_parallel_size=2) as e:
+    with Engine(model, {"root": str(root), **LOAD}, log=log, env=env,
+                tensor_parallel_size=2) as e:
         (r,) = e.generate([P])
         assert r["cached"] == 512
         # With TP=2, vLLM's own output depends (in its low bits, then in greedy choices) on where
@@ -385,7 +392,8 @@ def test_parked_load_async_request(model: Path, tmp_path: Path, mode: str) -> No
     the engine goes on; vLLM resumes it once the worker reports it, with identical output."""
     root, log = tmp_path / "root", tmp_path / "vllm.log"
     P = rand_tokens(1100, 50)
-    with Engine(model, {"root": str(root), "mode": mode, "park_load_tokens": 512}, log=log) as e:
+    with Engine(model, {"root": str(root), "mode": mode, "park_load_tokens": 512, **LOAD},
+                log=log) as e:
         (ref,) = e.generate([P])
         e.call("drain")
         assert e.call("reset")["ok"]
@@ -414,7 +422,7 @@ def test_chunked_prefill_and_preemption(model: Path, tmp_path: Path) -> None:
     P = rand_tokens(1100, 60)
     kw = dict(max_num_batched_tokens=256, max_model_len=1920, num_gpu_blocks_override=16,
               disable_log_stats=False)
-    with Engine(model, {"root": str(root)}, log=log, **kw) as e:
+    with Engine(model, {"root": str(root), **LOAD}, log=log, **kw) as e:
         (ref,) = e.generate([P])
         e.call("drain")
         ns, keys = chunk_keys(root, P)

@@ -5,8 +5,9 @@ each engine this way (a second engine does not start cleanly in one process).
 
     python -m yrcache.bench.vllm.engine '{"engine": {LLM kwargs}, "connector": {extra} or null}'
 
-Commands: generate, reset (vLLM's own prefix cache), drain (wait for this engine's stores),
-stats, cpu (yrcache's CPU seconds so far), faults (test hook), exit.
+Commands: generate, queue (requests added one by one and stepped, some aborted on the way),
+reset (vLLM's own prefix cache), drain (wait for this engine's stores), stats, cpu (yrcache's CPU
+seconds so far), faults (test hook), exit.
 """
 from __future__ import annotations
 
@@ -83,14 +84,43 @@ def _generate(llm: Any, cmd: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sp, use_tqdm=False)
     r: dict[str, Any] = {"seconds": time.perf_counter() - t0}
-    r["results"] = [{
-        "ttft": o.metrics.first_token_latency if o.metrics is not None else None,
-        "preemptions": o.metrics.num_preemptions if o.metrics is not None else None,
-        "tokens": list(o.outputs[0].token_ids),
-        "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
-                                                     o.outputs[0].logprobs)],
-        "cached": o.num_cached_tokens} for o in outs]
+    r["results"] = [_output(o) for o in outs]
     return r
+
+
+def _output(o: Any) -> dict[str, Any]:
+    return {"ttft": o.metrics.first_token_latency if o.metrics is not None else None,
+            "preemptions": o.metrics.num_preemptions if o.metrics is not None else None,
+            "tokens": list(o.outputs[0].token_ids),
+            "logprobs": [lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
+                                                         o.outputs[0].logprobs)],
+            "cached": o.num_cached_tokens}
+
+
+def _queue(llm: Any, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Add every prompt at once (each with its own max_tokens), step the engine until all are
+    done, aborting ``abort`` (prompt indices) after ``abort_after`` steps. Results in prompt
+    order; None for an aborted prompt."""
+    from vllm import SamplingParams
+    eng = llm.llm_engine
+    tag = cmd.get("tag", "q")
+    rids = [f"{tag}-{i}" for i in range(len(cmd["prompts"]))]
+    for rid, p in zip(rids, cmd["prompts"]):
+        sp = SamplingParams(max_tokens=p.get("max_tokens", 8), temperature=0.0, logprobs=1,
+                            detokenize=False)
+        eng.add_request(rid, {"prompt_token_ids": p["ids"]}, sp)
+    done: dict[str, Any] = {}
+    steps, t0 = 0, time.perf_counter()
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            if o.finished:
+                done[o.request_id] = o
+        steps += 1
+        if steps == cmd.get("abort_after", -1):
+            eng.abort_request([rids[i] for i in cmd.get("abort", [])])
+    return {"seconds": time.perf_counter() - t0, "steps": steps,
+            "results": [_output(done[r]) if r in done and done[r].outputs[0].finish_reason
+                        not in (None, "abort") else None for r in rids]}
 
 
 def _drain(cmd: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +140,9 @@ def _stats(llm: Any) -> dict[str, Any]:
     s = _scheduler(llm)
     r["policy"] = llm.llm_engine.vllm_config.kv_transfer_config.kv_load_failure_policy
     r["scheduler_disabled"] = s.disabled if s is not None else "no scheduler side"
+    if s is not None:
+        r["scheduler"] = dict(s.totals)
+        r["planner"] = s.planner.snapshot()
     return r
 
 
@@ -119,6 +152,17 @@ def _faults(cmd: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
+def _work(cmd: dict[str, Any]) -> dict[str, Any]:
+    """One-time work done so far: yrcache's threads and its arenas (issue 15: the first request
+    must not start or allocate any)."""
+    import threading
+
+    from yrcache.io.buffers import arenas_allocated
+    threads = sorted(f"{t.name}:{t.native_id}" for t in threading.enumerate()
+                     if t.name.startswith("yrcache"))
+    return {"threads": threads, "arenas": arenas_allocated()}
+
+
 def main() -> int:
     spec = json.loads(sys.argv[1])
     out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -126,11 +170,14 @@ def main() -> int:
     _log_to_stderr()
     llm = _start(spec)
     ops = {"generate": lambda cmd: _generate(llm, cmd),
+           "queue": lambda cmd: _queue(llm, cmd),
            "reset": lambda cmd: {"ok": bool(llm.reset_prefix_cache())},
            "drain": _drain,
            "stats": lambda cmd: _stats(llm),
-           "cpu": lambda cmd: {"cpu_s": yrcache_cpu_seconds(_worker())},
-           "faults": _faults}
+           "cpu": lambda cmd: {"cpu_s": yrcache_cpu_seconds(_worker()),
+                               "load_wait_s": getattr(_worker(), "load_wait_s", 0.0)},
+           "faults": _faults,
+           "work": _work}
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         cmd = json.loads(line)

@@ -149,6 +149,18 @@ def manager_block_ids(kv_cache_manager: Any, req_id: str) -> list[int]:
     return list(kv_cache_manager.get_block_ids(req_id)[0])
 
 
+def local_hit_tokens(kv_cache_manager: Any, request: Any) -> int:
+    """Tokens of ``request`` that vLLM's own prefix cache holds right now (what admission would
+    find), without touching its hit statistics or block references; 0 if it cannot say."""
+    try:
+        if not kv_cache_manager.prefix_cache_lookup_enabled(request):
+            return 0
+        return int(kv_cache_manager.coordinator.find_longest_cache_hit(
+            request.block_hashes, int(request.num_tokens) - 1)[1])
+    except Exception:  # noqa: BLE001 - another vLLM version: assume it holds nothing
+        return 0
+
+
 def request_fingerprint(request: Any) -> tuple[dict[str, str] | None, str]:
     """What changes a request's KV without changing its token ids, as yrcache key extras
     (folded into the chain's first key), or (None, why) when the request carries an input the

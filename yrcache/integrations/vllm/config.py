@@ -33,8 +33,17 @@ class ConnectorConfig:
     backend: str = "auto"
     #: tenant salt: roots shared between tenants stay disjoint (requests may add ``cache_salt``)
     salt: str = ""
-    #: hits shorter than this many tokens are not loaded (recomputing them is as cheap)
-    min_load_tokens: int = 0
+    #: -1 (default): load or recompute each hit by measured costs (the workers' read latency and
+    #: bandwidth against the engine's prefill rate; docs/vllm.md); N >= 0: the static rule, hits
+    #: shorter than N tokens are recomputed, longer ones loaded (0: always load)
+    min_load_tokens: int = -1
+    #: host memory per worker for reading the KV of queued requests ahead of their admission
+    #: (0: off); taken as prefetches need it
+    prefetch_bytes: int = 256 << 20
+    #: async stores yield when the smoothed latency of one object's put exceeds this (seconds):
+    #: new ones are dropped (counted) while others are in flight, so a slow shared file system's
+    #: store backlog never delays loads. 0: never
+    store_yield_s: float = 2.0
     #: hits of at least this many tokens load with the request parked (other requests keep
     #: running, vLLM's ``load_async``); shorter hits load under the forward pass. 0: never park
     park_load_tokens: int = 0
@@ -105,7 +114,8 @@ _STAGING = MAX_ARENA_BYTES   # one BufferPool's bound
 #: each number's range: a value past these is a typo (or an overflow), not a setting
 _RANGES = (("chunk_tokens", 1, 1 << 20), ("staging_bytes", 1, _STAGING),
            ("capacity_bytes", 0, _BYTES), ("host_tier_bytes", 0, _BYTES),
-           ("min_load_tokens", 0, _TOKENS), ("park_load_tokens", 0, _TOKENS),
+           ("min_load_tokens", -1, _TOKENS), ("park_load_tokens", 0, _TOKENS),
+           ("prefetch_bytes", 0, _BYTES), ("store_yield_s", 0.0, 86400.0),
            ("lookup_wait_ms", 0.0, 60e3), ("drain_timeout_s", 0.0, 86400.0))
 
 

@@ -24,6 +24,14 @@ class LoadOp:
 
 
 @dataclass
+class PrefetchOp:
+    req_id: str
+    #: namespace hex -> keys of the chunks to read ahead (not held by vLLM's prefix cache)
+    keys: dict[str, list[bytes]]
+    first_chunk: int
+
+
+@dataclass
 class StoreOp:
     req_id: str
     keys: dict[str, list[bytes]]        # namespace hex -> keys of chunks first_chunk onwards
@@ -47,6 +55,10 @@ class YRCacheMetadata(KVConnectorMetadata):
     step: int = 0
     #: step -> True if every worker loaded that step's chunks (its held stores may be published)
     settled: dict[int, bool] = field(default_factory=dict)
+    #: queued requests whose KV the workers read ahead into memory
+    prefetches: list[PrefetchOp] = field(default_factory=list)
+    #: requests whose read-ahead is no longer wanted (aborted, finished, preempted)
+    released: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +78,10 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
     #: steps with loads under the forward pass that this worker has checked (the scheduler
     #: settles them: clean if no worker reported a failed load with them)
     loaded_steps: set[int] = field(default_factory=set)
+    #: request -> chunks of its read-ahead ready in memory (leading, from its first chunk)
+    prefetched: dict[str, int] = field(default_factory=dict)
+    #: the worker's file-read meter (Cache.read_rates), sent when it changed
+    rates: dict[str, float | None] = field(default_factory=dict)
 
     def aggregate(self, other: Any) -> YRCacheWorkerMeta:
         for mine, theirs in ((self.published, other.published),
@@ -78,6 +94,13 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
         self.loaded_steps |= other.loaded_steps
         self.async_gathers = self.async_gathers or other.async_gathers
         self.disabled = self.disabled or other.disabled
+        for r, n in other.prefetched.items():   # a chunk is ready when every rank has it
+            self.prefetched[r] = min(n, self.prefetched.get(r, n))
+        for k, v in other.rates.items():   # the slowest rank decides
+            mine = self.rates.get(k)
+            if v is not None:
+                slower = min if k == "read_bandwidth_Bps" else max
+                self.rates[k] = v if mine is None else slower(mine, v)
         return self
 
 

@@ -7,6 +7,10 @@ with what changes KV without changing token ids (cache_salt, LoRA, multimodal ha
 the first key. vLLM's block hashes are not used: they are pickle-based, depend on the backend's
 block size and may change between vLLM versions.
 
+A request that waits in the queue has its stored chunks read ahead into the workers' memory
+(prefetch), minus what vLLM's own prefix cache holds; at admission the planner
+(:mod:`.planner`) weighs loading the rest against recomputing it, from measured rates.
+
 A lookup never stalls a scheduler step for long: it starts when the request arrives, a step waits
 for it at most ``lookup_wait_ms``, and otherwise answers "ask again later" (vLLM then skips the
 request for this step while the lookup runs on). Chunks this engine planned to store but whose
@@ -24,11 +28,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..._util import prestart
 from ...store.keys import chain_keys, fold_extras
 from ...store.store import Store
 from . import compat
 from .config import ConnectorConfig
-from .metadata import LoadOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
+from .metadata import LoadOp, PrefetchOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
+from .planner import Planner
 from .spaces import Deployment
 
 logger = logging.getLogger("yrcache.vllm")
@@ -66,6 +72,7 @@ class _Req:
     parked_inflight: bool = False   # a parked load vLLM waits for (finished_recving) is running
     load_span: tuple[int, int] = (0, 0)   # chunks of its last load
     repair: tuple[int, int] = (0, 0)      # chunks whose load failed: stored over what is there
+    prefetch: tuple[int, int] | None = None   # chunks sent to be read ahead while queued
 
 
 class SchedulerSide:
@@ -90,6 +97,8 @@ class SchedulerSide:
             logger.warning("yrcache: cache root %s is load-only here (not writable): prefixes "
                            "stored by others are loaded, nothing is stored", cfg.root)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
+        if not self.disabled:
+            prestart(self._pool)   # the first request does not pay for thread starts
         self._reqs: dict[str, _Req] = {}
         self._kvm: Any = None
         self._step = 0
@@ -104,6 +113,14 @@ class SchedulerSide:
         self._async_gathers = compat.device_type() != "cpu"
         self._lock = threading.Lock()
         self._stats: dict[str, int] = {}
+        self.totals: dict[str, int] = {}   # the same counters since start (tests, benchmarks)
+        chunk_bytes = max((s.layout.segment_bytes(self.chunk) * s.layout.num_layers
+                           for s in dep.spaces), default=0)
+        self.planner = Planner(self.chunk, chunk_bytes, cfg.min_load_tokens)
+        self._planned_bytes = 0                     # loads planned in this step so far
+        self._queued: dict[str, _Req] = {}          # arrived, not admitted: prefetch candidates
+        self._released: list[str] = []              # read-ahead the workers may drop
+        self._prefetched: dict[str, int] = {}       # request -> leading chunks ready in memory
 
     # -- vLLM hooks -------------------------------------------------------------------------------
     def bind_kv_cache_manager(self, kvm: Any) -> None:
@@ -112,6 +129,7 @@ class SchedulerSide:
     def on_new_request(self, request: Any) -> None:
         st = self._track(request)
         if st.extras is not None and not self.disabled:
+            self._queued[request.request_id] = st
             n = self._max_chunks(request)[1]
             if n:
                 self._start_lookup(st, self._known(st, n), n)
@@ -157,8 +175,19 @@ class SchedulerSide:
             hit += got
         st.known = hit
         hit_tokens = min(hit * self.chunk, limit)
+        if hit_tokens <= num_computed_tokens:
+            st.plan = None
+            return 0, False
+        d = self.planner.decide(num_computed_tokens, hit_tokens,
+                                self._prefetched.get(request.request_id, 0), self._planned_bytes)
+        self._bump(f"decision_{d.choice}")
+        logger.debug("yrcache: request %s: %d tokens held, %d stored, %d ready in memory; %s; "
+                     "loading %d (%s)", request.request_id, num_computed_tokens, hit_tokens,
+                     self._prefetched.get(request.request_id, 0) * self.chunk, d.log_fields(),
+                     d.tokens - num_computed_tokens, self.planner.snapshot())
+        hit_tokens = d.tokens
         ext = hit_tokens - num_computed_tokens
-        if ext <= 0 or ext < self.cfg.min_load_tokens:
+        if ext <= 0:
             st.plan = None
             return 0, False
         park = self.cfg.park_load_tokens > 0 and ext >= self.cfg.park_load_tokens
@@ -170,6 +199,10 @@ class SchedulerSide:
         st = self._reqs.get(request.request_id)
         if st is None:
             return
+        self._queued.pop(request.request_id, None)
+        if st.prefetch is not None:   # the workers drop it once this step's loads claimed it
+            self._released.append(request.request_id)
+            st.prefetch = None
         plan, st.plan = st.plan, None
         st.stored = max(st.stored, st.known)   # chunks known to exist are never stored again
         if num_external_tokens == 0:
@@ -192,6 +225,7 @@ class SchedulerSide:
         # An empty key map makes every worker report these blocks as failed.
         keys = {h: k[c0:c1] for h, k in st.keys.items()} if ok else {}
         self._step_loads.append(LoadOp(request.request_id, keys, c0, bids, park))
+        self._planned_bytes += (c1 - c0) * self.planner.chunk_bytes
         st.parked_inflight, st.load_span = park, (c0, c1)
         if ok:
             st.stored = max(st.stored, hit)
@@ -202,11 +236,26 @@ class SchedulerSide:
     def build_connector_meta(self, so: Any) -> YRCacheMetadata:
         meta = YRCacheMetadata(loads=self._step_loads, delayed=self._delayed_new,
                                preempted=sorted(getattr(so, "preempted_req_ids", None) or ()),
-                               step=self._step, settled=self._settled)
-        self._step_loads, self._delayed_new, self._settled = [], [], {}
+                               step=self._step, settled=self._settled, released=self._released)
+        self.planner.step_built(int(getattr(so, "total_num_scheduled_tokens", 0) or 0),
+                                bool(meta.loads))
+        self._step_loads, self._delayed_new, self._settled, self._released = [], [], {}, []
+        self._planned_bytes = 0
         self._step += 1
         if self.disabled:
             return meta
+        for rid in meta.preempted:   # back in the queue: read ahead again
+            st = self._reqs.get(rid)
+            if st is not None and st.extras is not None:
+                self._queued[rid] = st
+                st.prefetch, st.lookup = None, None
+                self._prefetched.pop(rid, None)
+                meta.released.append(rid)
+        if self.cfg.prefetch_bytes:
+            try:
+                self._plan_prefetches(meta)
+            except Exception:  # noqa: BLE001 - read-ahead is an optimisation
+                logger.exception("yrcache: planning this step's prefetches failed")
         try:   # planned loads must reach the workers whatever happens to store planning
             for nr in so.scheduled_new_reqs:
                 self._plan_store(nr.req_id, nr.num_computed_tokens,
@@ -223,6 +272,7 @@ class SchedulerSide:
     def update_connector_output(self, out: Any) -> None:
         wm = getattr(out, "kv_connector_worker_meta", None)
         now = time.monotonic()
+        self.planner.step_done()
         for rid in getattr(out, "finished_recving", None) or ():
             st = self._reqs.get(rid)
             if st is not None:
@@ -252,6 +302,11 @@ class SchedulerSide:
             for step in wm.loaded_steps:   # held stores of that step: publish or drop
                 self._settled[step] = not wm.load_failed
             self._gathering = set(wm.gathering)
+            for rid, n in wm.prefetched.items():
+                if rid in self._queued:
+                    self._prefetched[rid] = n
+            if wm.rates:
+                self.planner.reads(wm.rates)
             self._async_gathers = self._async_gathers or wm.async_gathers
             if wm.disabled and not self.disabled:
                 self.disabled = wm.disabled
@@ -263,6 +318,10 @@ class SchedulerSide:
     def request_finished(self, request: Any, block_ids: list[int]) -> tuple[bool, dict | None]:
         rid = request.request_id
         st = self._reqs.pop(rid, None)
+        self._queued.pop(rid, None)
+        self._prefetched.pop(rid, None)
+        if st is not None and st.prefetch is not None:   # aborted while queued
+            self._released.append(rid)
         # Keep the blocks while a worker may still be reading them: gathers that complete after
         # the step's output (GPU copy streams). On CPU every gather is done within its step.
         # With asynchronous gathers every request that had a store planned is delayed: the worker
@@ -370,6 +429,33 @@ class SchedulerSide:
         st.lookup_started = time.monotonic()
         self._bump("lookups")
 
+    def _plan_prefetches(self, meta: YRCacheMetadata) -> None:
+        """Queued requests whose lookup found chunks beyond what vLLM's own prefix cache holds:
+        the workers read those chunks into memory while the request waits."""
+        for rid, st in self._queued.items():
+            if st.prefetch is not None or st.extras is None:
+                continue
+            n = self._max_chunks(st.request)[1]
+            hit = self._known(st, n) if n else 0
+            if hit < n:   # the rest is on the file system: ask it (in the background)
+                if st.lookup is None:
+                    self._start_lookup(st, hit, n)
+                    continue
+                if not st.lookup.done() or st.lookup.exception() is not None:
+                    continue
+                hit = max(hit, st.lookup_span[0] + st.lookup.result())
+            local = compat.local_hit_tokens(self._kvm, st.request) if self._kvm else 0
+            c0 = local // self.chunk
+            st.prefetch = (c0, max(c0, hit))
+            limit = self._max_chunks(st.request)[0]
+            if hit <= c0 or self.planner.decide(local, min(hit * self.chunk, limit), 0,
+                                                0).choice == "recompute":
+                continue
+            self._keys_upto(st, hit)
+            meta.prefetches.append(PrefetchOp(rid, {h: k[c0:hit] for h, k in st.keys.items()},
+                                              c0))
+            self._bump("prefetch_requests", prefetch_chunks_planned=hit - c0)
+
     def _plan_store(self, rid: str, computed: int, scheduled: int, meta: YRCacheMetadata) -> None:
         st = self._reqs.get(rid)
         if st is None or st.extras is None or scheduled <= 0 or self.load_only or \
@@ -404,7 +490,8 @@ class SchedulerSide:
 
     def _bump(self, name: str, n: int = 1, **more: int) -> None:
         with self._lock:
-            self._stats[name] = self._stats.get(name, 0) + n
-            for k, v in more.items():
-                self._stats[k] = self._stats.get(k, 0) + v
+            for d in (self._stats, self.totals):
+                d[name] = d.get(name, 0) + n
+                for k, v in more.items():
+                    d[k] = d.get(k, 0) + v
 

@@ -5,8 +5,10 @@ Per step: ``bind`` claims the step's stores (``Cache.begin_store``), ``start_loa
 load (all layers at once, layer-major reads), ``wait_for_layer_load(i)`` waits for layer i only,
 ``save_layer(i)`` gathers layer i of the step's new full chunks into staging right after the
 forward pass wrote it, ``wait_for_save`` commits them (async: files are written in the background;
-sync: durable before it returns). Failed loads are reported as block ids (vLLM recomputes them), and
-the same request's stores of that step are dropped: their KV was computed over the failed blocks.
+sync: durable before it returns). Queued requests' chunks are read ahead into memory (prefetch) when
+the scheduler asks; a load takes what is ready and reads the rest from the files. Failed loads are
+reported as block ids (vLLM recomputes them), and the same request's stores of that step are
+dropped: their KV was computed over the failed blocks.
 """
 from __future__ import annotations
 
@@ -22,14 +24,19 @@ from ...cache.cache import Cache, LoadFuture, StoreFuture, StoreWriter
 from ...io.engine import IoEngine
 from . import compat
 from .config import ConnectorConfig
-from .metadata import LoadOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
+from .metadata import LoadOp, PrefetchOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
 from .spaces import Deployment, RankSpace
 
 logger = logging.getLogger("yrcache.vllm")
 
 _STAT_KEYS = ("load_chunks", "load_partial", "load_tier_hits", "bytes_scattered", "store_chunks",
-              "store_existing", "store_dropped_staging", "store_failed", "store_aborted",
-              "bytes_gathered")
+              "store_existing", "store_dropped_staging", "store_dropped_slow", "store_failed",
+              "store_aborted", "bytes_gathered", "prefetch_chunks", "prefetch_read",
+              "prefetch_shared", "prefetch_hits", "prefetch_late", "prefetch_failed",
+              "prefetch_budget_full", "prefetch_cancelled", "prefetch_wasted",
+              "prefetch_evicted")
+#: how often an idle worker sends its read meter to the scheduler (s)
+RATES_EVERY_S = 0.5
 
 
 T = TypeVar("T")
@@ -92,6 +99,13 @@ class WorkerSide:
         self._last_stats: dict[str, int] = {}
         self._disabled_reported = False
         self.hook_cpu_s = 0.0
+        #: seconds the model's thread waited for loaded layers (storage on the critical path)
+        self.load_wait_s = 0.0
+        self._prefetching: dict[str, tuple[int, list[bytes]]] = {}   # rid -> (first chunk, keys)
+        self._prefetch_sent: dict[str, int] = {}
+        self._release: list[str] = []     # read-ahead to drop once this step's loads claimed it
+        self._rates_sent: tuple[Any, ...] = ()
+        self._rates_at = 0.0
 
     # -- setup ------------------------------------------------------------------------------------
     def register(self, kv_caches: dict[str, Any]) -> None:
@@ -141,10 +155,17 @@ class WorkerSide:
             cache = Cache(self.cfg.root, self.space.ns, layout, mode=self.cfg.mode,
                           staging_bytes=self.cfg.staging_bytes,
                           host_tier_bytes=self.cfg.host_tier_bytes, engine=self._engine,
+                          prefetch_bytes=self.cfg.prefetch_bytes,
+                          store_yield_s=self.cfg.store_yield_s,
                           capacity_bytes=self.cfg.capacity_bytes or None)
         except OSError as e:   # the root (missing, a file, no permission), or memory
             raise _RootUnusableError(f"the cache on root {self.cfg.root!r} could not be set up: "
                                 f"{e}") from e
+        try:   # every one-time cost now, at engine start-up, not in the first request
+            cache.warm_up()
+        except BaseException:
+            cache.close()
+            raise
         if self._async_gathers:   # pin the staging now, not inside the first forward pass
             try:
                 cache.prepare_cuda(self._kv[0].device.index or 0)
@@ -176,6 +197,9 @@ class WorkerSide:
         if self._meta is None:
             return
         self._delayed.update(self._meta.delayed)
+        self._release.extend(self._meta.released)
+        for op in self._meta.prefetches:
+            self._prefetch(op)
         for step, clean in self._meta.settled.items():
             for op, w in self._held.pop(step, []):
                 self._commit(op, w, drop=not clean)
@@ -208,13 +232,17 @@ class WorkerSide:
     def start_load(self) -> None:
         if self._meta is None:
             return
+        t0 = time.perf_counter()
         for op in self._meta.loads:
             keys = op.keys.get(self.hex)
             if self.cache is None or keys is None:   # disabled / scheduler gave up on it
                 self._fail_start(op)
                 continue
             try:
-                lf = self.cache.load_chunks(keys, self._kv, op.block_ids, background=op.park)
+                # CPU KV: the copies run in wait_for_layer_load, on the model's thread, never
+                # beside its compute threads (which stall when a core is taken from them)
+                lf = self.cache.load_chunks(keys, self._kv, op.block_ids, background=op.park,
+                                            in_waiter=not self._async_gathers)
             except Exception as e:  # noqa: BLE001
                 logger.warning("yrcache: load of request %s not started: %s", op.req_id, e)
                 self._fail_start(op)
@@ -224,14 +252,19 @@ class WorkerSide:
                 self._parked[op.req_id] = ld
             else:
                 self._step_loads.append(ld)
+        if self.cfg.mode == "sync" and self._meta.loads:   # the loads completed in here
+            self.load_wait_s += time.perf_counter() - t0
         self._meta.loads = []    # started once, even if vLLM called us twice
+        self._release_prefetches()
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         i = self._layers.get(layer_name)
-        if i is None:
+        if i is None or not self._step_loads:
             return
+        t0 = time.perf_counter()
         for ld in self._step_loads:
-            ld.lf.layer(i).exception()   # waits for layer i only; failures are read later
+            ld.lf.wait_layer(i)   # layer i only (copying what arrived); failures are read later
+        self.load_wait_s += time.perf_counter() - t0
 
     @_timed
     def save_layer(self, layer_name: str) -> None:
@@ -280,8 +313,29 @@ class WorkerSide:
             return
         self._finish_store(op, keys, fut)
 
+    def _prefetch(self, op: PrefetchOp) -> None:
+        keys = op.keys.get(self.hex)
+        if self.cache is None or not keys:
+            return
+        try:
+            self.cache.prefetch(keys, op.req_id)
+        except Exception as e:  # noqa: BLE001 - read-ahead is an optimisation
+            logger.warning("yrcache: prefetch for request %s not started: %s", op.req_id, e)
+            return
+        self._prefetching[op.req_id] = (op.first_chunk, keys)
+
+    def _release_prefetches(self) -> None:
+        """Drop read-ahead the scheduler let go (after this step's loads claimed theirs)."""
+        rel, self._release = self._release, []
+        for rid in rel:
+            self._prefetching.pop(rid, None)
+            self._prefetch_sent.pop(rid, None)
+            if self.cache is not None:
+                self.cache.release_prefetch(rid)
+
     @_timed
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        self._release_prefetches()   # a step without start_load (nothing scheduled) too
         recving, self._parked_failed = self._parked_failed, set()
         for rid, ld in list(self._parked.items()):
             if ld.lf.done():
@@ -309,14 +363,33 @@ class WorkerSide:
             rep, self._report = self._report, YRCacheWorkerMeta()
         if self.disabled and not self._disabled_reported:
             rep.disabled, self._disabled_reported = self.disabled, True
+        self._report_reads(rep)
         if self._async_gathers:   # sent every step: the scheduler keeps the last report's view
             rep.async_gathers = True
             rep.gathering = set(self._sources)
             return rep
         if rep.published or rep.unpublished or rep.load_failed or rep.disabled or \
-                rep.loaded_steps:
+                rep.loaded_steps or rep.prefetched or rep.rates:
             return rep
         return None
+
+    def _report_reads(self, rep: YRCacheWorkerMeta) -> None:
+        """Read-ahead progress and the read meter, for the scheduler's planner: sent when they
+        changed (the meter at most every RATES_EVERY_S unless a read is stalling)."""
+        if self.cache is None:
+            return
+        for rid, (first, keys) in self._prefetching.items():
+            n = first + self.cache.prefetched(keys)
+            if self._prefetch_sent.get(rid) != n:
+                rep.prefetched[rid] = self._prefetch_sent[rid] = n
+        now = time.monotonic()
+        rates = self.cache.read_rates()
+        key = (rates["read_latency_s"], rates["read_bandwidth_Bps"], rates["read_stall_s"] > 0)
+        stalled, was = key[2], bool(self._rates_sent) and self._rates_sent[2]
+        since = now - self._rates_at
+        if (key != self._rates_sent and since >= RATES_EVERY_S) or (stalled and since >= 0.05) \
+                or (was and not stalled):   # a stall is sent as it grows, and when it ends
+            rep.rates, self._rates_sent, self._rates_at = rates, key, now
 
     def stats(self) -> YRCacheStats | None:
         if self.cache is None:
