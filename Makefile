@@ -4,9 +4,13 @@
 #   make test    set up (idempotent) and run the test suite
 # and: make bench-store   the object store benchmark (vs fio) on $(BENCH_DIR), and on the MooseFS
 #                         mounts A:B of /tmp/yrcache-mfs/mounts when scripts/mfs_up.sh started them
-#      make bench-vllm    multi-turn TTFT on real vLLM: native vs yrcache sync vs async
+#      make bench-vllm    multi-turn TTFT on real vLLM: native vs yrcache sync vs async; then a
+#                         queue of conversations (read-ahead on/off), load-or-recompute against
+#                         fixed policies over hit lengths, the first request, hits with stores
+#                         in flight (yrcache.bench.vllm.queued)
 BENCH_DIR ?= $(CURDIR)/bench-results
 BENCH_ARGS ?=
+QUEUED_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup bench bench-store bench-vllm lint test clean
@@ -51,6 +55,10 @@ bench-vllm: setup
 				--plot $(BENCH_DIR)/vllm_bench_2nodes.png $(BENCH_ARGS); \
 		fi; \
 	fi
+	B=""; if [ -f $(MFS_MOUNTS) ]; then IFS=: read -r A _ < $(MFS_MOUNTS); \
+		[ -d "$$A" ] && B="--dir-b $$A"; fi; \
+	.venv/bin/python -m yrcache.bench.vllm.queued --dir $(BENCH_DIR) $$B \
+		--json $(BENCH_DIR)/vllm_queued.json $(filter --quick,$(BENCH_ARGS)) $(QUEUED_ARGS)
 
 # On an H100/H200 (no registry there): run scripts/gpu_debs.sh here first and carry .debs along.
 gpu-check:

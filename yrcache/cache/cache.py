@@ -387,6 +387,10 @@ class Cache:
     def _root(self, extras: Mapping[str, Any] | None) -> bytes:
         return fold_extras(self.namespace.digest, extras)
 
+    def counters(self) -> dict[str, int]:
+        """The counters of :meth:`stats` alone (cheap: an engine reads them every step)."""
+        return self._metrics.counters()
+
     def stats(self) -> dict[str, Any]:
         """Counters, latencies (p50/p99 of recent operations, seconds), staging and tier state,
         and the store's own stats under "store"."""

@@ -265,9 +265,11 @@ class _LoadRun:
             exc = f.exception()
             r = None if exc is not None else f.result()
             if r:
-                meter.done(token, time.perf_counter() - t0, seg.nbytes)
                 with self.lock:
+                    first = self.file_bytes == 0
                     self.file_bytes += seg.nbytes
+                # the load's first segment: one read's latency, without queueing behind its own
+                meter.done(token, time.perf_counter() - self.t0 if first else None)
                 ok, why, evs = self.loader.scatter(self.kv[l], self.ids, c, seg, self.batch,
                                                    self.gpu)
                 if unsignalled(self.gpu):   # nobody's stream waits for it: done before it counts

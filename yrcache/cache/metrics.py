@@ -96,9 +96,10 @@ def prometheus_collector(stats: Callable[[], dict[str, Any]], ns: str, registry:
 
 
 class IoMeter:
-    """File I/O as a planner needs it: smoothed latency of one operation, smoothed bandwidth of
-    whole transfers, and the age of the oldest operation still out (a stalled file system shows
-    there long before any operation completes)."""
+    """File I/O as a planner needs it: smoothed latency (time to the first completed operation of
+    a transfer, so queueing behind the transfer's own operations is not counted), smoothed
+    bandwidth of whole transfers beyond that latency, and the age of the oldest operation still
+    out (a stalled file system shows there long before any operation completes)."""
 
     ALPHA = 0.2
 
@@ -119,17 +120,21 @@ class IoMeter:
         with self._lock:
             self._out.pop(token, None)
 
-    def done(self, token: int, seconds: float, nbytes: int) -> None:
-        """One operation finished: ``seconds`` from issue to done (verified bytes, for a read)."""
+    def done(self, token: int, latency_s: float | None = None) -> None:
+        """An operation finished; ``latency_s``: a latency sample (a transfer's first)."""
         with self._lock:
             self._out.pop(token, None)
-            self.latency_s = _ewma(self.latency_s, seconds, self.ALPHA)
+            if latency_s is not None:
+                self.latency_s = _ewma(self.latency_s, latency_s, self.ALPHA)
 
     def transfer(self, seconds: float, nbytes: int) -> None:
-        """A whole transfer moved ``nbytes`` in ``seconds`` (its operations overlapped)."""
-        if seconds > 0 and nbytes > 0:
-            with self._lock:
-                self.bandwidth_Bps = _ewma(self.bandwidth_Bps, nbytes / seconds, self.ALPHA)
+        """A whole transfer moved ``nbytes`` in ``seconds`` (its operations overlapped). Only
+        the time beyond one latency counts, and only when there is enough of it to say."""
+        with self._lock:
+            lat = self.latency_s or 0.0
+            if nbytes > 0 and seconds > 2 * lat:
+                self.bandwidth_Bps = _ewma(self.bandwidth_Bps, nbytes / (seconds - lat),
+                                           self.ALPHA)
 
     def snapshot(self) -> dict[str, float | None]:
         with self._lock:

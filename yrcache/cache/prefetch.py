@@ -126,8 +126,8 @@ class Prefetcher:
             start = self._start_locked()
         self.metrics.bump(prefetch_chunks=len(keys), prefetch_shared=shared,
                           prefetch_budget_full=full)
-        for e in start:
-            self._read(e)
+        for i, e in enumerate(start):
+            self._read(e, timed=i == 0)   # a batch's first read: a latency sample
         return taken
 
     def ready(self, keys: Sequence[bytes]) -> int:
@@ -241,7 +241,7 @@ class Prefetcher:
             out.append(e)
         return out
 
-    def _read(self, e: _Entry) -> None:
+    def _read(self, e: _Entry, timed: bool = False) -> None:
         assert e.slot is not None
         mv = memoryview(e.slot)
         t0, token = time.perf_counter(), self.meter.start()
@@ -257,7 +257,7 @@ class Prefetcher:
             r = None if exc is not None else f.result()
             ok = bool(r)
             if ok:
-                self.meter.done(token, time.perf_counter() - t0, self.chunk_bytes)
+                self.meter.done(token, time.perf_counter() - t0 if timed else None)
             else:
                 self.meter.cancel(token)
             self._done(e, ok, "" if ok else (str(exc) if exc is not None else r.reason))

@@ -223,8 +223,8 @@ class StoreWriter:
 
         def one(key: bytes, st: StagedChunk, f: Future[bool]) -> None:
             ok = False
-            p.store_meter.done(0, time.perf_counter() - t0, obj_bytes)
             try:
+                p.store_meter.done(0, time.perf_counter() - t0)
                 ok = f.exception() is None and bool(f.result())
                 if ok:
                     p.tier.put_copy(key, st.slab)

@@ -7,8 +7,10 @@ random model repeat one token, which would hide a wrong KV).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,17 @@ def kv_bytes_per_token(shape: str) -> int:
     return 2 * s["num_hidden_layers"] * s["num_key_value_heads"] * s["head_dim"] * 2
 
 
+def cli(doc: str, *, shape: str, dir_help: str, dir_b_help: str) -> argparse.ArgumentParser:
+    """The arguments every vLLM benchmark takes: where roots and models go, the model shape."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", required=True, help=dir_help)
+    p.add_argument("--dir-b", default="", help=dir_b_help)
+    p.add_argument("--model-dir", default=os.path.join(tempfile.gettempdir(), "yrcache-models"))
+    p.add_argument("--shape", default=shape, help="model shape (yrcache.bench.vllm.model)")
+    return p
+
+
 def engine_args(model: str | os.PathLike[str], **kw: Any) -> dict[str, Any]:
     """LLM(...) arguments for these checkpoints on vLLM's CPU backend."""
     args: dict[str, Any] = dict(model=str(model), dtype="bfloat16", skip_tokenizer_init=True,
@@ -63,4 +76,4 @@ def engine_args(model: str | os.PathLike[str], **kw: Any) -> dict[str, Any]:
     return args
 
 
-__all__ = ["SHAPES", "VOCAB", "build", "engine_args", "kv_bytes_per_token"]
+__all__ = ["SHAPES", "VOCAB", "build", "cli", "engine_args", "kv_bytes_per_token"]

@@ -394,7 +394,7 @@ class WorkerSide:
     def stats(self) -> YRCacheStats | None:
         if self.cache is None:
             return None
-        st = self.cache.stats()
+        st = self.cache.counters()   # every step: not the latency percentiles
         now = {k: int(st.get(k, 0)) for k in _STAT_KEYS}
         delta = {k: v - self._last_stats.get(k, 0) for k, v in now.items()}
         self._last_stats = now
