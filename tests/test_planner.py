@@ -92,3 +92,21 @@ def test_no_bandwidth_yet_counts_latency_only(bw) -> None:
     p.prefill_tps = 10_000.0
     p.reads({"read_latency_s": 0.001, "read_bandwidth_Bps": bw, "read_stall_s": 0.0})
     assert p.load_seconds(8) == pytest.approx(0.001)
+
+
+def test_measured_load_waits_replace_the_read_meter() -> None:
+    """Once steps have loaded, what the model's thread waited per byte decides: a root whose
+    loads stall the engine is recomputed however fast its meter looked, and one whose loads hide
+    behind compute is loaded however slow single reads are."""
+    p = planner()                                      # the meter says: fast
+    assert p.decide(0, 2048, 0, 0).choice == "load"
+    p.load_waited(0.8, 8 << 20)                        # but 8 MiB cost the engine 0.8 s
+    assert p.decide(0, 2048, 0, 0).choice == "recompute"
+    q = planner(read_latency_s=0.5)                    # the meter says: slow
+    assert q.decide(0, 2048, 0, 0).choice == "recompute"
+    q.load_waited(0.0, 8 << 20)                        # loads were hidden behind compute
+    assert q.decide(0, 2048, 0, 0).choice == "load"
+    p.load_waited(0.0, 8 << 20)                        # it follows a change within a few steps
+    p.load_waited(0.0, 8 << 20)
+    assert p.decide(0, 2048, 0, 0).choice == "load"
+    assert p.snapshot()["load_wait_s_per_MiB"] < 0.05

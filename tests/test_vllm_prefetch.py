@@ -87,7 +87,7 @@ def test_aborts_and_preemption_while_prefetching(model: Path, tmp_path: Path) ->
         assert all(o is not None and len(o["tokens"]) == 200 for o in res[:5])
         assert sum(o["preemptions"] for o in res[:5]) >= 1, "the test needs a preemption"
         c = st["cache"]
-        assert st["scheduler"]["prefetch_requests"] >= 4
+        assert st["scheduler"]["prefetch_requests"] >= 1   # queued ones, read ahead
         assert c["prefetch_owners"] == 0 and c["prefetch_chunks_held"] == 0
         assert c["prefetch_chunks_pending"] == 0
         assert c["prefetch_cancelled"] + c["prefetch_wasted"] >= 1   # the aborted ones' reads

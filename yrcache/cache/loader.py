@@ -37,6 +37,7 @@ class LoadResult:
     chunks: int      # chunks asked for
     loaded: int      # leading chunks loaded (tokens = loaded * chunk_tokens)
     reason: str = ""  # why a chunk failed ("missing", "corrupt: ...", "error: ...")
+    read_bytes: int = 0   # bytes read from files (the rest came from memory)
 
 
 class LoadFuture(Future[LoadResult]):
@@ -213,7 +214,8 @@ class _LoadRun:
         secs = time.perf_counter() - self.t0
         p.metrics.record("load", secs, loaded * p.seg_bytes * nl)
         p.meter.transfer(secs, self.file_bytes)
-        self.lf.set_result(LoadResult(loaded * p.chunk_tokens, n, loaded, self.reason))
+        self.lf.set_result(LoadResult(loaded * p.chunk_tokens, n, loaded, self.reason,
+                                      self.file_bytes))
 
     def _issue(self, l: int, c: int) -> None:
         """Layer ``l`` of chunk ``c``: from the host tier, a store's staging, or a file read."""

@@ -82,6 +82,8 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
     prefetched: dict[str, int] = field(default_factory=dict)
     #: the worker's file-read meter (Cache.read_rates), sent when it changed
     rates: dict[str, float | None] = field(default_factory=dict)
+    #: (seconds the model waited for loads, bytes they read from files), per step with loads
+    load_waits: list[tuple[float, int]] = field(default_factory=list)
 
     def aggregate(self, other: Any) -> YRCacheWorkerMeta:
         for mine, theirs in ((self.published, other.published),
@@ -94,6 +96,7 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
         self.loaded_steps |= other.loaded_steps
         self.async_gathers = self.async_gathers or other.async_gathers
         self.disabled = self.disabled or other.disabled
+        self.load_waits.extend(other.load_waits)
         for r, n in other.prefetched.items():   # a chunk is ready when every rank has it
             self.prefetched[r] = min(n, self.prefetched.get(r, n))
         for k, v in other.rates.items():   # the slowest rank decides

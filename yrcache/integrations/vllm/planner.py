@@ -1,8 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Load or recompute, per request, from live measurements (the scheduler's side).
 
-Inputs, all measured in this deployment: the workers' file reads (smoothed latency of one read,
-bandwidth of whole loads, and the age of the oldest read still out: a stalled file system), the
+Inputs, all measured in this deployment: what loads from files cost the model's thread (seconds it
+waited per byte read, smoothed over the steps that loaded; before the first such step, the
+workers' read meters, latency and bandwidth, stand in), the age of the oldest read still out (a
+stalled file system), the
 engine's prefill rate (tokens per second of steps that loaded nothing, from the step timings the
 scheduler sees), what prefetch already holds for the request, and the bytes of loads planned ahead
 of it. For a hit of chunks beyond the engine's own prefix cache, three prefixes are weighed:
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 logger = logging.getLogger("yrcache.vllm")
 
 ALPHA = 0.2
+#: the cost of loading changes by regimes (a file system that slows down, a cache that warms):
+#: follow it fast; decisions only turn on differences of a factor, not on noise
+WAIT_ALPHA = 0.5
 #: steps with fewer new tokens than this say more about per-step overhead than prefill speed
 MIN_RATE_TOKENS = 64
 #: a read outstanding this long means a stalled file system: every hit is recomputed
@@ -49,6 +54,7 @@ class Planner:
         self.read_bandwidth_Bps: float | None = None
         self.read_stall_s = 0.0
         self.prefill_tps: float | None = None
+        self.wait_per_byte: float | None = None   # model-thread seconds per byte read
         self._steps: deque[tuple[float, int, bool]] = deque(maxlen=64)
 
     # -- measurements ------------------------------------------------------------------------
@@ -67,6 +73,14 @@ class Planner:
             self.prefill_tps = tps if self.prefill_tps is None else \
                 self.prefill_tps + ALPHA * (tps - self.prefill_tps)
 
+    def load_waited(self, seconds: float, nbytes: int) -> None:
+        """A step's loads read ``nbytes`` from files and the model's thread waited ``seconds``
+        for them (under async loading, what was not hidden behind compute)."""
+        if nbytes > 0 and seconds >= 0:
+            x = seconds / nbytes
+            self.wait_per_byte = x if self.wait_per_byte is None else \
+                self.wait_per_byte + WAIT_ALPHA * (x - self.wait_per_byte)
+
     def reads(self, rates: dict[str, float | None]) -> None:
         """The workers' read meters (the slowest worker's view)."""
         if rates.get("read_latency_s") is not None:
@@ -78,7 +92,8 @@ class Planner:
     def snapshot(self) -> dict[str, float | None]:
         return {"read_latency_s": self.read_latency_s, "read_bandwidth_Bps":
                 self.read_bandwidth_Bps, "read_stall_s": self.read_stall_s,
-                "prefill_tokens_per_s": self.prefill_tps}
+                "prefill_tokens_per_s": self.prefill_tps, "load_wait_s_per_MiB":
+                None if self.wait_per_byte is None else self.wait_per_byte * (1 << 20)}
 
     # -- the decision ------------------------------------------------------------------------
     def load_seconds(self, chunks: int, queued_bytes: int = 0) -> float:
@@ -86,9 +101,12 @@ class Planner:
         already planned."""
         if chunks <= 0:
             return 0.0
+        nbytes = chunks * self.chunk_bytes + queued_bytes
+        if self.wait_per_byte is not None:   # what loads actually cost the engine
+            return self.read_stall_s + nbytes * self.wait_per_byte
         lat = max(self.read_latency_s or 0.0, self.read_stall_s)
         bw = self.read_bandwidth_Bps
-        return lat + ((chunks * self.chunk_bytes + queued_bytes) / bw if bw else 0.0)
+        return lat + (nbytes / bw if bw else 0.0)
 
     def decide(self, local: int, hit_tokens: int, prefetched_chunks: int,
                queued_bytes: int) -> Decision:

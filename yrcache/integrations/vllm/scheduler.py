@@ -34,7 +34,7 @@ from ...store.store import Store
 from . import compat
 from .config import ConnectorConfig
 from .metadata import LoadOp, PrefetchOp, StoreOp, YRCacheMetadata, YRCacheStats, YRCacheWorkerMeta
-from .planner import Planner
+from .planner import STALLED_S, Planner
 from .spaces import Deployment
 
 logger = logging.getLogger("yrcache.vllm")
@@ -76,8 +76,12 @@ class _Req:
 
 
 class SchedulerSide:
-    def __init__(self, vllm_config: Any, cfg: ConnectorConfig, dep: Deployment) -> None:
+    def __init__(self, vllm_config: Any, cfg: ConnectorConfig, dep: Deployment, *,
+                 role: str = "kv_both") -> None:
         self.cfg, self.dep = cfg, dep
+        #: vLLM's kv_role: a producer (disaggregated prefill) only stores, a consumer only loads
+        self.role = role
+        self.loads = role != "kv_producer"
         self.bt, self.chunk = dep.block_tokens, dep.chunk_tokens
         self.per = self.chunk // self.bt
         self.nss = dep.unique
@@ -93,7 +97,12 @@ class SchedulerSide:
             self._close_stores()
         #: a root this process can read but not write: loads only, no store is planned
         self.load_only = any(s.read_only for s in self.stores.values())
-        if self.load_only:
+        if role in ("kv_producer", "kv_consumer") and not self.disabled:
+            logger.info("yrcache: kv_role %s: %s", role, "stores only, never looks up or loads"
+                        if role == "kv_producer" else "loads only, never stores")
+        if role == "kv_consumer":
+            self.load_only = True
+        elif self.load_only:
             logger.warning("yrcache: cache root %s is load-only here (not writable): prefixes "
                            "stored by others are loaded, nothing is stored", cfg.root)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
@@ -128,7 +137,7 @@ class SchedulerSide:
 
     def on_new_request(self, request: Any) -> None:
         st = self._track(request)
-        if st.extras is not None and not self.disabled:
+        if st.extras is not None and not self.disabled and self.loads:
             self._queued[request.request_id] = st
             n = self._max_chunks(request)[1]
             if n:
@@ -137,7 +146,8 @@ class SchedulerSide:
     def get_num_new_matched_tokens(self, request: Any,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
         st = self._reqs.get(request.request_id) or self._track(request)
-        if st.extras is None or self.disabled or not self._fingerprint_holds(st):
+        if st.extras is None or self.disabled or not self.loads or \
+                not self._fingerprint_holds(st):
             return 0, False
         limit, n = self._max_chunks(request)
         if n == 0 or limit <= num_computed_tokens:
@@ -307,6 +317,8 @@ class SchedulerSide:
                     self._prefetched[rid] = n
             if wm.rates:
                 self.planner.reads(wm.rates)
+            for seconds, nbytes in wm.load_waits:
+                self.planner.load_waited(seconds, nbytes)
             self._async_gathers = self._async_gathers or wm.async_gathers
             if wm.disabled and not self.disabled:
                 self.disabled = wm.disabled
@@ -446,10 +458,13 @@ class SchedulerSide:
                 hit = max(hit, st.lookup_span[0] + st.lookup.result())
             local = compat.local_hit_tokens(self._kvm, st.request) if self._kvm else 0
             c0 = local // self.chunk
-            st.prefetch = (c0, max(c0, hit))
-            limit = self._max_chunks(st.request)[0]
-            if hit <= c0 or self.planner.decide(local, min(hit * self.chunk, limit), 0,
-                                                0).choice == "recompute":
+            st.prefetch = (c0, max(c0, hit))   # considered once
+            # Reading ahead hides the reads behind the queue wait, so a slow root is read ahead
+            # too (the decision at admission weighs what is ready); not a stalled one, nor a hit
+            # the static rule would recompute.
+            ext = min(hit * self.chunk, self._max_chunks(st.request)[0]) - local
+            static = self.cfg.min_load_tokens
+            if hit <= c0 or self.planner.read_stall_s >= STALLED_S or 0 < ext < static:
                 continue
             self._keys_upto(st, hit)
             meta.prefetches.append(PrefetchOp(rid, {h: k[c0:hit] for h, k in st.keys.items()},

@@ -101,6 +101,7 @@ class WorkerSide:
         self.hook_cpu_s = 0.0
         #: seconds the model's thread waited for loaded layers (storage on the critical path)
         self.load_wait_s = 0.0
+        self._wait_mark = 0.0
         self._prefetching: dict[str, tuple[int, list[bytes]]] = {}   # rid -> (first chunk, keys)
         self._prefetch_sent: dict[str, int] = {}
         self._release: list[str] = []     # read-ahead to drop once this step's loads claimed it
@@ -283,8 +284,15 @@ class WorkerSide:
         # Sync loads finish before the step's output: vLLM reads the errors right after.
         loaded = bool(self._step_loads)
         failed = False
+        read = 0
         for ld in self._step_loads:
             failed |= self._check_load(ld)
+            r = ld.lf.result() if ld.lf.exception() is None else None
+            read += r.read_bytes if r is not None else 0
+        if read:   # what loading from files cost the model's thread this step
+            with self._lock:
+                self._report.load_waits.append((self.load_wait_s - self._wait_mark, read))
+        self._wait_mark = self.load_wait_s
         self._step_loads = []
         writers, self._writers = self._writers, []
         step = self._meta.step if self._meta is not None else -1
@@ -369,7 +377,7 @@ class WorkerSide:
             rep.gathering = set(self._sources)
             return rep
         if rep.published or rep.unpublished or rep.load_failed or rep.disabled or \
-                rep.loaded_steps or rep.prefetched or rep.rates:
+                rep.loaded_steps or rep.prefetched or rep.rates or rep.load_waits:
             return rep
         return None
 
