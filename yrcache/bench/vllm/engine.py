@@ -57,7 +57,7 @@ def _start(spec: dict[str, Any]) -> Any:
     if spec.get("connector") is not None:
         kw["kv_transfer_config"] = {"kv_connector": "YRCacheConnector",
                                     "kv_connector_module_path": "yrcache.integrations.vllm",
-                                    "kv_role": "kv_both",
+                                    "kv_role": spec.get("role") or "kv_both",
                                     "kv_connector_extra_config": spec["connector"]}
     return LLM(**kw)
 
@@ -207,9 +207,11 @@ class Engine:
     """A vLLM engine process. ``connector``: the yrcache extra config (None: plain vLLM)."""
 
     def __init__(self, model: str | Path, connector: dict[str, Any] | None, *,
-                 log: Path, env: dict[str, str] | None = None, **engine: Any) -> None:
+                 log: Path, env: dict[str, str] | None = None, role: str = "kv_both",
+                 **engine: Any) -> None:
         from yrcache.bench.vllm import model as vllm_model
-        spec = {"engine": vllm_model.engine_args(model, **engine), "connector": connector}
+        spec = {"engine": vllm_model.engine_args(model, **engine), "connector": connector,
+                "role": role}
         self.log = log
         self._err = open(log, "ab")
         self.p = subprocess.Popen([sys.executable, "-m", "yrcache.bench.vllm.engine",

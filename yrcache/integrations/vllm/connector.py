@@ -67,7 +67,8 @@ class YRCacheConnector(KVConnectorBase_V1):
                 logger.info("yrcache: kv_load_failure_policy set to %r: a chunk that fails to "
                             "load is recomputed, the request goes on",
                             self._cfg.load_failure_policy)
-            self._sched = SchedulerSide(vllm_config, self._cfg, dep)
+            self._sched = SchedulerSide(vllm_config, self._cfg, dep,
+                                        role=str(self._kv_transfer_config.kv_role or "kv_both"))
         else:
             from .worker import WorkerSide
             self._worker = WorkerSide(vllm_config, self._cfg, dep)
