@@ -166,3 +166,25 @@ def test_first_requests_start_no_thread_and_allocate_nothing(model: Path, tmp_pa
     assert all(o["cached"] == HIT for o in r)
     assert st["cache"]["prefetch_read"] >= 2
     assert after == before
+
+
+def test_queued_benchmark_smoke(model: Path, tmp_path: Path) -> None:  # noqa: F811
+    """yrcache.bench.vllm.queued end to end on the tiny model (the queue, the sweep with a
+    throttled root, the long hit): it runs, read-ahead serves the queue, and its JSON has every
+    scenario's figures."""
+    import json
+
+    from yrcache.bench.vllm import queued
+    out = tmp_path / "q.json"
+    assert queued.main(["--dir", str(tmp_path), "--quick", "--scenarios", "queue,sweep,hit",
+                        "--model-dir", str(model.parent), "--threads", "0",
+                        "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    q = doc["queue"]
+    assert q["counters"]["yrcache prefetch"].get("prefetch_hits", 0) > 0
+    assert set(q["hit_ttft_vs_in_memory"]) == {"yrcache prefetch", "yrcache no prefetch"}
+    assert {"local", "throttled"} <= set(doc["sweep"])
+    assert all(r["load_ttft"] > 0 and r["recompute_ttft"] > 0 and r["decide_ttft"] > 0
+               for s in doc["sweep"].values() for r in s["rows"])
+    h = doc["hit"]["summary"]
+    assert h["async"]["cached"] > 0 and h["sync"]["cached"] > 0

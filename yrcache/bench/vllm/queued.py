@@ -81,6 +81,10 @@ def queue_scenario(ctx: Ctx, notes: Notes) -> dict[str, Any]:
                                 "prefetch_bytes": 0},
     }
     engines = {n: ctx.engine(c, max_num_seqs=2) for n, c in systems.items()}
+    if a.queue_faults:   # a slow root: what read-ahead hides behind the queue wait
+        for n, c in systems.items():
+            if c is not None:
+                engines[n].call("faults", spec=a.queue_faults)
     rows: list[dict[str, Any]] = []
     try:
         prog = Progress(a.reps * a.turns)
@@ -354,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-len", type=int, default=16640)
     p.add_argument("--throttle", default="read:delay20@1+",
                    help="fault spec for the throttled root ('' to skip)")
+    p.add_argument("--queue-faults", default="",
+                   help="fault spec for the queue scenario's yrcache engines (a slow root)")
     p.add_argument("--threads", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
     p.add_argument("--json", default="")
     p.add_argument("--quick", action="store_true", help="a smoke run: small and one pass")
