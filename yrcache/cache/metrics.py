@@ -124,8 +124,13 @@ class IoMeter:
         """An operation finished; ``latency_s``: a latency sample (a transfer's first)."""
         with self._lock:
             self._out.pop(token, None)
-            if latency_s is not None:
-                self.latency_s = _ewma(self.latency_s, latency_s, self.ALPHA)
+        if latency_s is not None:
+            self.observe(latency_s)
+
+    def observe(self, latency_s: float) -> None:
+        """A latency sample of an operation not tracked from its start."""
+        with self._lock:
+            self.latency_s = _ewma(self.latency_s, latency_s, self.ALPHA)
 
     def transfer(self, seconds: float, nbytes: int) -> None:
         """A whole transfer moved ``nbytes`` in ``seconds`` (its operations overlapped). Only

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..futures import Future
-from ..io.buffers import arena
+from ..io.buffers import BufferPool
 from ..io.engine import IoEngine
 from ..store.store import Store
 from .metrics import IoMeter, Metrics
@@ -68,7 +68,7 @@ class Prefetcher:
         self._entries: dict[bytes, _Entry] = {}
         self._owned: dict[str, list[bytes]] = {}   # owner -> keys it asked for
         self._free: list[np.ndarray] = []          # slots no entry holds
-        self._arena: Any = None                    # slots * chunk_bytes, allocated once
+        self._arena: BufferPool | None = None     # every slot, allocated once, held for good
         self._queue: deque[_Entry] = deque()
         self._reading = 0
         self._closed = False
@@ -83,14 +83,11 @@ class Prefetcher:
         with self._lock:
             if self._arena is not None or not self.enabled:
                 return
-            cb = self.chunk_bytes
-            buf = arena(self.slots * cb)
-            whole = np.frombuffer(buf, np.uint8)
-            whole[::4096] = 0   # first touch now, not under a read
-            if engine is not None:
-                engine.register(buf)
-            self._arena = buf
-            self._free = [whole[i * cb:(i + 1) * cb] for i in range(self.slots - 1, -1, -1)]
+            pool = BufferPool(self.chunk_bytes, self.slots, engine)
+            pool.touch()
+            self._arena = pool
+            slabs = [pool.acquire() for _ in range(self.slots)]   # this free list owns them
+            self._free = [np.frombuffer(s, np.uint8) for s in reversed(slabs) if s is not None]
 
     # -- the serving loop's side --------------------------------------------------------------
     def prefetch(self, owner: str, keys: Sequence[bytes]) -> int:
@@ -116,7 +113,7 @@ class Prefetcher:
                     continue
                 slot = self._slot_locked()
                 if slot is None:
-                    full = len(keys) - taken - shared   # later keys are later chunks: stop
+                    full = len(keys) - taken   # later keys are later chunks: stop
                     break
                 e = _Entry(k, owners={owner}, slot=slot)
                 self._entries[k] = e

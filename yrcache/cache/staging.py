@@ -16,8 +16,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from ..cuda import copy as cuda_copy
 from ..io.buffers import BufferPool
 from ..io.engine import IoEngine
@@ -65,9 +63,8 @@ class Staging:
     def touch(self) -> None:
         """Fault every page of the staging in now (registration with io_uring already did, when
         it succeeded), not under the first request's copies."""
-        for pool in (self._store_pool, self._load_pool):
-            if not pool.registered:
-                np.frombuffer(pool.arena, np.uint8)[::4096] = 0
+        self._store_pool.touch()
+        self._load_pool.touch()
 
     # -- sizes ------------------------------------------------------------------------------------
     @property

@@ -224,7 +224,7 @@ class StoreWriter:
         def one(key: bytes, st: StagedChunk, f: Future[bool]) -> None:
             ok = False
             try:
-                p.store_meter.done(0, time.perf_counter() - t0)
+                p.store_meter.observe(time.perf_counter() - t0)
                 ok = f.exception() is None and bool(f.result())
                 if ok:
                     p.tier.put_copy(key, st.slab)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numpy as np
+
 from .._args import check_int
 from .engine import HostBuffer, IoEngine
 
@@ -54,6 +56,12 @@ class BufferPool:
         self._out: dict[int, int] = {}  # id(view) -> slab index
         self._lock = threading.Lock()
         self.cuda_pinned = False   # registered with CUDA too (Cache, on its first CUDA copy)
+
+    def touch(self) -> None:
+        """Fault every page of the arena in now, not under the first I/O (registration with
+        io_uring already did, when it succeeded)."""
+        if not self.registered:
+            np.frombuffer(self.arena, np.uint8)[::4096] = 0
 
     def acquire(self) -> memoryview | None:
         with self._lock:
