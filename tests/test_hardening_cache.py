@@ -191,6 +191,8 @@ def test_recomputed_chunks_replace_damaged_objects(root: Path, replace: bool) ->
     ({"root": "/x", "backend": "cufile"}, "backend"),
     ({"root": "/x", "load_failure_policy": "ignore"}, "load_failure_policy"),
     ({"root": "/x", "rooot": "/y"}, "unknown"),
+    ({"root": "/x", "store_tails": "maybe"}, "store_tails"),
+    ({"root": "/x", "store_tails": 2}, "store_tails"),
 ])
 def test_connector_config_rejects(extra: dict, msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
@@ -204,6 +206,11 @@ def test_connector_config_env_overrides_are_checked_too() -> None:
         ConnectorConfig.from_extra({"root": "/x"}, {"YRCACHE_LOOKUP_WAIT_MS": "nan"})
     cfg = ConnectorConfig.from_extra({"root": "/x"}, {"YRCACHE_LOOKUP_WAIT_MS": "2.5"})
     assert cfg.lookup_wait_ms == 2.5
+    assert ConnectorConfig.from_extra({"root": "/x"}, {}).store_tails is True
+    for raw, want in (("false", False), ("0", False), ("Off", False), ("yes", True)):
+        cfg = ConnectorConfig.from_extra({"root": "/x"}, {"YRCACHE_STORE_TAILS": raw})
+        assert cfg.store_tails is want
+    assert ConnectorConfig.from_extra({"root": "/x", "store_tails": False}, {}).store_tails is False
 
 
 # -- soak -------------------------------------------------------------------------------------

@@ -52,9 +52,11 @@ def same_output(a: dict, b: dict) -> bool:
                                                        atol=1e-6)
 
 
-def namespaces(root: Path) -> list[Namespace]:
-    return [Namespace.from_json((d / "namespace.json").read_bytes())
-            for d in sorted(root.iterdir()) if (d / "namespace.json").exists()]
+def namespaces(root: Path, chunk: int = CHUNK) -> list[Namespace]:
+    """The root's namespaces of ``chunk``-token objects (the tails' one-block namespaces aside)."""
+    nss = [Namespace.from_json((d / "namespace.json").read_bytes())
+           for d in sorted(root.iterdir()) if (d / "namespace.json").exists()]
+    return [ns for ns in nss if ns.chunk_tokens == chunk]
 
 
 def object_path(root: Path, ns: Namespace, key: bytes) -> Path:

@@ -16,7 +16,9 @@ from .vllm_util import Engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-N_TOK, HIT = 700, 512      # 700 tokens: two whole 256-token chunks are stored and loaded
+# 700 tokens: two whole 256-token chunks, and the fifth 128-token block as a tail (stored when the
+# request finishes), are stored and loaded: the hit is vLLM's own, align_down(699, 128)
+N_TOK, HIT = 700, 640
 
 
 def cfg(root: Path, **kw) -> dict:
@@ -94,7 +96,7 @@ def test_aborts_and_preemption_while_prefetching(model: Path, tmp_path: Path) ->
         # the cache still serves: the same prompts hit again, all of them
         assert e.call("reset")["ok"]
         again = queue(e, prompts[:2], max_tokens=4)["results"]
-        assert all(o["cached"] >= HIT for o in again)
+        assert all(o["cached"] >= HIT for o in again), [o["cached"] for o in again]
 
 
 def _misses(e: Engine, prompts: list[list[int]], **kw) -> list[dict]:

@@ -98,6 +98,7 @@ ENV: dict[str, Var] = {v.name: v for v in (
     _connector("root", "the cache directory"),
     _connector("mode", "async | sync"),
     _connector("chunk_tokens", "tokens per object"),
+    _connector("store_tails", "store a finished request's blocks past its last chunk"),
     _connector("capacity_bytes", "byte budget of the root; 0: unbounded"),
     _connector("staging_bytes", "host memory for staging"),
     _connector("salt", "tenant salt"),

@@ -123,19 +123,39 @@ def _queue(llm: Any, cmd: dict[str, Any]) -> dict[str, Any]:
                         not in (None, "abort") else None for r in rids]}
 
 
-def _drain(cmd: dict[str, Any]) -> dict[str, Any]:
-    """Wait for this engine's stores to be published."""
-    w = _worker()
+def _step_out(llm: Any, deadline: float) -> None:
+    """Step the engine core until no finished request holds blocks (tails being stored)."""
+    core = llm.llm_engine.engine_core.engine_core
+    while core.scheduler.has_requests() and time.monotonic() < deadline:
+        llm.llm_engine.step()
+
+
+def _reset(llm: Any) -> dict[str, Any]:
+    """vLLM's own prefix cache emptied (it refuses while a finished request holds blocks)."""
+    _step_out(llm, time.monotonic() + 60)
+    return {"ok": bool(llm.reset_prefix_cache())}
+
+
+def _drain(llm: Any, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Wait for this engine's stores to be published. Finished requests whose tails are still to
+    be stored keep the engine core stepping (as `vllm serve`'s busy loop does on its own; the
+    LLM class steps only while it has requests)."""
     deadline = time.monotonic() + cmd.get("timeout", 60)
-    while w.cache is not None and w.cache.stats()["operations_in_flight"] and \
-            time.monotonic() < deadline:
+    _step_out(llm, deadline)
+    w = _worker()
+
+    def in_flight() -> int:
+        return sum(c.stats()["operations_in_flight"] for c in (w.cache, w.tail_cache)
+                   if c is not None)
+    while in_flight() and time.monotonic() < deadline:
         time.sleep(0.005)
-    return {"in_flight": w.cache.stats()["operations_in_flight"] if w.cache else 0}
+    return {"in_flight": in_flight()}
 
 
 def _stats(llm: Any) -> dict[str, Any]:
     w = _worker()
     r: dict[str, Any] = {"cache": w.cache.stats() if w.cache is not None else None,
+                         "tail_cache": w.tail_cache.stats() if w.tail_cache is not None else None,
                          "disabled": w.disabled}
     s = _scheduler(llm)
     r["policy"] = llm.llm_engine.vllm_config.kv_transfer_config.kv_load_failure_policy
@@ -171,8 +191,8 @@ def main() -> int:
     llm = _start(spec)
     ops = {"generate": lambda cmd: _generate(llm, cmd),
            "queue": lambda cmd: _queue(llm, cmd),
-           "reset": lambda cmd: {"ok": bool(llm.reset_prefix_cache())},
-           "drain": _drain,
+           "reset": lambda cmd: _reset(llm),
+           "drain": lambda cmd: _drain(llm, cmd),
            "stats": lambda cmd: _stats(llm),
            "cpu": lambda cmd: {"cpu_s": yrcache_cpu_seconds(_worker()),
                                "load_wait_s": getattr(_worker(), "load_wait_s", 0.0)},

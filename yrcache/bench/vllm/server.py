@@ -81,6 +81,17 @@ class Server:
         assert first is not None, "the stream held no token"
         return first
 
+    def metrics(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        """The server's /metrics, parsed: sample name -> {sorted label pairs: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                out.setdefault(smp.name, {})[tuple(sorted(smp.labels.items()))] = smp.value
+        return out
+
     def close(self) -> None:
         if self.p.poll() is None:
             self.p.terminate()

@@ -21,7 +21,10 @@ try:
         KVConnectorRole,
         KVConnectorWorkerMetadata,
     )
-    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats  # noqa: F401
+    from vllm.distributed.kv_transfer.kv_connector.v1.metrics import (  # noqa: F401
+        KVConnectorPromMetrics,
+        KVConnectorStats,
+    )
     VLLM_IMPORT_ERROR = ""
 except ImportError as _e:
     # The worker side (worker.py, metadata.py) stays importable, so a harness can drive its hooks
@@ -39,6 +42,15 @@ except ImportError as _e:
     @dataclasses.dataclass
     class KVConnectorStats:  # type: ignore[no-redef]
         data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    class KVConnectorPromMetrics:  # type: ignore[no-redef]
+        def __init__(self, vllm_config: Any, metric_types: dict[type, type],
+                     labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]
+                     ) -> None:
+            from prometheus_client import Counter, Gauge, Histogram
+            self._gauge_cls, self._counter_cls = metric_types[Gauge], metric_types[Counter]
+            self._histogram_cls = metric_types[Histogram]
+            self.per_engine_labelvalues = per_engine_labelvalues
 
 logger = logging.getLogger("yrcache.vllm")
 

@@ -25,6 +25,10 @@ class ConnectorConfig:
     mode: str = "async"
     #: tokens per object; rounded up to a multiple of the engine's block size
     chunk_tokens: int = 256
+    #: when a request finishes, also store the whole blocks past its last whole chunk, one block
+    #: per object, so a later hit (after a restart, on another node) ends on the block where
+    #: vLLM's own prefix cache would end it, and the prefill split (hence the output) is the same
+    store_tails: bool = True
     #: byte budget of the whole root (0: unbounded); a janitor evicts least recently used objects
     capacity_bytes: int = 0
     #: host memory for staging stores and loads
@@ -77,6 +81,9 @@ class ConnectorConfig:
         if self.backend not in ("auto", "uring", "psync"):
             raise ValueError(f"yrcache connector: backend must be auto, uring or psync, got "
                              f"{self.backend!r}")
+        if not isinstance(self.store_tails, bool):
+            raise TypeError(f"yrcache connector: store_tails must be bool, got "
+                            f"{self.store_tails!r}")
         for f, lo, hi in _RANGES:
             v = getattr(self, f)
             kinds = (int, float) if isinstance(lo, float) else (int,)   # an int is a float too
@@ -128,6 +135,15 @@ def _parse(typ: Any, raw: Any, src: str) -> Any:
             return int(raw)
         if t == "float":
             return float(raw)
+        if t == "bool":
+            if isinstance(raw, bool):
+                return raw
+            v = str(raw).strip().lower()
+            if v in ("1", "true", "yes", "on"):
+                return True
+            if v in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("not a boolean (true/false, 1/0, yes/no, on/off)")
         if not isinstance(raw, str):
             raise ValueError(f"expected a string, got {type(raw).__name__}")
         return raw

@@ -101,6 +101,13 @@ class YRCacheConnector(KVConnectorBase_V1):
                                  ) -> KVConnectorStats | None:
         return YRCacheStats(data=dict(data or {}))
 
+    @classmethod
+    def build_prom_metrics(cls, vllm_config: Any, metric_types: dict[type, type],
+                           labelnames: list[str], per_engine_labelvalues: dict[int, list[object]]
+                           ) -> Any:
+        from .prom import YRCachePromMetrics
+        return YRCachePromMetrics(vllm_config, metric_types, labelnames, per_engine_labelvalues)
+
     # -- scheduler side ---------------------------------------------------------------------------
     def bind_kv_cache_manager(self, kv_cache_manager: Any) -> None:
         super().bind_kv_cache_manager(kv_cache_manager)

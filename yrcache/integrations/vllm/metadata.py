@@ -21,6 +21,10 @@ class LoadOp:
     #: vLLM load_async: the request waits parked until the load is done (reported in
     #: finished_recving); else the load runs under this step's forward pass, layer by layer
     park: bool
+    #: namespace hex -> keys of tail objects (one block each, in the namespace's tail namespace)
+    #: that follow the chunks, and the blocks they load into
+    tail_keys: dict[str, list[bytes]] = field(default_factory=dict)
+    tail_block_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -41,6 +45,10 @@ class StoreOp:
     #: chunks [lo, hi) (absolute indices) are written even where an object exists: their load
     #: failed, so what is there may be damaged (a store that skipped it would keep the damage)
     replace: tuple[int, int] = (0, 0)
+    #: a finished request's tail: one block per key, in the tail namespace of each namespace
+    #: (keys still under the chunk namespace's hex), first_chunk counts blocks; its KV is all
+    #: computed, so the worker gathers every layer at once (there is no forward pass for it)
+    tail: bool = False
 
 
 @dataclass
@@ -109,12 +117,15 @@ class YRCacheWorkerMeta(KVConnectorWorkerMetadata):
 
 @dataclass
 class YRCacheStats(KVConnectorStats):
-    """Counters since the last report; vLLM sums them over workers and logs ``reduce()``."""
+    """Counters since the last report, and latency samples (lists, seconds); vLLM sums them over
+    workers, logs ``reduce()`` (the counters) and hands them to /metrics (:mod:`.prom`)."""
 
     def aggregate(self, other: KVConnectorStats) -> KVConnectorStats:
         for k, v in (other.data or {}).items():
             if isinstance(v, (int, float)):
                 self.data[k] = self.data.get(k, 0) + v
+            elif isinstance(v, list):
+                self.data[k] = [*self.data.get(k, []), *v]
         return self
 
     def reduce(self) -> dict[str, int | float]:

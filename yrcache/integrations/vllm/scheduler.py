@@ -11,6 +11,13 @@ A request that waits in the queue has its stored chunks read ahead into the work
 (prefetch), minus what vLLM's own prefix cache holds; at admission the planner
 (:mod:`.planner`) weighs loading the rest against recomputing it, from measured rates.
 
+Hits end on a block, as vLLM's own prefix cache's do: when a request finishes, the whole blocks
+past its last whole chunk are stored too, one block per object in a tail namespace (the chunk
+namespace with one-block chunks), chained from that last chunk; a lookup that finds the chunks
+then asks for such a tail. A restarted engine, or one on another node, then loads exactly the
+blocks the engine that kept the history in memory would have hit, and prefills the rest in the
+same split, so its output is the same.
+
 A lookup never stalls a scheduler step for long: it starts when the request arrives, a step waits
 for it at most ``lookup_wait_ms``, and otherwise answers "ask again later" (vLLM then skips the
 request for this step while the lookup runs on). Chunks this engine planned to store but whose
@@ -66,13 +73,17 @@ class _Req:
     lookup_started: float = 0.0
     waited: bool = False          # this request already spent its one blocking wait
     known: int = 0                # leading chunks known to exist (last lookup)
-    plan: tuple[int, int, int, bool] | None = None   # (local tokens, hit tokens, hit chunks, park)
+    #: (local tokens, hit tokens, hit chunks, park, tail blocks)
+    plan: tuple[int, int, int, bool, int] | None = None
+    #: the last lookup's tail: (chunks it follows, blocks found, ns hex -> the tail's keys)
+    tail: tuple[int, int, dict[str, list[bytes]]] | None = None
     first_ask: float = 0.0
     last_store_step: int = -1
     parked_inflight: bool = False   # a parked load vLLM waits for (finished_recving) is running
     load_span: tuple[int, int] = (0, 0)   # chunks of its last load
     repair: tuple[int, int] = (0, 0)      # chunks whose load failed: stored over what is there
     prefetch: tuple[int, int] | None = None   # chunks sent to be read ahead while queued
+    counted: bool = False         # counted as a lookup hit or miss
 
 
 class SchedulerSide:
@@ -88,9 +99,14 @@ class SchedulerSide:
         self.disabled = ""
         # Lookups only: the workers' stores run the janitor and hold the capacity budget.
         self.stores: dict[str, Store] = {}
+        #: namespace hex -> the store of its tail namespace (block-sized objects)
+        self.tail_stores: dict[str, Store] = {}
         try:
             for ns in self.nss:
                 self.stores[ns.hex] = Store(cfg.root, ns, janitor_period=0)
+            for h, tns in dep.tails.items():
+                if h in self.stores:
+                    self.tail_stores[h] = Store(cfg.root, tns, janitor_period=0)
         except (OSError, ValueError) as e:   # like the workers: vLLM serves on without the cache
             self.disabled = f"cache root {cfg.root!r} is unusable: {e}"
             logger.error("yrcache: connector DISABLED: %s", self.disabled)
@@ -108,6 +124,8 @@ class SchedulerSide:
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
         if not self.disabled:
             prestart(self._pool)   # the first request does not pay for thread starts
+            for s in (*self.stores.values(), *self.tail_stores.values()):
+                s.warm_up()
         self._reqs: dict[str, _Req] = {}
         self._kvm: Any = None
         self._step = 0
@@ -130,6 +148,7 @@ class SchedulerSide:
         self._queued: dict[str, _Req] = {}          # arrived, not admitted: prefetch candidates
         self._released: list[str] = []              # read-ahead the workers may drop
         self._prefetched: dict[str, int] = {}       # request -> leading chunks ready in memory
+        self._tail_stores: list[StoreOp] = []       # finished requests' tails, for the next step
 
     # -- vLLM hooks -------------------------------------------------------------------------------
     def bind_kv_cache_manager(self, kvm: Any) -> None:
@@ -139,9 +158,9 @@ class SchedulerSide:
         st = self._track(request)
         if st.extras is not None and not self.disabled and self.loads:
             self._queued[request.request_id] = st
-            n = self._max_chunks(request)[1]
-            if n:
-                self._start_lookup(st, self._known(st, n), n)
+            limit, n = self._max_chunks(request)
+            if limit:
+                self._start_lookup(st, self._known(st, n), n, limit)
 
     def get_num_new_matched_tokens(self, request: Any,
                                    num_computed_tokens: int) -> tuple[int | None, bool]:
@@ -150,21 +169,21 @@ class SchedulerSide:
                 not self._fingerprint_holds(st):
             return 0, False
         limit, n = self._max_chunks(request)
-        if n == 0 or limit <= num_computed_tokens:
+        if limit <= num_computed_tokens or (n == 0 and not self.tail_stores):
             return 0, False
         now = time.monotonic()
         if not st.first_ask:
             st.first_ask = now
         hit = self._known(st, n)
-        if hit < n:
-            if any(k in self._pending for keys in st.keys.values() for k in keys[hit:hit + 1]) \
-                    and now - st.first_ask < PENDING_WAIT_S:
+        if hit < n or self._tail_room(hit, limit):
+            if hit < n and now - st.first_ask < PENDING_WAIT_S and any(
+                    k in self._pending for keys in st.keys.values() for k in keys[hit:hit + 1]):
                 self._bump("lookup_waits_store")
                 return None, False      # its store is in flight: ask again next step
             span = (hit, n)
             if st.lookup is None or st.lookup_span != span or (
                     st.lookup.done() and now - st.lookup_done_at > LOOKUP_REUSE_S):
-                self._start_lookup(st, hit, n)
+                self._start_lookup(st, hit, n, limit)
             assert st.lookup is not None
             # One blocking wait per request; later asks only look (a queue of waiting requests
             # must not add up to a stalled step); a lookup that takes too long is a miss.
@@ -184,13 +203,20 @@ class SchedulerSide:
                 got = 0
             hit += got
         st.known = hit
-        hit_tokens = min(hit * self.chunk, limit)
+        tail = st.tail[1] if st.tail is not None and st.tail[0] == hit and \
+            self._tail_room(hit, limit) else 0
+        hit_tokens = min(hit * self.chunk, limit) + tail * self.bt
+        if not st.counted:   # /metrics: once per request, past what vLLM's own cache holds
+            st.counted = True
+            self._bump("requests_hit" if hit_tokens > num_computed_tokens else "requests_miss")
         if hit_tokens <= num_computed_tokens:
             st.plan = None
             return 0, False
         d = self.planner.decide(num_computed_tokens, hit_tokens,
                                 self._prefetched.get(request.request_id, 0), self._planned_bytes)
-        self._bump(f"decision_{d.choice}")
+        choice = d.choice if d.choice != "static" else \
+            ("load" if d.tokens > num_computed_tokens else "recompute")
+        self._bump(f"decision_{choice}")
         logger.debug("yrcache: request %s: %d tokens held, %d stored, %d ready in memory; %s; "
                      "loading %d (%s)", request.request_id, num_computed_tokens, hit_tokens,
                      self._prefetched.get(request.request_id, 0) * self.chunk, d.log_fields(),
@@ -201,7 +227,7 @@ class SchedulerSide:
             st.plan = None
             return 0, False
         park = self.cfg.park_load_tokens > 0 and ext >= self.cfg.park_load_tokens
-        st.plan = (num_computed_tokens, hit_tokens, hit, park)
+        st.plan = (num_computed_tokens, hit_tokens, hit, park, tail)
         return ext, park
 
     def update_state_after_alloc(self, request: Any, blocks: Any,
@@ -218,9 +244,9 @@ class SchedulerSide:
         if num_external_tokens == 0:
             return
         ids = compat.request_block_ids(blocks)
-        if plan is None:   # vLLM counts tokens we did not plan (cannot happen in 0.32): make
-            plan = (0, 0, 0, False)   # sure they are recomputed (from 0: we lost the local count)
-        local, hit_tokens, hit, park = plan
+        if plan is None:   # vLLM counts tokens we did not plan (cannot happen in 0.32): make sure
+            plan = (0, 0, 0, False, 0)   # they are recomputed (from 0: we lost the local count)
+        local, hit_tokens, hit, park, tail = plan
         ok = local + num_external_tokens == hit_tokens and len(ids) >= hit_tokens // self.bt
         if not ok:
             logger.warning("yrcache: request %s: vLLM allocated %d external tokens after %d "
@@ -228,28 +254,38 @@ class SchedulerSide:
                            "as failed so vLLM recomputes them", request.request_id,
                            num_external_tokens, local, len(ids), hit_tokens)
             hit_tokens = local + num_external_tokens   # what vLLM now counts as loaded
-        c0, c1 = local // self.chunk, -(-hit_tokens // self.chunk)
         lo, hi = local // self.bt, hit_tokens // self.bt
+        # chunks, then the tail's blocks from block t0 (when the hit goes past the chunks found)
+        t0 = hit * self.per if tail and hit_tokens > hit * self.chunk else hi
+        c1 = -(-min(hit_tokens, t0 * self.bt) // self.chunk)
+        c0 = min(local // self.chunk, c1)
         bids = [ids[b] if lo <= b < hi and b < len(ids) else -1
                 for b in range(c0 * self.per, c1 * self.per)]
+        tb = range(max(lo, t0), hi)
         # An empty key map makes every worker report these blocks as failed.
         keys = {h: k[c0:c1] for h, k in st.keys.items()} if ok else {}
-        self._step_loads.append(LoadOp(request.request_id, keys, c0, bids, park))
+        tail_keys: dict[str, list[bytes]] = {}
+        if ok and tb and st.tail is not None:
+            tail_keys = {h: k[tb.start - t0:tb.stop - t0] for h, k in st.tail[2].items()}
+        self._step_loads.append(LoadOp(request.request_id, keys, c0, bids, park, tail_keys,
+                                       [ids[b] if b < len(ids) else -1 for b in tb]))
         self._planned_bytes += (c1 - c0) * self.planner.chunk_bytes
         st.parked_inflight, st.load_span = park, (c0, c1)
         if ok:
             st.stored = max(st.stored, hit)
         st.lookup = None
         self._bump("load_requests", load_tokens=num_external_tokens,
-                   load_parked=int(park), local_hit_tokens=local)
+                   load_parked=int(park), local_hit_tokens=local, load_tail_blocks=len(tb))
 
     def build_connector_meta(self, so: Any) -> YRCacheMetadata:
-        meta = YRCacheMetadata(loads=self._step_loads, delayed=self._delayed_new,
+        meta = YRCacheMetadata(loads=self._step_loads, stores=self._tail_stores,
+                               delayed=self._delayed_new,
                                preempted=sorted(getattr(so, "preempted_req_ids", None) or ()),
                                step=self._step, settled=self._settled, released=self._released)
         self.planner.step_built(int(getattr(so, "total_num_scheduled_tokens", 0) or 0),
                                 bool(meta.loads))
         self._step_loads, self._delayed_new, self._settled, self._released = [], [], {}, []
+        self._tail_stores = []
         self._planned_bytes = 0
         self._step += 1
         if self.disabled:
@@ -276,7 +312,7 @@ class SchedulerSide:
                                  so.num_scheduled_tokens.get(rid, 0), meta)
         except Exception:  # noqa: BLE001
             logger.exception("yrcache: planning this step's stores failed; none are stored")
-            meta.stores = []
+            meta.stores = [op for op in meta.stores if op.tail]
         return meta
 
     def update_connector_output(self, out: Any) -> None:
@@ -343,7 +379,14 @@ class SchedulerSide:
         # reports (finished_recving); delaying it too would free its blocks twice.
         if st is not None and st.parked_inflight:
             return False, None
-        delay = rid in self._gathering or (
+        tail = False
+        if st is not None and self.cfg.store_tails and self.tail_stores:
+            try:
+                tail = self._plan_tail(st, block_ids)
+            except Exception:  # noqa: BLE001 - a tail is an optimisation
+                logger.exception("yrcache: planning the tail store of request %s failed", rid)
+        # A tail's blocks are kept until a worker has gathered them (the next step).
+        delay = tail or rid in self._gathering or (
             self._async_gathers and st is not None and st.last_store_step >= 0)
         if delay:
             self._delayed_new.append(rid)
@@ -366,9 +409,10 @@ class SchedulerSide:
         self._close_stores()
 
     def _close_stores(self) -> None:
-        for s in self.stores.values():
+        for s in (*self.stores.values(), *self.tail_stores.values()):
             s.close()
         self.stores.clear()
+        self.tail_stores.clear()
 
     # -- internals --------------------------------------------------------------------------------
     def _track(self, request: Any) -> _Req:
@@ -425,15 +469,35 @@ class SchedulerSide:
             hit += 1
         return hit
 
-    def _start_lookup(self, st: _Req, a: int, b: int) -> None:
-        if a >= b:
+    def _tail_room(self, hit: int, limit: int) -> int:
+        """Blocks a tail after ``hit`` chunks may add to a hit that ends at ``limit`` tokens."""
+        if not self.tail_stores or hit * self.chunk >= limit:
+            return 0
+        return min(self.per - 1, (limit - hit * self.chunk) // self.bt)
+
+    def _tail_keys(self, st: _Req, hit: int, blocks: int) -> dict[str, list[bytes]]:
+        """Keys of the tail of ``blocks`` blocks after chunk ``hit`` (chained from its key)."""
+        a = hit * self.chunk
+        tokens = list(st.request.all_token_ids[a:a + blocks * self.bt])
+        return {h: chain_keys(keys[hit - 1] if hit else st.roots[h], tokens, self.bt)
+                for h, keys in st.keys.items()}
+
+    def _start_lookup(self, st: _Req, a: int, b: int, limit: int) -> None:
+        if a >= b and not self._tail_room(a, limit):
             return
         self._keys_upto(st, b)
-        work = [(self.stores[h], keys[a:b]) for h, keys in st.keys.items()]
+        work = [(self.stores[h], keys[a:b]) for h, keys in st.keys.items()] if a < b else []
 
         def run() -> int:
             try:
-                return min(store.lookup(ks) for store, ks in work)
+                got = min(store.lookup(ks) for store, ks in work) if work else 0
+                room = self._tail_room(a + got, limit)
+                if room:   # where the chunks end, a tail may go on (in blocks)
+                    tk = self._tail_keys(st, a + got, room)
+                    n = min(self.tail_stores[h].lookup(ks) for h, ks in tk.items())
+                    st.tail = (a + got, n, {h: ks[:n] for h, ks in tk.items()})
+                    self._bump("tail_lookups", tail_blocks_found=n)
+                return got
             finally:
                 st.lookup_done_at = time.monotonic()
 
@@ -451,7 +515,7 @@ class SchedulerSide:
             hit = self._known(st, n) if n else 0
             if hit < n:   # the rest is on the file system: ask it (in the background)
                 if st.lookup is None:
-                    self._start_lookup(st, hit, n)
+                    self._start_lookup(st, hit, n, self._max_chunks(st.request)[0])
                     continue
                 if not st.lookup.done() or st.lookup.exception() is not None:
                     continue
@@ -470,6 +534,30 @@ class SchedulerSide:
             meta.prefetches.append(PrefetchOp(rid, {h: k[c0:hit] for h, k in st.keys.items()},
                                               c0))
             self._bump("prefetch_requests", prefetch_chunks_planned=hit - c0)
+
+    def _plan_tail(self, st: _Req, block_ids: Any) -> bool:
+        """A finished request's whole blocks past its last whole chunk: stored (next step), one
+        block per object, so a later hit ends where vLLM's own prefix cache would end it."""
+        if st.extras is None or self.load_only or self.disabled or \
+                not self._fingerprint_holds(st):
+            return False
+        blocks = int(st.request.num_computed_tokens) // self.bt   # the last token has no KV
+        full = blocks // self.per
+        if blocks == full * self.per or st.stored != full:   # none, or the chain has a gap
+            return False
+        if st.tail is not None and st.tail[0] == full and st.tail[1] >= blocks - full * self.per:
+            return False   # it loaded that tail and computed no whole block past it
+        ids = list(block_ids or ())
+        if len(ids) < blocks:
+            return False
+        self._keys_upto(st, full)
+        keys = self._tail_keys(st, full, blocks - full * self.per)
+        parents = {h: (k[full - 1] if full else st.roots[h]) for h, k in st.keys.items()}
+        self._tail_stores.append(StoreOp(st.request.request_id, keys, parents, full * self.per,
+                                         [int(b) for b in ids[full * self.per:blocks]],
+                                         tail=True))
+        self._bump("tail_stores_planned", tail_blocks_planned=blocks - full * self.per)
+        return True
 
     def _plan_store(self, rid: str, computed: int, scheduled: int, meta: YRCacheMetadata) -> None:
         st = self._reqs.get(rid)

@@ -23,6 +23,9 @@ class RankSpace:
     #: stores this namespace's objects: False when a lower TP rank holds the same KV (MLA, or KV
     #: heads replicated across ranks), so identical objects are written once
     writer: bool
+    #: one block per object, for the blocks past a request's last whole chunk (tails: a hit then
+    #: ends on a block, as vLLM's own prefix cache does); None when a chunk is one block
+    tail_ns: Namespace | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class Deployment:
         for s in self.spaces:
             seen.setdefault(s.ns.digest, s.ns)
         return list(seen.values())
+
+    @property
+    def tails(self) -> dict[str, Namespace]:
+        """Namespace hex -> its tail namespace (block-sized objects), for distinct namespaces."""
+        return {s.ns.hex: s.tail_ns for s in self.spaces if s.tail_ns is not None}
 
 
 def model_identity(vllm_config: Any, cfg: ConnectorConfig) -> str:
@@ -86,9 +94,10 @@ def derive(vllm_config: Any, kv_cache_config: Any, cfg: ConnectorConfig) -> Depl
         firsts: set[int] = set()
         for t in range(tp):
             first = 0 if mla else t * total_kv // tp
-            ns = layout.namespace(model, chunk_tokens=chunk, salt=cfg.salt, first_layer=lo,
-                                  first_kv_head=first, extra=extra)
-            spaces.append(RankSpace(t, p, layout, ns, first not in firsts))
+            ns, tail = (layout.namespace(model, chunk_tokens=c, salt=cfg.salt, first_layer=lo,
+                                         first_kv_head=first, extra=extra) for c in (chunk, bt))
+            spaces.append(RankSpace(t, p, layout, ns, first not in firsts,
+                                    tail if chunk > bt else None))
             firsts.add(first)
     return Deployment(tuple(spaces), bt, chunk, mla)
 

@@ -8,7 +8,9 @@ forward pass wrote it, ``wait_for_save`` commits them (async: files are written 
 sync: durable before it returns). Queued requests' chunks are read ahead into memory (prefetch) when
 the scheduler asks; a load takes what is ready and reads the rest from the files. Failed loads are
 reported as block ids (vLLM recomputes them), and the same request's stores of that step are
-dropped: their KV was computed over the failed blocks.
+dropped: their KV was computed over the failed blocks. A finished request's tail (its whole blocks
+past its last whole chunk, one block per object) is stored through a second Cache on the tail
+namespace, gathered at once in ``bind`` (its KV is all computed), and loaded after the chunks.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ...cache.cache import Cache, LoadFuture, StoreFuture, StoreWriter
@@ -35,6 +37,9 @@ _STAT_KEYS = ("load_chunks", "load_partial", "load_tier_hits", "bytes_scattered"
               "prefetch_shared", "prefetch_hits", "prefetch_late", "prefetch_failed",
               "prefetch_budget_full", "prefetch_cancelled", "prefetch_wasted",
               "prefetch_evicted")
+_TAIL_STAT_KEYS = ("load_chunks", "store_chunks", "store_existing", "store_failed",
+                   "store_dropped_staging")
+_MAX_SAMPLES = 4096
 #: how often an idle worker sends its read meter to the scheduler (s)
 RATES_EVERY_S = 0.5
 
@@ -57,8 +62,25 @@ def _timed(fn: Callable[..., T]) -> Callable[..., T]:
 @dataclass
 class _Load:
     op: LoadOp
-    lf: LoadFuture
+    lf: LoadFuture | None           # the chunks (None: the hit lies all in the tail)
+    tail: LoadFuture | None = None  # the tail's blocks
     reported: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def futures(self) -> list[LoadFuture]:
+        return [f for f in (self.lf, self.tail) if f is not None]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures())
+
+
+def _outcome(f: LoadFuture | None) -> tuple[int, str]:
+    """(chunks loaded, why the rest was not) of a finished load."""
+    if f is None:
+        return 0, ""
+    exc = f.exception()
+    r = f.result() if exc is None else None
+    return (r.loaded, r.reason) if r is not None else (0, f"error: {exc}")
 
 
 class _RootUnusableError(Exception):
@@ -74,6 +96,8 @@ class WorkerSide:
         self.hex = self.space.ns.hex
         self.per = dep.chunk_tokens // dep.block_tokens
         self.cache: Cache | None = None
+        #: the tail namespace's cache: one block per object (None when a chunk is one block)
+        self.tail_cache: Cache | None = None
         self._engine: IoEngine | None = None
         self.disabled = ""
         self._layers: dict[str, int] = {}
@@ -105,6 +129,8 @@ class WorkerSide:
         self._prefetching: dict[str, tuple[int, list[bytes]]] = {}   # rid -> (first chunk, keys)
         self._prefetch_sent: dict[str, int] = {}
         self._release: list[str] = []     # read-ahead to drop once this step's loads claimed it
+        #: latency samples (seconds) for /metrics, sent with the next stats
+        self._samples: dict[str, list[float]] = {"load_seconds": [], "store_seconds": []}
         self._rates_sent: tuple[Any, ...] = ()
         self._rates_at = 0.0
 
@@ -174,11 +200,32 @@ class WorkerSide:
                 cache.close()
                 raise
         self.cache = cache
+        if self.space.tail_ns is not None:
+            self.tail_cache = self._tail_cache(layout)
         logger.info("yrcache: worker tp%d/pp%d ready: %s mode, %d layers, %d-byte pages, "
                     "chunks of %d tokens, namespace %s, backend %s, root %s",
                     self.space.tp_rank, self.space.pp_rank, self.cfg.mode, layout.num_layers,
                     layout.page_bytes, self.dep.chunk_tokens, self.hex[:12],
                     self._engine.backend, self.cfg.root)
+
+    def _tail_cache(self, layout: Any) -> Cache:
+        """The tail namespace's cache, sharing the I/O engine; staging for the tails of a few
+        requests finishing in one step."""
+        assert self.space.tail_ns is not None
+        block = layout.segment_bytes(self.dep.block_tokens) * layout.num_layers
+        staging = min(self.cfg.staging_bytes, max(16 << 20, 64 * self.per * block))
+        tc = Cache(self.cfg.root, self.space.tail_ns, layout, mode=self.cfg.mode,
+                   staging_bytes=staging, engine=self._engine, prefetch_bytes=0,
+                   store_yield_s=self.cfg.store_yield_s,
+                   capacity_bytes=self.cfg.capacity_bytes or None)
+        try:
+            tc.warm_up()
+            if self._async_gathers:
+                tc.prepare_cuda(self._kv[0].device.index or 0)
+        except BaseException:
+            tc.close()
+            raise
+        return tc
 
     # -- per step ---------------------------------------------------------------------------------
     def handle_preemptions(self, meta: Any) -> None:
@@ -187,8 +234,8 @@ class WorkerSide:
         if isinstance(meta, YRCacheMetadata):
             for rid in meta.preempted:
                 ld = self._parked.get(rid)
-                if ld is not None:
-                    ld.lf.exception()     # waits; a failure is reported in get_finished
+                for f in ld.futures() if ld is not None else ():
+                    f.exception()         # waits; a failure is reported in get_finished
                 for w in self._sources.pop(rid, []):
                     w.wait_source()       # CUDA: gathers still reading its blocks
 
@@ -209,6 +256,9 @@ class WorkerSide:
         for op in self._meta.stores:
             keys = op.keys.get(self.hex)
             if not keys:
+                continue
+            if op.tail:
+                self._store_tail(op, keys)
                 continue
             if self.cache.read_only:   # a load-only root: nothing is stored, nothing pending
                 self._note(unpublished=keys)
@@ -239,16 +289,30 @@ class WorkerSide:
             if self.cache is None or keys is None:   # disabled / scheduler gave up on it
                 self._fail_start(op)
                 continue
+            tail = op.tail_keys.get(self.hex) if op.tail_block_ids else None
+            if (op.tail_block_ids and (tail is None or self.tail_cache is None)) or \
+                    (not keys and not tail):
+                self._fail_start(op)
+                continue
+            ld = _Load(op, None)
             try:
                 # CPU KV: the copies run in wait_for_layer_load, on the model's thread, never
                 # beside its compute threads (which stall when a core is taken from them)
-                lf = self.cache.load_chunks(keys, self._kv, op.block_ids, background=op.park,
-                                            in_waiter=not self._async_gathers)
+                if keys:
+                    ld.lf = self.cache.load_chunks(keys, self._kv, op.block_ids,
+                                                   background=op.park,
+                                                   in_waiter=not self._async_gathers)
+                if tail and self.tail_cache is not None:
+                    ld.tail = self.tail_cache.load_chunks(tail, self._kv, op.tail_block_ids,
+                                                          background=op.park,
+                                                          in_waiter=not self._async_gathers)
             except Exception as e:  # noqa: BLE001
                 logger.warning("yrcache: load of request %s not started: %s", op.req_id, e)
+                for f in ld.futures():
+                    f.exception()   # started: let it finish before its blocks are recomputed
                 self._fail_start(op)
                 continue
-            ld = _Load(op, lf)
+            self._time_load(ld)
             if op.park:
                 self._parked[op.req_id] = ld
             else:
@@ -264,7 +328,8 @@ class WorkerSide:
             return
         t0 = time.perf_counter()
         for ld in self._step_loads:
-            ld.lf.wait_layer(i)   # layer i only (copying what arrived); failures are read later
+            for f in ld.futures():
+                f.wait_layer(i)   # layer i only (copying what arrived); failures are read later
         self.load_wait_s += time.perf_counter() - t0
 
     @_timed
@@ -287,8 +352,9 @@ class WorkerSide:
         read = 0
         for ld in self._step_loads:
             failed |= self._check_load(ld)
-            r = ld.lf.result() if ld.lf.exception() is None else None
-            read += r.read_bytes if r is not None else 0
+            for f in ld.futures():
+                r = f.result() if f.exception() is None else None
+                read += r.read_bytes if r is not None else 0
         if read:   # what loading from files cost the model's thread this step
             with self._lock:
                 self._report.load_waits.append((self.load_wait_s - self._wait_mark, read))
@@ -346,7 +412,7 @@ class WorkerSide:
         self._release_prefetches()   # a step without start_load (nothing scheduled) too
         recving, self._parked_failed = self._parked_failed, set()
         for rid, ld in list(self._parked.items()):
-            if ld.lf.done():
+            if ld.done():
                 self._check_load(ld)
                 del self._parked[rid]
                 recving.add(rid)
@@ -404,10 +470,23 @@ class WorkerSide:
             return None
         st = self.cache.counters()   # every step: not the latency percentiles
         now = {k: int(st.get(k, 0)) for k in _STAT_KEYS}
+        if self.tail_cache is not None:
+            tc = self.tail_cache.counters()
+            now.update({f"tail_{k}": int(tc.get(k, 0)) for k in _TAIL_STAT_KEYS})
+        for c in (self.cache, self.tail_cache):   # the stores': faults, by kind and errno
+            ss = c.store_.stats() if c is not None else {}
+            for k in ("corrupt", "dropped_full"):
+                now[k] = now.get(k, 0) + int(ss.get(k, 0))
+            for name, n in (ss.get("errors_by_errno") or {}).items():
+                now[f"errno_{name}"] = now.get(f"errno_{name}", 0) + int(n)
         delta = {k: v - self._last_stats.get(k, 0) for k, v in now.items()}
         self._last_stats = now
-        delta = {k: v for k, v in delta.items() if v}
-        return YRCacheStats(data=delta) if delta else None
+        data: dict[str, Any] = {k: v for k, v in delta.items() if v}
+        with self._lock:
+            for k, xs in self._samples.items():
+                if xs:
+                    data[k], self._samples[k] = xs, []
+        return YRCacheStats(data=data) if data else None
 
     def shutdown(self) -> None:
         for held in self._held.values():   # never settled: another rank may have failed
@@ -416,12 +495,14 @@ class WorkerSide:
         self._held.clear()
         for ld in list(self._parked.values()):
             try:
-                ld.lf.exception(self.cfg.drain_timeout_s)
+                for f in ld.futures():
+                    f.exception(self.cfg.drain_timeout_s)
             except TimeoutError:
                 logger.warning("yrcache: a load did not finish at shutdown")
-        if self.cache is not None:
-            self.cache.close(timeout=self.cfg.drain_timeout_s)   # publishes in-flight stores
-            self.cache = None
+        for c in (self.cache, self.tail_cache):
+            if c is not None:
+                c.close(timeout=self.cfg.drain_timeout_s)   # publishes in-flight stores
+        self.cache = self.tail_cache = None
         if self._engine is not None:
             self._engine.close()
             self._engine = None
@@ -433,16 +514,20 @@ class WorkerSide:
             return False
         ld.reported = True
         op = ld.op
-        n = len(op.block_ids) // self.per
-        exc = ld.lf.exception()
-        r = ld.lf.result() if exc is None else None
-        loaded = r.loaded if r is not None else 0
-        if loaded >= n:
-            return False
-        logger.info("yrcache: request %s: %d of %d chunks loaded (%s); vLLM recomputes the rest",
-                    op.req_id, loaded, n, r.reason if r is not None else f"error: {exc}")
-        self._fail_all(op, loaded)
-        return True
+        n, nt = len(op.block_ids) // self.per, len(op.tail_block_ids)
+        loaded, why = _outcome(ld.lf)
+        if loaded < n:
+            logger.info("yrcache: request %s: %d of %d chunks loaded (%s); vLLM recomputes the "
+                        "rest", op.req_id, loaded, n, why)
+            self._fail_all(op, loaded)
+            return True
+        tail, why = _outcome(ld.tail)
+        if tail < nt:
+            logger.info("yrcache: request %s: %d of %d tail blocks loaded (%s); vLLM recomputes "
+                        "the rest", op.req_id, tail, nt, why)
+            self._fail_blocks(op, op.tail_block_ids[tail:], op.first_chunk + n)
+            return True
+        return False
 
     def _fail_start(self, op: LoadOp) -> None:
         self._fail_all(op, 0)
@@ -450,14 +535,66 @@ class WorkerSide:
             self._parked_failed.add(op.req_id)
 
     def _fail_all(self, op: LoadOp, loaded: int) -> None:
-        self._errors.update(b for b in op.block_ids[loaded * self.per:] if b >= 0)
+        self._fail_blocks(op, op.block_ids[loaded * self.per:] + op.tail_block_ids,
+                          op.first_chunk + loaded)
+
+    def _fail_blocks(self, op: LoadOp, blocks: list[int], chunk: int) -> None:
+        """vLLM recomputes ``blocks``; the scheduler learns the first chunk that failed."""
+        self._errors.update(b for b in blocks if b >= 0)
         with self._lock:
-            c = op.first_chunk + loaded
-            self._report.load_failed[op.req_id] = min(c, self._report.load_failed.get(
-                op.req_id, c))
+            self._report.load_failed[op.req_id] = min(chunk, self._report.load_failed.get(
+                op.req_id, chunk))
+
+    def _store_tail(self, op: StoreOp, keys: list[bytes]) -> None:
+        """A finished request's tail: every layer gathered now (no forward pass writes it), then
+        committed like any store; its blocks are released once the gathers are done."""
+        if self.tail_cache is None or self.tail_cache.read_only:
+            self._note(unpublished=keys)
+            return
+        w: StoreWriter | None = None
+        try:
+            w = self.tail_cache.begin_store(keys, self._kv, op.block_ids,
+                                            parent=op.parents[self.hex],
+                                            first_index=op.first_chunk)
+            if w.chunks:
+                for i in range(len(self._kv)):
+                    w.gather(i)
+            fut = w.commit()
+        except Exception as e:  # noqa: BLE001 - a store fault is counted, never raised
+            logger.warning("yrcache: tail store of request %s dropped: %s", op.req_id, e)
+            if w is not None:
+                w.abort()
+            self._note(unpublished=keys)
+            return
+        self._finish_store(op, keys, fut)
+        if self._async_gathers:
+            self._sources.setdefault(op.req_id, []).append(w)
+
+    def _sample(self, name: str, seconds: float) -> None:
+        """Under self._lock. Bounded: vLLM collects them every step, but nothing relies on it."""
+        xs = self._samples[name]
+        xs.append(seconds)
+        if len(xs) > _MAX_SAMPLES:
+            del xs[:len(xs) - _MAX_SAMPLES]
+
+    def _time_load(self, ld: _Load) -> None:
+        """One latency sample per request's load: from its start to its last part done."""
+        left = [len(ld.futures())]
+
+        def one(_: Any) -> None:
+            with self._lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    self._sample("load_seconds", time.perf_counter() - ld.started)
+        for f in ld.futures():
+            f.add_done_callback(one)
 
     def _finish_store(self, op: StoreOp, keys: list[bytes], fut: StoreFuture) -> None:
+        t0 = time.perf_counter()
+
         def done(f: StoreFuture) -> None:
+            with self._lock:
+                self._sample("store_seconds", time.perf_counter() - t0)
             r = f.result() if f.exception() is None else None
             if r is not None and r.failed == r.dropped == 0 and \
                     r.stored + r.existing == len(keys):
