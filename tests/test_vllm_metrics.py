@@ -59,6 +59,8 @@ def test_metrics_and_logs_through_vllm_serve(model: Path, tmp_path: Path) -> Non
     # yrcache's lines in vLLM's own format, from the engine-core process
     assert re.search(r"INFO \d\d-\d\d \d\d:\d\d:\d\d \[\w+\.py:\d+\] yrcache: worker tp0/pp0 "
                      r"ready", text), text[-3000:]
+    assert text.count("shutdown timeout is 0") == 1   # vLLM's default: said once, at start-up
+    size = log.stat().st_size
 
     ns, qkeys = chunk_keys(root, Q)
     path = object_path(root, ns, qkeys[0])
@@ -69,7 +71,7 @@ def test_metrics_and_logs_through_vllm_serve(model: Path, tmp_path: Path) -> Non
     rpath = object_path(root, ns, rkeys[0])
     os.unlink(rpath)
     os.mkdir(rpath)                         # R's first chunk: a directory where a file was
-    with Server(model, root, log) as s:
+    with Server(model, root, log, args=("--shutdown-timeout", "30")) as s:
         assert s.complete(P)["cached"] == 1024
         for p in (Q, R):
             s.complete(p)
@@ -88,3 +90,5 @@ def test_metrics_and_logs_through_vllm_serve(model: Path, tmp_path: Path) -> Non
     assert total(m, "vllm:yrcache_stores_dropped_total", reason="failed") >= 1
     errnos = {dict(lv)["errno"] for lv in m["vllm:yrcache_io_errors_total"]}
     assert errnos and all(re.fullmatch(r"E[A-Z]+", e) for e in errnos), errnos
+    later = log.read_text(errors="replace")[size:]
+    assert "yrcache: worker tp0/pp0 ready" in later and "shutdown timeout is 0" not in later

@@ -22,5 +22,7 @@ def vllm_status() -> tuple[bool, str]:
 class Server(_Server):
     """``vllm serve`` with yrcache on ``root``, every hit loaded (the load path under test)."""
 
-    def __init__(self, model: Path, root: Path, log: Path, *, timeout: float = 300) -> None:
-        super().__init__(model, {"root": str(root), "min_load_tokens": 0}, log, timeout=timeout)
+    def __init__(self, model: Path, root: Path, log: Path, *, timeout: float = 300,
+                 args: tuple[str, ...] = ()) -> None:
+        super().__init__(model, {"root": str(root), "min_load_tokens": 0}, log, timeout=timeout,
+                         args=args)

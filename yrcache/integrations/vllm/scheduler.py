@@ -122,6 +122,12 @@ class SchedulerSide:
             logger.warning("yrcache: cache root %s is load-only here (not writable): prefixes "
                            "stored by others are loaded, nothing is stored", cfg.root)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
+        if not self.disabled and not self.load_only and cfg.mode == "async" and \
+                getattr(vllm_config, "shutdown_timeout", None) == 0:
+            logger.info("yrcache: vLLM's shutdown timeout is 0 (--shutdown-timeout, vLLM's "
+                        "default): a server stopped with SIGTERM ends its engine at once, and "
+                        "stores still being written are lost (later misses, never wrong KV); "
+                        "start it with --shutdown-timeout 30 to let them drain")
         if not self.disabled:
             prestart(self._pool)   # the first request does not pay for thread starts
             for s in (*self.stores.values(), *self.tail_stores.values()):
