@@ -48,13 +48,12 @@ def _objects(tokens: list[int], kv: int, size: int, block: int, tails: bool
     objects of ``size`` tokens, then (``tails``) one per block after the last of them."""
     root = b"\0" * 16
     n_blocks = kv // block
-    chunk = size
     keys = chain_keys(root, tokens, size, max_chunks=n_blocks * block // size)
     out = [(size, k, keys[i - 1] if i else root, i) for i, k in enumerate(keys)]
     if tails:
         full = len(keys)
         parent = keys[-1] if keys else root
-        tail = chain_keys(parent, tokens[full * chunk:n_blocks * block], block)
+        tail = chain_keys(parent, tokens[full * size:n_blocks * block], block)
         out += [(block, k, tail[i - 1] if i else parent, i) for i, k in enumerate(tail)]
     return out
 

@@ -83,26 +83,23 @@ class YRCachePromMetrics(KVConnectorPromMetrics):
                                                  labelnames=labelnames)
                        for name, (doc, _) in HISTOGRAMS.items()}
         # every series exists from the start (at 0), so dashboards and rate() see it
-        for idx in per_engine_labelvalues:
-            self._children(idx)
+        for lv in per_engine_labelvalues.values():
+            for name, (_, _, keys) in COUNTERS.items():
+                for value in set(keys.values()):
+                    self._series(name, lv, value)
 
-    def _children(self, idx: int) -> list[Any]:
-        lv = self.per_engine_labelvalues.get(idx, [])
-        out = []
-        for name, (_, label, keys) in COUNTERS.items():
-            c = self._counters[name]
-            out.extend(c.labels(*lv, v) if label else c.labels(*lv) for v in set(keys.values()))
-        return out
+    def _series(self, name: str, lv: list[object], value: str | None) -> Any:
+        c = self._counters[name]
+        return c.labels(*lv, value) if COUNTERS[name][1] else c.labels(*lv)
 
     def observe(self, transfer_stats_data: dict[str, Any], engine_idx: int = 0) -> None:
         data = transfer_stats_data or {}
         lv = self.per_engine_labelvalues.get(engine_idx, [])
-        for name, (_, label, keys) in COUNTERS.items():
+        for name, (_, _, keys) in COUNTERS.items():
             for key, value in keys.items():
                 n = data.get(key)
                 if isinstance(n, (int, float)) and n > 0:
-                    c = self._counters[name]
-                    (c.labels(*lv, value) if label else c.labels(*lv)).inc(n)
+                    self._series(name, lv, value).inc(n)
         for key, n in data.items():
             if key.startswith("errno_") and isinstance(n, (int, float)) and n > 0:
                 self._errors.labels(*lv, key[len("errno_"):]).inc(n)
