@@ -20,8 +20,8 @@ from . import paths
 
 COUNTERS = ("objects_stored", "bytes_stored", "dedup_skips", "dropped_full", "store_errors",
             "dropped_read_only", "hits", "misses", "corrupt", "incomplete", "bytes_read",
-            "open_handle_hits", "lookups", "lookup_keys", "evictions", "orphans_removed",
-            "tmp_reclaimed", "touches")
+            "open_handle_hits", "lookups", "lookup_keys", "lookup_rounds", "lookup_stats",
+            "evictions", "orphans_removed", "tmp_reclaimed", "touches")
 
 
 def _keep_nothing_open(key: bytes) -> None:

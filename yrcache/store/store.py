@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import itertools
 import logging
 import math
 import numbers
@@ -433,19 +434,55 @@ class Store:
         n = st.indexed_prefix(keys, now)
         nsfd = st.ns_dir() if n < len(keys) else None
         if nsfd is not None:
-            res = st.stat_batch.run_keys(nsfd, b"".join(keys[n:]), True)
-            found = 0
-            for r in res:
-                if r < 0:
-                    if -r not in MISSING_ERRNOS | FOREIGN_ERRNOS and -r != errno.ECANCELED:
-                        st.count_error(-r, "lookup")
-                    break
-                found += 1
+            found = self._search(nsfd, keys[n:])
             st.index_found(keys[n:n + found], now)
             n += found
         if n:
             self._touch_chain(keys[:n])
         return n
+
+    def _exist(self, nsfd: int, keys: Sequence[bytes], prefix_only: bool) -> list[bool]:
+        """One round of existence checks, in parallel (the lookup threads)."""
+        st = self._state
+        st.bump("lookup_rounds")
+        st.bump("lookup_stats", len(keys))
+        out = []
+        for r in st.stat_batch.run_keys(nsfd, b"".join(keys), prefix_only):
+            if r < 0 and -r not in MISSING_ERRNOS | FOREIGN_ERRNOS and -r != errno.ECANCELED:
+                st.count_error(-r, "lookup")
+            out.append(r >= 0)
+        return out
+
+    def _search(self, nsfd: int, keys: Sequence[bytes]) -> int:
+        """Length of the stored prefix of chain ``keys``, in O(log n) rounds of parallel checks.
+
+        Stored chains are prefix-closed (stores publish prefixes, the janitor evicts chain tails
+        first), so existence is monotone along a chain: probe at offsets 2^k - 1 in one round,
+        then split the bracket between the last present and the first missing probe into as many
+        parts as there are lookup threads, round after round. A chain no longer than that is
+        checked whole in one round. A hole (a corrupt object removed) can make the answer longer
+        than the stored prefix: the load verifies every object and a missing one is a partial hit
+        (recomputed), never wrong KV."""
+        width = max(2, self._state.stat_batch.threads)
+        lo, hi = 0, len(keys)   # keys[:lo] known present, keys[hi:] past a known-missing one
+        if hi > width:
+            probes = [(1 << k) - 1 for k in range(hi.bit_length()) if (1 << k) - 1 < hi]
+            lo, hi = self._narrow(nsfd, keys, probes, lo, hi)
+        while hi - lo > width:
+            step = (hi - lo) / (width + 1)
+            probes = sorted({lo + int(step * (i + 1)) for i in range(width)})
+            lo, hi = self._narrow(nsfd, keys, probes, lo, hi)
+        if hi > lo:
+            lo += sum(itertools.takewhile(bool, self._exist(nsfd, keys[lo:hi], True)))
+        return lo
+
+    def _narrow(self, nsfd: int, keys: Sequence[bytes], probes: list[int], lo: int,
+                hi: int) -> tuple[int, int]:
+        for i, ok in zip(probes, self._exist(nsfd, [keys[i] for i in probes], False)):
+            if not ok:
+                return lo, i
+            lo = i + 1
+        return lo, hi
 
     def lookup_async(self, keys: Sequence[bytes]) -> Future[int]:
         """:meth:`lookup` on the load pool: a scheduler can poll ``done()`` and ask again later."""

@@ -97,10 +97,15 @@ def _lookup_table(lookup: dict[str, Any]) -> list[str]:
              "-" if target is None else f"<={target:g} ms",
              "" if meets is None else ("met" if meets else "MISSED")]
             for label, s, target, meets in _lookup_rows(lookup)]
+    trips = [f"{where}: {d['round_trips']} round trips, {d['existence_checks']} checks"
+             for where, d in (("same dir", lookup["same_dir"]),
+                              ("other mount", lookup["other_mount"]))
+             if d and "round_trips" in d]
     return [f"lookup of a {lookup['chunks']}-chunk chain "
             f"({fmt_size(lookup['segment_bytes'])} objects, published at "
             f"{lookup['publish_objects_per_s']:.0f} objects/s)",
-            format_table(cols, rows, indent="  ")]
+            format_table(cols, rows, indent="  ")] + \
+        ([f"  a cold lookup: {'; '.join(trips)}"] if trips else [])
 
 
 def format_report(results: list[dict[str, Any]], verify: dict[str, Any] | None,
