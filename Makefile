@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 QUEUED_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup bench bench-store bench-vllm lint test clean
+.PHONY: setup bench bench-store bench-vllm bench-serve lint test clean
 setup:
 	./scripts/setup.sh
 
@@ -59,6 +59,22 @@ bench-vllm: setup
 		[ -d "$$A" ] && B="--dir-b $$A"; fi; \
 	.venv/bin/python -m yrcache.bench.vllm.queued --dir $(BENCH_DIR) $$B \
 		--json $(BENCH_DIR)/vllm_queued.json $(filter --quick,$(BENCH_ARGS)) $(QUEUED_ARGS)
+
+# `vllm serve` under many chat users (native vs yrcache async vs sync, users within a TTFT SLO),
+# then, when the MooseFS mounts are up, two servers per system on the two mounts behind a router
+SERVE_ARGS ?= --shape 100m --users 1,2,4,8,16 --turns 6 --user 256 --answer 16 --think 2
+bench-serve: setup
+	mkdir -p $(BENCH_DIR)
+	.venv/bin/python -m yrcache.bench.serve_bench --dir $(BENCH_DIR) \
+		--out $(BENCH_DIR)/serve $(SERVE_ARGS) $(BENCH_ARGS)
+	@if [ -f $(MFS_MOUNTS) ]; then \
+		IFS=: read -r A B < $(MFS_MOUNTS); \
+		if [ -d "$$A" ] && [ -d "$$B" ]; then \
+			.venv/bin/python -m yrcache.bench.serve_bench --dir "$$A" --dir-b "$$B" \
+				--systems native,async --out $(BENCH_DIR)/serve_2nodes $(SERVE_ARGS) \
+				$(BENCH_ARGS); \
+		fi; \
+	fi
 
 # On an H100/H200 (no registry there): run scripts/gpu_debs.sh here first and carry .debs along.
 gpu-check:

@@ -70,8 +70,10 @@ def chunk_keys(root: Path, tokens: list[int], salt: str | None = None) -> tuple[
     return ns, chain_keys(start, tokens, ns.chunk_tokens)
 
 
-def engine(model: Path, root: Path, mode: str, log: Path, **kw) -> Engine:
-    return Engine(model, {"root": str(root), "mode": mode, **LOAD}, log=log, **kw)
+def engine(model: Path, root: Path, mode: str, log: Path, on_bad_root: str = "fail",
+           **kw) -> Engine:
+    return Engine(model, {"root": str(root), "mode": mode, "on_bad_root": on_bad_root, **LOAD},
+                  log=log, **kw)
 
 
 def overwrite_with(root: Path, ns: Namespace, dst_keys: list[bytes], src_keys: list[bytes]) -> None:
@@ -261,14 +263,14 @@ def test_load_faults_recompute_and_output_is_unchanged(model: Path, tmp_path: Pa
 
 def test_unusable_root_disables_and_read_only_root_loads(model: Path, tmp_path: Path,
                                                          ro_bind) -> None:
-    """A root that is a file: both roles disable the connector with one line naming the root,
-    and vLLM serves on. A read-only root (a consumer node): prefixes stored by another engine are
-    loaded, with identical output, and nothing is written."""
+    """A root that is a file, with on_bad_root="serve": both roles disable the connector with
+    one line naming the root, and vLLM serves on. A read-only root (a consumer node): prefixes
+    stored by another engine are loaded, with identical output, and nothing is written."""
     log = tmp_path / "vllm.log"
     P, Q = rand_tokens(1100, 70), rand_tokens(1100, 71)
     bad = tmp_path / "not-a-dir"
     bad.write_bytes(b"keep")
-    with engine(model, bad, "async", log) as e:
+    with engine(model, bad, "async", log, on_bad_root="serve") as e:
         (ref,) = e.generate([P])
         st = e.call("stats")
         assert str(bad) in st["disabled"] and str(bad) in st["scheduler_disabled"]
@@ -294,14 +296,15 @@ def test_unusable_root_disables_and_read_only_root_loads(model: Path, tmp_path: 
 def test_vllm_serve_unusable_root_serves_and_read_only_root_loads(model: Path, tmp_path: Path,
                                                                   ro_bind) -> None:
     """The same through `vllm serve` (the OpenAI API server, engine core and worker in their own
-    processes, HTTP): a root that is a file disables the connector with one line in the server's
-    own output and requests are answered; a read-only mount of a populated root loads the prefix,
-    and the tokens equal both the recomputed ones and vLLM's own prefix hit of the same length."""
+    processes, HTTP): a root that is a file, under on_bad_root="serve", disables the connector
+    with one line in the server's own output and requests are answered; a read-only mount of a
+    populated root loads the prefix, and the tokens equal both the recomputed ones and vLLM's own
+    prefix hit of the same length. (The default, a failed start-up: test_vllm_serve.)"""
     log = tmp_path / "serve.log"
     P = rand_tokens(1100, 80)
     bad = tmp_path / "not-a-dir"
     bad.write_bytes(b"keep")
-    with Server(model, bad, log) as s:
+    with Server(model, bad, log, on_bad_root="serve") as s:
         miss = s.complete(P)
         assert miss["cached"] == 0 and len(miss["tokens"]) == 8
     text = log.read_text(errors="replace")

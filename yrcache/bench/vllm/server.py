@@ -16,17 +16,27 @@ from typing import Any
 from .engine import child_env
 
 
+def yrcache_kv_config(connector: dict[str, Any], role: str = "kv_both") -> dict[str, Any]:
+    """vLLM's ``--kv-transfer-config`` for yrcache with ``connector`` as its extra config."""
+    return {"kv_connector": "YRCacheConnector",
+            "kv_connector_module_path": "yrcache.integrations.vllm", "kv_role": role,
+            "kv_connector_extra_config": connector}
+
+
 class Server:
     """A server of ``model``; ``connector``: yrcache's ``kv_connector_extra_config`` (None: vLLM
-    alone)."""
+    alone), or ``kv_config``: a whole ``--kv-transfer-config`` (another connector); ``env``:
+    more environment for the server's processes."""
 
     def __init__(self, model: str | Path, connector: dict[str, Any] | None, log: Path, *,
                  timeout: float = 300, max_model_len: int = 4096,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), kv_config: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        env = child_env()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = child_env(**(env or {}))
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")   # the server's default: separate processes
         self.model, self.log = str(model), log
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
@@ -34,10 +44,9 @@ class Server:
                "--max-model-len", str(max_model_len), "--port", str(self.port),
                "--enable-prompt-tokens-details", *args]
         if connector is not None:
-            cmd += ["--kv-transfer-config", json.dumps({
-                "kv_connector": "YRCacheConnector",
-                "kv_connector_module_path": "yrcache.integrations.vllm", "kv_role": "kv_both",
-                "kv_connector_extra_config": connector})]
+            kv_config = yrcache_kv_config(connector)
+        if kv_config is not None:
+            cmd += ["--kv-transfer-config", json.dumps(kv_config)]
         self.command = cmd
         self._out = open(log, "ab")
         t0 = time.monotonic()
@@ -109,4 +118,4 @@ class Server:
         self.close()
 
 
-__all__ = ["Server"]
+__all__ = ["Server", "yrcache_kv_config"]

@@ -204,6 +204,13 @@ def request_fingerprint(request: Any) -> tuple[dict[str, str] | None, str]:
     return extras, ""
 
 
+def worker_shutdown_timeout() -> float:
+    """Seconds vLLM's multiprocess executor lets a worker process exit at shutdown before it
+    sends SIGTERM, then SIGKILL 4 s later (VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS, default 5)."""
+    import vllm.envs
+    return float(vllm.envs.VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS)
+
+
 def set_load_failure_policy(vllm_config: Any, policy: str) -> bool:
     """vLLM 0.32 fails a request whose KV load failed unless ``kv_load_failure_policy`` is
     "recompute", and its default is "fail". A pydantic dataclass does not record whether the user

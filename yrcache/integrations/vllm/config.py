@@ -63,6 +63,10 @@ class ConnectorConfig:
     #: what vLLM does when a load fails: "recompute" the missing blocks (the connector sets
     #: vLLM's kv_load_failure_policy to this; vLLM 0.32's own default, "fail", ends the request)
     load_failure_policy: str = "recompute"
+    #: a root that cannot be used at start-up (not a directory, cannot be created or opened;
+    #: a producer's root it cannot write): "fail" stops vLLM's start-up with one message naming
+    #: the root, "serve" logs it and serves without the cache (a node whose shared mount is late)
+    on_bad_root: str = "fail"
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -78,6 +82,9 @@ class ConnectorConfig:
         if self.load_failure_policy not in ("recompute", "fail"):
             raise ValueError(f"yrcache connector: load_failure_policy must be 'recompute' or "
                              f"'fail', got {self.load_failure_policy!r}")
+        if self.on_bad_root not in ("fail", "serve"):
+            raise ValueError(f"yrcache connector: on_bad_root must be 'fail' or 'serve', got "
+                             f"{self.on_bad_root!r}")
         if self.backend not in ("auto", "uring", "psync"):
             raise ValueError(f"yrcache connector: backend must be auto, uring or psync, got "
                              f"{self.backend!r}")

@@ -21,6 +21,12 @@ COUNTERS: dict[str, tuple[str, str | None, dict[str, str | None]]] = {
     "vllm:yrcache_lookup_misses": (
         "Requests whose lookup found no stored KV past what vLLM's own prefix cache held.",
         None, {"requests_miss": None}),
+    "vllm:yrcache_lookup_round_trips": (
+        "Rounds of parallel existence checks the scheduler's lookups sent to the cache root.",
+        None, {"lookup_round_trips": None}),
+    "vllm:yrcache_lookup_existence_checks": (
+        "Existence checks (one metadata operation each) the scheduler's lookups made.", None,
+        {"lookup_existence_checks": None}),
     "vllm:yrcache_loaded_tokens": (
         "Prompt tokens whose KV was planned to load from yrcache.", None, {"load_tokens": None}),
     "vllm:yrcache_loaded_bytes": (

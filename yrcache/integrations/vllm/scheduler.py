@@ -107,12 +107,19 @@ class SchedulerSide:
             for h, tns in dep.tails.items():
                 if h in self.stores:
                     self.tail_stores[h] = Store(cfg.root, tns, janitor_period=0)
-        except (OSError, ValueError) as e:   # like the workers: vLLM serves on without the cache
+        except (OSError, ValueError) as e:
             self.disabled = f"cache root {cfg.root!r} is unusable: {e}"
-            logger.error("yrcache: connector DISABLED: %s", self.disabled)
             self._close_stores()
         #: a root this process can read but not write: loads only, no store is planned
         self.load_only = any(s.read_only for s in self.stores.values())
+        if self.load_only and role == "kv_producer":   # a producer that can store nothing
+            self.disabled = f"cache root {cfg.root!r} is not writable and kv_role is kv_producer"
+            self._close_stores()
+        if self.disabled:
+            if cfg.on_bad_root == "fail":   # a configuration error: said once, before serving
+                raise ValueError(f"yrcache connector: {self.disabled} (on_bad_root='serve' "
+                                 f"serves without the cache instead)")
+            logger.error("yrcache: connector DISABLED: %s", self.disabled)   # vLLM serves on
         if role in ("kv_producer", "kv_consumer") and not self.disabled:
             logger.info("yrcache: kv_role %s: %s", role, "stores only, never looks up or loads"
                         if role == "kv_producer" else "loads only, never stores")
@@ -122,12 +129,8 @@ class SchedulerSide:
             logger.warning("yrcache: cache root %s is load-only here (not writable): prefixes "
                            "stored by others are loaded, nothing is stored", cfg.root)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="yrcache-lookup")
-        if not self.disabled and not self.load_only and cfg.mode == "async" and \
-                getattr(vllm_config, "shutdown_timeout", None) == 0:
-            logger.info("yrcache: vLLM's shutdown timeout is 0 (--shutdown-timeout, vLLM's "
-                        "default): a server stopped with SIGTERM ends its engine at once, and "
-                        "stores still being written are lost (later misses, never wrong KV); "
-                        "start it with --shutdown-timeout 30 to let them drain")
+        if not self.disabled and not self.load_only and cfg.mode == "async":
+            self._log_shutdown_budget(getattr(vllm_config, "shutdown_timeout", None))
         if not self.disabled:
             prestart(self._pool)   # the first request does not pay for thread starts
             for s in (*self.stores.values(), *self.tail_stores.values()):
@@ -146,6 +149,7 @@ class SchedulerSide:
         self._async_gathers = compat.device_type() != "cpu"
         self._lock = threading.Lock()
         self._stats: dict[str, int] = {}
+        self._lookup_seen = (0, 0)   # (round trips, existence checks) counted in _stats
         self.totals: dict[str, int] = {}   # the same counters since start (tests, benchmarks)
         chunk_bytes = max((s.layout.segment_bytes(self.chunk) * s.layout.num_layers
                            for s in dep.spaces), default=0)
@@ -406,13 +410,43 @@ class SchedulerSide:
         return True
 
     def stats(self) -> YRCacheStats | None:
+        self._count_lookup_work()
         with self._lock:
             data, self._stats = self._stats, {}
         return YRCacheStats(data=data) if data else None
 
+    def _count_lookup_work(self) -> None:
+        """The lookup stores' round trips and existence checks since the last call: what this
+        scheduler cost the file system's metadata server."""
+        rounds = checks = 0
+        for store in (*self.stores.values(), *self.tail_stores.values()):
+            c = store.stats()
+            rounds, checks = rounds + c["lookup_rounds"], checks + c["lookup_stats"]
+        seen_rounds, seen_checks = self._lookup_seen
+        if rounds > seen_rounds or checks > seen_checks:
+            self._lookup_seen = (rounds, checks)
+            self._bump("lookup_round_trips", rounds - seen_rounds,
+                       lookup_existence_checks=checks - seen_checks)
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._close_stores()
+
+    def _log_shutdown_budget(self, server_timeout: float | None) -> None:
+        """Say at start-up when vLLM's shutdown would cut the drain of stores in flight short."""
+        if server_timeout == 0:
+            logger.info("yrcache: vLLM's shutdown timeout is 0 (--shutdown-timeout, vLLM's "
+                        "default): a server stopped with SIGTERM ends its engine at once, and "
+                        "stores still being written are lost (later misses, never wrong KV); "
+                        "start it with --shutdown-timeout 30 to let them drain")
+            return
+        worker = compat.worker_shutdown_timeout() if server_timeout else None
+        if worker is not None and worker < self.cfg.drain_timeout_s:
+            logger.info("yrcache: vLLM gives a worker process %g s to exit at shutdown "
+                        "(VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS), then kills it: stores still "
+                        "being written after that are lost (later misses, never wrong KV); set it "
+                        "to %g (drain_timeout_s) to let them drain", worker,
+                        self.cfg.drain_timeout_s)
 
     def _close_stores(self) -> None:
         for s in (*self.stores.values(), *self.tail_stores.values()):

@@ -138,7 +138,10 @@ class WorkerSide:
     def register(self, kv_caches: dict[str, Any]) -> None:
         try:
             self._register(kv_caches)
-        except _RootUnusableError as e:   # as the scheduler side does: vLLM serves on without it
+        except _RootUnusableError as e:   # as the scheduler side does
+            if self.cfg.on_bad_root == "fail":
+                raise ValueError(f"yrcache connector: {e} (on_bad_root='serve' serves without "
+                                 f"the cache instead)") from None
             self.disabled = str(e)
             logger.error("yrcache: connector DISABLED on this worker: %s", self.disabled)
         except Exception as e:  # noqa: BLE001 - never take vLLM down: disable, loudly
