@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(build-essential cmake ninja-build pkg-config liburing-dev libxxhash-dev fio libseccomp2 util-linux
+PKGS=(build-essential cmake ninja-build pkg-config liburing-dev libxxhash-dev fio strace libseccomp2 util-linux
       python3-venv python3-dev)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

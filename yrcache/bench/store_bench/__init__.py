@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The object store path (:class:`yrcache.store.Store`) against fio on the same file system.
 
-Four measurements, in one run, in one temporary directory under ``--dir`` (removed at the end):
+Five measurements, in one run, in one temporary directory under ``--dir`` (removed at the end):
 
 * **store**: publish N objects (default 32 × 32 MiB: one 256-token chunk of an 8B-class model,
   32 layers × 1 MiB segments) through ``Store.put`` (checksums, header, O_DIRECT writes, fsync,
@@ -17,6 +17,9 @@ Four measurements, in one run, in one temporary directory under ``--dir`` (remov
 * **lookup**: ``Store.lookup`` of a 512-chunk chain (small objects: only existence matters):
   warm (in-process index), cold from fresh processes on the same directory, and with
   ``--mount-b`` cold from fresh processes on the other mount of a shared file system.
+* **metaops**: the metadata system calls per put, get and lookup (512-chunk chain), counted
+  with ``strace -f`` in a fresh process (skipped, and said so, without strace; ``--no-metaops``
+  skips it): what a shared file system's metadata server must answer per operation.
 
 Our runs and fio's alternate in pairs (pair *i*: ours first when *i* is even), medians of
 ``--pairs`` pairs. The page cache is dropped before every read run when possible (root). See

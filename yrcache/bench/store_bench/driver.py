@@ -17,7 +17,7 @@ from yrcache.store.format import segment_offsets
 from ...envs import parse_size
 from ..common import Notes, fs_of, sysinfo, usable_dir
 from . import __doc__ as package_doc
-from . import bandwidth, report
+from . import bandwidth, metaops, report
 from .fio import FIO_MAPPING
 from .fio import command as fio_cmd
 from .fio import setup_files as fio_setup_files
@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="further lookups per process, index_ttl=0 (default 10; --quick 5)")
     p.add_argument("--lookup-drop-caches", action="store_true",
                    help="drop the kernel caches before every fresh lookup process")
+    p.add_argument("--metaops-n", type=int, default=32,
+                   help="metaops: puts and gets of each kind under strace (default 32)")
+    p.add_argument("--metaops-chunks", type=int, default=512,
+                   help="metaops: chain length of the traced lookups (default 512)")
+    p.add_argument("--no-metaops", action="store_true",
+                   help="skip the metadata-operations phase (strace), as --ops without metaops")
     p.add_argument("--json", metavar="PATH", help="write results as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG (needs matplotlib)")
     p.add_argument("--keep-files", action="store_true", help="leave the temp dir in --dir")
@@ -85,6 +91,8 @@ def _apply_defaults(a: argparse.Namespace) -> None:
     a.lookup_stat_reps = a.lookup_stat_reps if a.lookup_stat_reps is not None else (5 if q else 10)
     a.load_window = a.load_window or 2 * a.load_threads
     a.fio_jobs = a.fio_jobs or a.store_threads
+    if a.no_metaops:
+        a.ops = [o for o in a.ops if o != "metaops"]
 
 
 def _errors(a: argparse.Namespace, fio: str | None) -> list[str]:
@@ -92,8 +100,10 @@ def _errors(a: argparse.Namespace, fio: str | None) -> list[str]:
     errs = [f"unknown op {o!r} (use {','.join(OPS)})" for o in a.ops if o not in OPS]
     errs += [f"--{n.replace('_', '-')} must be >= 1" for n in
              ("objects", "layers", "pairs", "qd", "store_threads", "load_threads", "load_window",
-              "fio_jobs", "lookup_chunks", "lookup_reps", "lookup_procs")
+              "fio_jobs", "lookup_chunks", "lookup_reps", "lookup_procs", "metaops_n",
+              "metaops_chunks")
              if getattr(a, n) < 1]
+    errs += ["--metaops-n must be <= 4096"] if a.metaops_n > 4096 else []
     errs += ["--segment-bytes and --lookup-segment-bytes must be positive multiples of 4096"] \
         if min(a.segment_bytes, a.lookup_segment_bytes) <= 0 or \
         (a.segment_bytes | a.lookup_segment_bytes) % 4096 else []
@@ -149,16 +159,20 @@ def _bandwidth_rows(b: Bench, rows: list[Row], ops: list[str], note: Notes) -> N
         bandwidth.run_row(b, r)
 
 
-def _run(b: Bench, rows: list[Row], ops: list[str], note: Notes) -> dict[str, Any] | None:
-    """The bandwidth rows, then the lookups; the temp dir is removed (or kept) either way."""
+def _run(b: Bench, rows: list[Row], ops: list[str],
+         note: Notes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The bandwidth rows, then the lookups, then the metadata operations; the temp dir is
+    removed (or kept) either way."""
     a = b.a
-    lookup = None
+    lookup = meta = None
     try:
         b.open()
         b.drop_cache()  # probe once: notes why not
         _bandwidth_rows(b, rows, ops, note)
         if "lookup" in ops:
             lookup = run_lookups(b, a.mount_b, a.mount_a)
+        if "metaops" in ops:
+            meta = metaops.run(b)
     finally:
         if sys.stderr.isatty():
             print(file=sys.stderr)
@@ -167,7 +181,7 @@ def _run(b: Bench, rows: list[Row], ops: list[str], note: Notes) -> dict[str, An
             b.cleanup()
         else:
             note(f"files kept in {b.root}")
-    return lookup
+    return lookup, meta
 
 
 def _config(b: Bench, ops: list[str], local: bool, elapsed: float,
@@ -210,25 +224,26 @@ def main(argv: list[str] | None = None) -> int:
     ops = [o for o in OPS if o in a.ops]
 
     b = Bench(a, fio, notes)
-    rows = [Row(o) for o in ops if o != "lookup"]
+    rows = [Row(o) for o in ops if o not in ("lookup", "metaops")]
     runs_per_row = a.pairs * (2 if fio else 1)
     b._progress.total = len(rows) * runs_per_row + (
-        2 + a.lookup_procs * (2 if a.mount_b else 1) if "lookup" in ops else 0)
+        2 + a.lookup_procs * (2 if a.mount_b else 1) if "lookup" in ops else 0) + (
+        "metaops" in ops)
     t0 = time.monotonic()
-    lookup = _run(b, rows, ops, notes)
+    lookup, meta = _run(b, rows, ops, notes)
     elapsed = time.monotonic() - t0
     results = report.results(b, rows)
     verify = report.verify_result(b, results)
-    print(report.format_report(results, verify, lookup, local))
+    print(report.format_report(results, verify, lookup, local, meta))
     for n in notes:
         print(f"note: {n}")
-    print(f"{len(rows)} bandwidth ops x {a.pairs} pairs{', lookups' if lookup else ''}, "
-          f"{elapsed:.1f} s")
+    print(f"{len(rows)} bandwidth ops x {a.pairs} pairs{', lookups' if lookup else ''}"
+          f"{', metadata operations' if meta else ''}, {elapsed:.1f} s")
     if a.json:
         doc = {"schema": 1, "bench": "store", "sysinfo": sysi,
                "fs_mount_b": fs_of(a.mount_b) if a.mount_b else None,
                "config": _config(b, ops, local, elapsed, notes),
-               "results": results, "verify": verify, "lookup": lookup}
+               "results": results, "verify": verify, "lookup": lookup, "metaops": meta}
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, indent=1)
     if a.plot:

@@ -21,7 +21,7 @@ from ..common import Progress, summarize
 
 GB = 1e9
 MIB = 1 << 20
-OPS = ("store", "load", "load_layer", "lookup")
+OPS = ("store", "load", "load_layer", "lookup", "metaops")
 TARGET_RATIO = 0.9              # store and load >= 0.9x fio (local file system)
 NETWORK_FS = ("fuse", "nfs", "nfs4", "cifs", "smb3", "ceph", "lustre", "gpfs", "9p", "glusterfs",
               "beegfs", "moosefs")

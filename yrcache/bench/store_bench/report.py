@@ -10,6 +10,7 @@ from yrcache.store.format import CHECKSUM_IMPL
 
 from ..common import Bars, Panel, fmt_size, format_table, num, plot_bars, spread, throughput_summary
 from .harness import GB, TARGET_RATIO, Bench, Row, Sample
+from .metaops import format_table_lines as metaops_lines
 
 
 def _summary(samples: list[Sample]) -> dict[str, Any] | None:
@@ -109,7 +110,8 @@ def _lookup_table(lookup: dict[str, Any]) -> list[str]:
 
 
 def format_report(results: list[dict[str, Any]], verify: dict[str, Any] | None,
-                  lookup: dict[str, Any] | None, local: bool) -> str:
+                  lookup: dict[str, Any] | None, local: bool,
+                  meta: dict[str, Any] | None = None) -> str:
     lines = _bandwidth_table(results, local) if results else []
     if verify:
         fr = [f"{100 * verify[k]:.1f}% of {k[12:]} time" for k in
@@ -118,6 +120,8 @@ def format_report(results: list[dict[str, Any]], verify: dict[str, Any] | None,
                      f"{verify['gbps_median']:.2f} GB/s = " + ", ".join(fr))
     if lookup:
         lines += _lookup_table(lookup)
+    if meta:
+        lines += metaops_lines(meta)
     return "\n".join(lines)
 
 
