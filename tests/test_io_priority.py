@@ -137,3 +137,32 @@ def test_close_cancel_drains_both_lanes(backend, data_dir):
         assert all(isinstance(fu.exception(), yrcache.CancelledError) for fu in futs)
         assert eng._c.inflight() == 0
         f.close()
+
+
+@pytest.mark.parametrize("reads_per_file", [None, "0"])
+def test_reads_spread_over_files(backend, data_dir, monkeypatch, reads_per_file):
+    """A whole-file read queued first takes at most 2 of the 8 slots while another file's read
+    waits: that read is issued third and completes before the big one (on a FUSE file system,
+    reads spread over files are served much faster than the same number on one file).
+    YRCACHE_READS_PER_FILE=0 restores plain FIFO: the small read is issued after all 16 pieces."""
+    if reads_per_file is not None:
+        monkeypatch.setenv("YRCACHE_READS_PER_FILE", reads_per_file)
+    with make(backend, queue_depth=8, chunk_bytes=MiB, max_inflight_bytes=64 * MiB) as eng, \
+            eng.open(data_dir / "a.bin", "w+") as a, eng.open(data_dir / "b.bin", "w+") as b:
+        data = eng.alloc(16 * MiB)
+        np.frombuffer(data, np.uint8)[:] = np.arange(16 * MiB, dtype=np.uint64).astype(np.uint8)
+        assert eng.pwrite(a, data, 0).result(timeout=30) == 16 * MiB
+        assert eng.pwrite(b, memoryview(data)[:MiB], 0).result(timeout=30) == MiB
+        eng._inject_faults("read:delay30@1+")
+        order: list[str] = []
+        big, small = eng.alloc(16 * MiB), eng.alloc(MiB)
+        tasks = eng.stats()["tasks"]
+        record(order, "a", eng.pread(a, big, 0))
+        record(order, "b", eng.pread(b, small, 0))
+        drain(eng, order, 2)
+        assert bytes(big) == bytes(data) and bytes(small) == bytes(memoryview(data)[:MiB])
+        assert eng.stats()["tasks"] - tasks == 17
+        if reads_per_file is None:
+            assert order == ["b", "a"]
+        elif backend == "uring":   # psync workers may finish the last piece of a after b
+            assert order == ["a", "b"]

@@ -76,6 +76,9 @@ ENV: dict[str, Var] = {v.name: v for v in (
         "I/O backend: auto | uring | psync (also the vLLM connector's 'backend')"),
     Var("YRCACHE_QUEUE_DEPTH", 8, int, "kernel I/Os in flight per engine"),
     Var("YRCACHE_CHUNK_BYTES", 1 << 20, parse_size, "large requests are cut into pieces of this"),
+    Var("YRCACHE_READS_PER_FILE", 2, int, "reads of one file in flight before a queued read of "
+        "another file goes first (spreads reads over files: FUSE file systems serve that faster); "
+        "0: plain FIFO"),
     Var("YRCACHE_INFLIGHT_BYTES", 16 << 20, parse_size, "cap on bytes in flight per engine"),
     # the GPU data path
     Var("YRCACHE_GPU_COPY", "staged", _choice("staged", "mapped", "dma"),

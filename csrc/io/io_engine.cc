@@ -2,6 +2,7 @@
 #include "io/io_engine.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/align.h"
@@ -45,7 +46,11 @@ TaskQueue::TaskQueue(unsigned slots, std::size_t max_bytes)
     : slots_(std::max(1u, slots)),
       max_bytes_(max_bytes),
       write_slots_(std::max<std::size_t>(1, slots_ - std::max<std::size_t>(1, slots_ / 4))),
-      write_bytes_(max_bytes / 4 * 3) {}
+      write_bytes_(max_bytes / 4 * 3),
+      reads_per_file_(kReadsPerFile) {
+  if (const char* v = std::getenv("YRCACHE_READS_PER_FILE"); v && *v)
+    reads_per_file_ = static_cast<unsigned>(std::strtoul(v, nullptr, 10));
+}
 
 void TaskQueue::push(std::unique_ptr<Task> t) {
   (is_read(*t) ? reads_ : writes_).push_back(std::move(t));
@@ -56,12 +61,24 @@ std::unique_ptr<Task> TaskQueue::pop(const Inflight& now, bool* read_ahead) {
   if (now.tasks >= slots_) return nullptr;
   // A read also starts while no other read is in flight, whatever the writes hold: writes filling
   // the byte bound must not hold a load back (the bound is then exceeded by one piece at most).
-  if (!reads_.empty() &&
-      (now.bytes == now.write_bytes || fits(now.bytes, reads_.front()->len, max_bytes_))) {
-    *read_ahead = !writes_.empty();
-    std::unique_ptr<Task> t = std::move(reads_.front());
-    reads_.pop_front();
-    return t;
+  if (!reads_.empty()) {
+    // the first read whose file is not at its share of reads in flight, else the first read:
+    // reordering spreads the slots over files, it never leaves one idle
+    auto pick = reads_.begin();
+    const std::size_t scan = std::min(reads_.size(), kReadScan);
+    for (std::size_t i = 0; i < scan && reads_per_file_ && !now.reads_per_file.empty(); ++i) {
+      auto it = now.reads_per_file.find(reads_[i]->file);
+      if (it == now.reads_per_file.end() || it->second < reads_per_file_) {
+        pick = reads_.begin() + static_cast<std::ptrdiff_t>(i);
+        break;
+      }
+    }
+    if (now.bytes == now.write_bytes || fits(now.bytes, (*pick)->len, max_bytes_)) {
+      *read_ahead = !writes_.empty();
+      std::unique_ptr<Task> t = std::move(*pick);
+      reads_.erase(pick);
+      return t;
+    }
   }
   if (!writes_.empty() && now.write_tasks < write_slots_ &&
       fits(now.bytes, writes_.front()->len, max_bytes_) &&
@@ -240,6 +257,8 @@ void IoEngine::prepare_issue_locked(Task& t) {
   if (!TaskQueue::is_read(t)) {
     inflight_.write_tasks++;
     inflight_.write_bytes += t.len;
+  } else {
+    inflight_.reads_per_file[t.file]++;
   }
   stats_.tasks++;
   t.io_buf = t.user;
@@ -316,6 +335,10 @@ void IoEngine::finish_task(std::unique_ptr<Task> t) {
       if (!TaskQueue::is_read(*t)) {
         inflight_.write_tasks--;
         inflight_.write_bytes -= t->len;
+      } else {
+        auto it = inflight_.reads_per_file.find(t->file);
+        if (it != inflight_.reads_per_file.end() && --it->second == 0)
+          inflight_.reads_per_file.erase(it);
       }
     }
     stats_.retries += t->retries;

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "io/faults.h"
@@ -97,12 +98,17 @@ struct EngineStats {
 struct Inflight {
   std::size_t tasks = 0, bytes = 0;
   std::size_t write_tasks = 0, write_bytes = 0;
+  std::unordered_map<const FileHandle*, unsigned> reads_per_file;  // files with reads in flight
 };
 
 // Tasks waiting to be issued, in two lanes, so that a load never queues behind background stores:
 // reads are issued first, and writes (with fsync and fallocate) may hold only a share of the slots
 // and bytes in flight, so a read arriving behind a burst of writes finds a free slot at once. Each
-// lane is FIFO. Guarded by the engine mutex.
+// lane is FIFO, except that a read of a file that already has reads_per_file_ reads in flight lets
+// the first read of another file among the next kReadScan go first: a distributed file system's
+// FUSE client serves reads spread over files much faster than the same number on one file (on
+// MooseFS, fio reading one file at iodepth 8 gets 0.6x the rate of 4 files at iodepth 2), and a
+// whole-object get queues all its reads at once. Guarded by the engine mutex.
 class TaskQueue {
  public:
   // slots: tasks in flight at most (kernel I/Os, or workers); max_bytes: bytes in flight at most
@@ -110,6 +116,8 @@ class TaskQueue {
   // bytes.
   TaskQueue(unsigned slots, std::size_t max_bytes);
 
+  static constexpr unsigned kReadsPerFile = 2;  // default of YRCACHE_READS_PER_FILE (0: FIFO)
+  static constexpr std::size_t kReadScan = 64;
   static bool is_read(const Task& t) noexcept { return t.code == OpCode::Read; }
   void push(std::unique_ptr<Task> t);
   bool empty() const noexcept { return reads_.empty() && writes_.empty(); }
@@ -126,6 +134,7 @@ class TaskQueue {
   std::deque<std::unique_ptr<Task>> reads_, writes_;
   std::size_t slots_, max_bytes_;
   std::size_t write_slots_, write_bytes_;  // the write lane's share
+  unsigned reads_per_file_;                 // 0: plain FIFO
 };
 
 class IoEngine {
