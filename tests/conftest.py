@@ -19,6 +19,7 @@ from .helpers import require, uring_status
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    _parametrize_shared_fs(metafunc)
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", ["psync", pytest.param("uring", marks=pytest.mark.uring)],
                              indirect=True)
@@ -109,32 +110,42 @@ def ro_bind(tmp_path: Path):
 
 
 # ---- shared (distributed) file system: one FS mounted twice, standing for two nodes -----------
-# scripts/mfs_up.sh starts a throw-away MooseFS cluster and mounts it at these two paths (and
-# writes "A:B" to /tmp/yrcache-mfs/mounts); .ci/run exports YRCACHE_SHARED_MOUNTS.
-DEFAULT_SHARED_MOUNTS = (Path("/tmp/yrcache-mfs/mnt_a"), Path("/tmp/yrcache-mfs/mnt_b"))
-SHARED_FS_HINT = ("start one with `sudo bash scripts/mfs_up.sh` (its default mounts are found "
-                  "automatically; other mounts: YRCACHE_SHARED_MOUNTS=A:B), stop it with "
-                  "`sudo bash scripts/mfs_down.sh`")
+# Two real distributed file systems, each mounted twice on this machine (two "nodes"):
+# scripts/mfs_up.sh (MooseFS) and scripts/gluster_up.sh (GlusterFS), each writing "A:B" to its
+# mounts file. .ci/run starts both and exports YRCACHE_SHARED_MOUNTS="moosefs=A:B,glusterfs=C:D".
+DEFAULT_SHARED_MOUNTS = {
+    "moosefs": (Path("/tmp/yrcache-mfs/mnt_a"), Path("/tmp/yrcache-mfs/mnt_b")),
+    "glusterfs": (Path("/tmp/yrcache-gluster/mnt_a"), Path("/tmp/yrcache-gluster/mnt_b")),
+}
+SHARED_FS_HINT = ("start them with `sudo bash scripts/mfs_up.sh` and `sudo bash "
+                  "scripts/gluster_up.sh` (their default mounts are found automatically; other "
+                  "mounts: YRCACHE_SHARED_MOUNTS=A:B or name=A:B,name=C:D), stop them with the "
+                  "matching *_down.sh")
 SHARED_FIXTURES = ("shared_mounts", "shared_dirs")
 
 
-def _shared_mounts() -> tuple[tuple[Path, Path] | None, str]:
+def _shared_file_systems() -> tuple[dict[str, tuple[Path, Path]], str]:
+    """name -> (mount_a, mount_b) of every shared file system to test on, and why there is none."""
     env = os.environ.get("YRCACHE_SHARED_MOUNTS")
     if env:
-        parts = env.split(":")
-        if len(parts) != 2 or not all(parts):
-            return None, f"YRCACHE_SHARED_MOUNTS={env!r} is not of the form A:B"
-        a, b = Path(parts[0]), Path(parts[1])
-        # An explicit setting is trusted to be two views of one FS (the same local dir twice is
-        # a valid control run); it only has to exist. A dead FUSE mount fails here (ENOTCONN).
-        missing = [str(m) for m in (a, b) if not m.is_dir()]
-        if missing:
-            return None, f"YRCACHE_SHARED_MOUNTS: not a usable directory: {', '.join(missing)}"
-        return (a, b), ""
-    a, b = DEFAULT_SHARED_MOUNTS
-    if os.path.ismount(a) and os.path.ismount(b):  # False for a dead FUSE mount too
-        return (a, b), ""
-    return None, f"no shared file system mounted at {a} and {b}"
+        out: dict[str, tuple[Path, Path]] = {}
+        for i, item in enumerate(env.split(",")):
+            name, _, pair = item.rpartition("=")
+            parts = pair.split(":")
+            if len(parts) != 2 or not all(parts):
+                return {}, f"YRCACHE_SHARED_MOUNTS={env!r}: {item!r} is not of the form [name=]A:B"
+            a, b = Path(parts[0]), Path(parts[1])
+            # An explicit setting is trusted to be two views of one FS (the same local dir twice
+            # is a valid control run); it only has to exist. A dead FUSE mount fails (ENOTCONN).
+            missing = [str(m) for m in (a, b) if not m.is_dir()]
+            if missing:
+                return {}, f"YRCACHE_SHARED_MOUNTS: not a usable directory: {', '.join(missing)}"
+            out[name or f"fs{i}"] = (a, b)
+        return out, ""
+    found = {name: (a, b) for name, (a, b) in DEFAULT_SHARED_MOUNTS.items()
+             if os.path.ismount(a) and os.path.ismount(b)}   # False for a dead FUSE mount too
+    return found, "" if found else "no shared file system mounted at " + " or ".join(
+        f"{a} and {b}" for a, b in DEFAULT_SHARED_MOUNTS.values())
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -145,15 +156,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.shared_fs)
 
 
+def _parametrize_shared_fs(metafunc: pytest.Metafunc) -> None:
+    """Store-level shared-FS tests run on every shared file system found; the (slow) vLLM ones
+    on the first only."""
+    if not any(f in metafunc.fixturenames for f in SHARED_FIXTURES):
+        return
+    names = list(_shared_file_systems()[0]) or ["none"]
+    if metafunc.definition.get_closest_marker("vllm") or any(
+            m.name == "vllm" for m in getattr(metafunc.module, "pytestmark", [])):
+        names = names[:1]
+    metafunc.parametrize("shared_fs", names, scope="session")
+
+
 @pytest.fixture(scope="session")
-def shared_mounts() -> tuple[Path, Path]:
-    """(mount_a, mount_b): two mounts of one distributed FS (two "nodes"). Source:
-    YRCACHE_SHARED_MOUNTS="A:B", else /tmp/yrcache-mfs/mnt_{a,b} if both are mount points;
-    otherwise the test skips (fails in CI)."""
-    mounts, why = _shared_mounts()
-    require(mounts is not None, f"shared file system not available ({why}); {SHARED_FS_HINT}")
-    assert mounts is not None
-    return mounts
+def shared_mounts(shared_fs: str) -> tuple[Path, Path]:
+    """(mount_a, mount_b): two mounts of one distributed FS (two "nodes"), for each file system
+    found (``shared_fs`` names it). Source: YRCACHE_SHARED_MOUNTS="[name=]A:B[,...]", else the
+    default mounts of scripts/mfs_up.sh and scripts/gluster_up.sh that are mounted; otherwise the
+    test skips (fails in CI)."""
+    found, why = _shared_file_systems()
+    require(shared_fs in found, f"shared file system not available ({why}); {SHARED_FS_HINT}")
+    return found[shared_fs]
 
 
 @pytest.fixture

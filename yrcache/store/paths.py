@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -122,11 +123,25 @@ def open_dir(dirfd: int, rel: str, *, create: bool = False) -> int:
     """A readable descriptor of directory ``rel`` beneath ``dirfd`` (no symlinks followed),
     creating missing components (mode 0755) when asked. The caller closes it."""
     flags = os.O_RDONLY | os.O_DIRECTORY
-    try:
+    if not create:
         return open_beneath(dirfd, rel, flags)
-    except FileNotFoundError:
-        if not create:
-            raise
+    # On GlusterFS, directories two clients make at the same moment settle on one identity: for
+    # a few milliseconds the other client's mkdir, open or descriptor answers ESTALE (or ENOENT
+    # after EEXIST). Walk again from dirfd, a little later, instead of failing a put.
+    for delay in (0.001, 0.005, 0.02, 0.1, 0.3, 0.6, 0.0):
+        try:
+            try:
+                return open_beneath(dirfd, rel, flags)
+            except FileNotFoundError:
+                return _make_dirs(dirfd, rel, flags)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESTALE) or not delay:
+                raise
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _make_dirs(dirfd: int, rel: str, flags: int) -> int:
     cur = os.dup(dirfd)
     try:
         for comp in rel.split("/"):

@@ -7,6 +7,7 @@ a dropped store is counted and logged.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import time
@@ -94,11 +95,20 @@ class Writer:
             finally:
                 f.close()
             shard, name = paths.object_location(key.hex())
-            with paths.opened_dir(st.nsfd, shard, create=True) as d:
-                os.rename(tmp, name, src_dir_fd=st.tmpfd, dst_dir_fd=d)
-                published = True
-                if st.durable:
-                    os.fsync(d)
+            for attempt in range(3):
+                with paths.opened_dir(st.nsfd, shard, create=True) as d:
+                    try:
+                        os.rename(tmp, name, src_dir_fd=st.tmpfd, dst_dir_fd=d)
+                    except OSError as e:
+                        # GlusterFS: a shard directory two clients made at once keeps one
+                        # identity; a descriptor of the other answers ESTALE. Open it anew.
+                        if e.errno != errno.ESTALE or attempt == 2:
+                            raise
+                        continue
+                    published = True
+                    if st.durable:
+                        os.fsync(d)
+                break
         except OSError as e:
             e.published = published  # type: ignore[attr-defined]
             if not published:
