@@ -226,7 +226,7 @@ def final_tokens(a: argparse.Namespace) -> int:
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = [("system", "<8"), ("users", ">6"), ("req", ">5"), ("err", ">4"),
-            ("TTFT p50", ">9"), ("p90", ">7"), ("p99", ">7"), ("turn0 p50", ">10"),
+            ("TTFT p50", ">10"), ("p90", ">9"), ("p99", ">9"), ("turn0 p50", ">10"),
             ("later p50", ">10"), ("req/s", ">7"), ("out tok/s", ">10"), ("hit%", ">6"),
             ("/metrics hit%", ">14"), ("objects loaded", ">15"), ("lookup RTs", ">11")]
     return format_table(cols, ([
