@@ -63,7 +63,7 @@ class Run:
 
 
 async def _request(session: Any, url: str, model: str, prompt: list[int], w: Workload,
-                   salt: str, rec: Turn, t0: float) -> list[int]:
+                   salt: str, rec: Turn) -> list[int]:
     """One streamed completion; fills ``rec`` and returns the answer's token ids."""
     body = {"model": model, "prompt": prompt, "max_tokens": w.answer_tokens, "stream": True,
             "temperature": 0, "ignore_eos": True, "return_token_ids": True,
@@ -108,7 +108,7 @@ async def _user(i: int, session: Any, urls: list[str], model: str, w: Workload,
                    start=time.perf_counter() - t0)
         out.turns.append(rec)
         try:
-            answer = await _request(session, urls[server], model, history, w, salt, rec, t0)
+            answer = await _request(session, urls[server], model, history, w, salt, rec)
         except Exception as e:   # noqa: BLE001 - a failed turn is a result, not a crash
             rec.error, answer = f"{type(e).__name__}: {e}", []
         done(rec)
