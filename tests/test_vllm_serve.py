@@ -183,7 +183,8 @@ def test_serving_benchmark_smoke(tmp_path: Path) -> None:
     for name, r in rows.items():
         assert r["requests"] == 4 and r["errors"] == 0, r
         assert r["ttft_p50"] > 0 and r["output_tokens_per_s"] > 0
-        second = [t for t in r["run"]["turns"] if t["turn"] == 1]
+        assert r["reps"] == 1 and len(r["runs"]) == 1
+        second = [t for t in r["runs"][0]["run"]["turns"] if t["turn"] == 1]
         assert all(t["cached_tokens"] >= 256 for t in second), second
         assert "--kv-transfer-config" in " ".join(doc["servers"][name]["commands"][0]) \
             or name == "native"

@@ -16,15 +16,18 @@ few conversations: the GPU memory wall, so returning users' histories are gone f
 cache and native vLLM recomputes them while yrcache loads them.
 
 For each number of users N (``--users 1,2,4,8``) the systems run in turn (the order rotating), each
-with a fresh cache salt, so every run starts cold. Users arrive open-loop, think between turns and
-send their whole history each turn (yrcache.bench.vllm.users). With ``--dir-b``, every system gets
+with a fresh cache salt, so every run starts cold; ``--reps K`` repeats every N K times (systems
+still interleaved, each repetition with its own arrival seed) and reports medians over them.
+Users arrive open-loop, think between turns and send their whole history each turn
+(yrcache.bench.vllm.users). With ``--dir-b``, every system gets
 a second server on the second root (another mount of the same shared file system) and each turn
 goes to a random server: no session affinity.
 
 Reported per system and N: TTFT p50/p90/p99 (time to the first streamed token; all turns, and hit
 turns alone), requests/s and tokens/s, the hit rate from the responses
 (``usage.prompt_tokens_details.cached_tokens``) and from the servers' /metrics, yrcache's lookup
-round trips and loaded objects, and the servers' peak memory. The SLO: the largest N whose p90
+round trips and loaded objects, and the servers' peak memory; with ``--reps``, each the median over
+the repetitions, and the p90 TTFT of every repetition. The SLO: the largest N whose (median) p90
 TTFT is within ``--slo`` seconds; ``users per server`` is that N against native vLLM's.
 ``--scenario docqa``: each user sends a long document (``--first``) and asks ``--turns``
 questions about it; reported: the first question's TTFT (a miss) against later ones (hits).
@@ -134,6 +137,39 @@ def summarize_run(run: Run, before: dict[str, float], after: dict[str, float]) -
     }
 
 
+#: per-run figures that a row over repetitions reports as their median
+MEDIAN_KEYS = ("ttft_p50", "ttft_p90", "ttft_p99", "first_turn_ttft_p50", "hit_turn_ttft_p50",
+               "hit_turn_ttft_p90", "requests_per_s", "output_tokens_per_s",
+               "prompt_tokens_per_s", "wall_s", "hit_rate", "metrics_hit_rate")
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(x for x in xs if x == x)   # NaN (no such turns) left out
+    if not xs:
+        return float("nan")
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def combine_reps(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for one system and N over repeated runs: medians of the per-run figures (and of
+    the /metrics deltas), summed requests and errors, every run's p90 TTFT, and the runs."""
+    first = runs[0]
+    row: dict[str, Any] = {"system": first["system"], "users": first["users"],
+                           "reps": len(runs),
+                           "requests": sum(r["requests"] for r in runs),
+                           "errors": sum(r["errors"] for r in runs),
+                           "error_samples": sorted({e for r in runs
+                                                    for e in r["error_samples"]})[:3]}
+    row.update({k: _median([r[k] for r in runs]) for k in MEDIAN_KEYS})
+    row["prompt_tokens"] = sum(r["prompt_tokens"] for r in runs)
+    row["cached_tokens"] = sum(r["cached_tokens"] for r in runs)
+    row["metrics"] = {k: _median([r["metrics"][k] for r in runs]) for k in METRICS}
+    row["ttft_p90_runs"] = [r["ttft_p90"] for r in runs]
+    row["runs"] = runs
+    return row
+
+
 def start_systems(a: argparse.Namespace, model: Path, out: Path, notes: Notes,
                   progress: Progress) -> list[System]:
     from .server import Server
@@ -194,6 +230,8 @@ def plot(path: str, rows: list[dict[str, Any]], slo: float, title: str) -> str |
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib not installed: no plot written"
+    if not any(r["ttft_p90"] > 0 for r in rows):   # NaN or none: nothing to draw on a log axis
+        return "no turn was answered: no plot written"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in dict.fromkeys(r["system"] for r in rows):
         rs = sorted((r for r in rows if r["system"] == name), key=lambda r: r["users"])
@@ -213,10 +251,10 @@ def plot(path: str, rows: list[dict[str, Any]], slo: float, title: str) -> str |
     return None
 
 
-def workload(a: argparse.Namespace, users: int) -> Workload:
+def workload(a: argparse.Namespace, users: int, rep: int = 0) -> Workload:
     return Workload(users=users, turns=a.turns, system_tokens=a.system, first_tokens=a.first,
                     user_tokens=a.user, answer_tokens=a.answer, arrival_s=a.arrival,
-                    think_s=a.think, seed=a.seed)
+                    think_s=a.think, seed=a.seed + 1000 * rep)
 
 
 def final_tokens(a: argparse.Namespace) -> int:
@@ -224,14 +262,25 @@ def final_tokens(a: argparse.Namespace) -> int:
     return a.system + a.first + (a.turns - 1) * (a.answer + a.user)
 
 
+def _p90_cell(r: dict[str, Any]) -> str:
+    """The (median) p90 TTFT, with the range over repetitions when there were several."""
+    runs = r.get("ttft_p90_runs") or []
+    cell = num(r["ttft_p90"], ".3f")
+    if len(runs) > 1:
+        cell += f" [{num(min(runs), '.2f')}-{num(max(runs), '.2f')}]"
+    return cell
+
+
 def table(rows: list[dict[str, Any]]) -> str:
+    wide = any(r.get("reps", 1) > 1 for r in rows)
     cols = [("system", "<8"), ("users", ">6"), ("req", ">5"), ("err", ">4"),
-            ("TTFT p50", ">10"), ("p90", ">9"), ("p99", ">9"), ("turn0 p50", ">10"),
+            ("TTFT p50", ">10"), ("p90" + (" [runs]" if wide else ""), ">23" if wide else ">9"),
+            ("p99", ">9"), ("turn0 p50", ">10"),
             ("later p50", ">10"), ("req/s", ">7"), ("out tok/s", ">10"), ("hit%", ">6"),
             ("/metrics hit%", ">14"), ("objects loaded", ">15"), ("lookup RTs", ">11")]
     return format_table(cols, ([
         r["system"], r["users"], r["requests"], r["errors"], num(r["ttft_p50"], ".3f"),
-        num(r["ttft_p90"], ".3f"), num(r["ttft_p99"], ".3f"), num(r["first_turn_ttft_p50"], ".3f"),
+        _p90_cell(r), num(r["ttft_p99"], ".3f"), num(r["first_turn_ttft_p50"], ".3f"),
         num(r["hit_turn_ttft_p50"], ".3f"), num(r["requests_per_s"]),
         num(r["output_tokens_per_s"], ".1f"), num(100 * r["hit_rate"], ".1f"),
         num(100 * r["metrics_hit_rate"], ".1f"), int(r["metrics"]["loaded_objects"]),
@@ -248,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", default="native,async,sync,offload")
     p.add_argument("--users", default="1,2,4,8", help="comma-separated numbers of users")
     p.add_argument("--turns", type=int, default=4)
+    p.add_argument("--reps", type=int, default=1,
+                   help="runs per system and N (interleaved); rows report their medians")
     p.add_argument("--system", type=int, help="shared system prompt tokens (chat 1024, docqa 0)")
     p.add_argument("--first", type=int,
                    help="first user message (the document) tokens (chat 256, docqa 8192)")
@@ -275,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.users, a.turns, a.system, a.first, a.user, a.answer = "2", 2, 256, 128, 64, 8
         a.arrival, a.think = 0.1, 0.1
+    if a.reps < 1:
+        print(f"error: --reps must be at least 1, got {a.reps}", file=sys.stderr)
+        return 2
     if usable_dir(a.dir) is None or (a.dir_b and usable_dir(a.dir_b) is None):
         return 2
     ns = [int(x) for x in a.users.split(",")]
@@ -290,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown systems {sorted(unknown)} (known: {SYSTEMS})", file=sys.stderr)
         return 2
     nodes = 2 if a.dir_b else 1
-    progress = Progress(len(names) * nodes + len(ns) * len(names))
+    progress = Progress(len(names) * nodes + len(ns) * len(names) * a.reps)
     model = vllm_model.build(Path(a.model_dir) / a.shape, a.shape,
                              max_positions=max(32768, a.max_len))
     doc: dict[str, Any] = {"config": vars(a), "system": sysinfo(a.dir), "model": {
@@ -304,20 +358,26 @@ def main(argv: list[str] | None = None) -> int:
                                    "startup_s": [v.startup_s for v in s.servers]}
                           for s in systems}
         live = [s for s in systems if s.servers]
-        rows: list[dict[str, Any]] = []
-        for i, n in enumerate(ns):
-            order = live[i % len(live):] + live[:i % len(live)] if live else []
-            for sysm in order:
-                progress(f"{sysm.name}: {n} users x {a.turns} turns")
-                before = scrape(sysm.servers)
-                run = run_users([s.url for s in sysm.servers], str(model), workload(a, n),
-                                salt=f"{sysm.name}-{n}-{time.time_ns()}")
-                after = scrape(sysm.servers)
-                row = {"system": sysm.name, "users": n, **summarize_run(run, before, after),
-                       "run": run.as_json()}
-                rows.append(row)
-                for e in row["error_samples"]:
-                    notes(f"{sysm.name} at {n} users: {e}")
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        k = 0
+        for n in ns:
+            for rep in range(a.reps):
+                order = live[k % len(live):] + live[:k % len(live)] if live else []
+                k += 1
+                for sysm in order:
+                    progress(f"{sysm.name}: {n} users x {a.turns} turns"
+                             + (f" (repetition {rep + 1}/{a.reps})" if a.reps > 1 else ""))
+                    before = scrape(sysm.servers)
+                    run = run_users([s.url for s in sysm.servers], str(model),
+                                    workload(a, n, rep),
+                                    salt=f"{sysm.name}-{n}-{rep}-{time.time_ns()}")
+                    after = scrape(sysm.servers)
+                    one = {"system": sysm.name, "users": n, "rep": rep,
+                           **summarize_run(run, before, after), "run": run.as_json()}
+                    runs.setdefault((sysm.name, n), []).append(one)
+                    for e in one["error_samples"]:
+                        notes(f"{sysm.name} at {n} users: {e}")
+        rows = [combine_reps(rs) for rs in runs.values()]
         for sysm in live:
             doc["servers"][sysm.name]["peak_rss_bytes"] = [peak_rss(v.p.pid)
                                                            for v in sysm.servers]
@@ -337,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nvllm serve, {a.shape} model, {a.scenario}: {a.turns} turns of {a.user} tokens "
           f"(+{a.answer} answered) after {a.system} shared + {a.first} first; KV space "
           f"{a.blocks} blocks of {BLOCK_TOKENS} ({a.kv_users:g} final conversations); "
-          f"{nodes} node(s)")
+          f"{nodes} node(s)" + (f"; medians of {a.reps} runs per row" if a.reps > 1 else ""))
     print(table(rows))
     print(f"largest users within p90 TTFT <= {a.slo:g} s: " + ", ".join(
         f"{k} {v}" for k, v in slo.items())

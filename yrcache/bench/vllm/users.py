@@ -17,7 +17,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +62,19 @@ class Run:
         return {"wall_s": self.wall_s, "turns": [asdict(t) for t in self.turns]}
 
 
+async def _lines(content: Any) -> AsyncIterator[bytes]:
+    """The stream's lines, stripped, however long: the first event of a long prompt echoes its
+    token ids (~6 bytes each, 0.8 MB at 128K), past aiohttp's line limit for ``async for``."""
+    buf = b""
+    async for data in content.iter_any():
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.strip()
+    if buf.strip():
+        yield buf.strip()
+
+
 async def _request(session: Any, url: str, model: str, prompt: list[int], w: Workload,
                    salt: str, rec: Turn) -> list[int]:
     """One streamed completion; fills ``rec`` and returns the answer's token ids."""
@@ -74,8 +87,7 @@ async def _request(session: Any, url: str, model: str, prompt: list[int], w: Wor
         if r.status != 200:
             rec.error = f"HTTP {r.status}: {(await r.text())[:200]}"
             return answer
-        async for raw in r.content:
-            line = raw.strip()
+        async for line in _lines(r.content):
             if not line.startswith(b"data: {"):
                 continue
             d = json.loads(line[6:])
