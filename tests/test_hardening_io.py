@@ -47,7 +47,7 @@ def nfds() -> int:
 # ---- 1. thread counts: bounded, and a thread that cannot start is an exception, not SIGABRT ------
 THREAD_CTORS = {
     "IoEngine": lambda n: yrcache.IoEngine("psync", threads=n),
-    "Engine": lambda n: _C.io.Engine("psync", 8, 1 << 20, 1 << 24, n, False),
+    "Engine": lambda n: _C.io.Engine("psync", 8, 1 << 20, 1 << 24, n, False, 2),
     "StatBatch": lambda n: _C.store.StatBatch(n),
     "gather_paged": lambda n: _C.copy.gather_paged(
         np.zeros(4, np.uint8).ctypes.data, 1, 4, 4, np.zeros(1, np.int64), bytearray(4), n),
@@ -118,7 +118,7 @@ def expect_eagain(what, fn):
 
 # Room for 3 threads: some start, then one fails; those that started are stopped and joined.
 expect_eagain("psync", lambda: yrcache.IoEngine("psync", threads=64))
-expect_eagain("native psync", lambda: _C.io.Engine("psync", 8, 1 << 20, 1 << 24, 64, False))
+expect_eagain("native psync", lambda: _C.io.Engine("psync", 8, 1 << 20, 1 << 24, 64, False, 2))
 expect_eagain("StatBatch", lambda: _C.store.StatBatch(64))
 # No room at all: the single io_uring reaper cannot start either (the ladder must not claim
 # io_uring is unavailable and then fail in psync: it raises the thread error).
@@ -405,12 +405,17 @@ def test_engine_settings_are_checked(arg, v, exc):
 
 
 @pytest.mark.parametrize(("args", "exc", "match"), [
-    (("psync", 0, 1 << 20, 1 << 24, 0, False), ValueError, r"queue_depth must be in \[1, 4096\]"),
-    (("psync", 8, 1 << 40, 1 << 40, 0, False), ValueError, "chunk_bytes"),
-    (("psync", 8, 1 << 20, 1 << 19, 0, False), ValueError, "at least chunk_bytes"),
-    (("psync", 2**64, 1 << 20, 1 << 24, 0, False), ValueError, "queue_depth"),
-    (("psync", None, 1 << 20, 1 << 24, 0, False), TypeError, "queue_depth must be an int"),
-    (("psync\0x", 8, 1 << 20, 1 << 24, 0, False), ValueError, "backend"),
+    (("psync", 0, 1 << 20, 1 << 24, 0, False, 2), ValueError,
+     r"queue_depth must be in \[1, 4096\]"),
+    (("psync", 8, 1 << 40, 1 << 40, 0, False, 2), ValueError, "chunk_bytes"),
+    (("psync", 8, 1 << 20, 1 << 19, 0, False, 2), ValueError, "at least chunk_bytes"),
+    (("psync", 2**64, 1 << 20, 1 << 24, 0, False, 2), ValueError, "queue_depth"),
+    (("psync", None, 1 << 20, 1 << 24, 0, False, 2), TypeError, "queue_depth must be an int"),
+    (("psync\0x", 8, 1 << 20, 1 << 24, 0, False, 2), ValueError, "backend"),
+    (("psync", 8, 1 << 20, 1 << 24, 0, False, -1), ValueError,
+     r"reads_per_file must be in \[0, 4096\]"),
+    (("psync", 8, 1 << 20, 1 << 24, 0, False, "2"), TypeError,
+     "reads_per_file must be an int"),
 ])
 def test_native_engine_settings(args, exc, match):
     with pytest.raises(exc, match=match):

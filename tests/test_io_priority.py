@@ -139,15 +139,20 @@ def test_close_cancel_drains_both_lanes(backend, data_dir):
         f.close()
 
 
-@pytest.mark.parametrize("reads_per_file", [None, "0"])
-def test_reads_spread_over_files(backend, data_dir, monkeypatch, reads_per_file):
+@pytest.mark.parametrize(("reads_per_file", "how"), [(None, ""), ("0", "env"), ("0", "arg")])
+def test_reads_spread_over_files(backend, data_dir, monkeypatch, reads_per_file, how):
     """A whole-file read queued first takes at most 2 of the 8 slots while another file's read
     waits: that read is issued third and completes before the big one (on a FUSE file system,
     reads spread over files are served much faster than the same number on one file).
-    YRCACHE_READS_PER_FILE=0 restores plain FIFO: the small read is issued after all 16 pieces."""
-    if reads_per_file is not None:
+    YRCACHE_READS_PER_FILE=0 (or IoEngine(reads_per_file=0)) restores plain FIFO: the small read
+    is issued after all 16 pieces."""
+    kw = {}
+    if how == "env":
         monkeypatch.setenv("YRCACHE_READS_PER_FILE", reads_per_file)
-    with make(backend, queue_depth=8, chunk_bytes=MiB, max_inflight_bytes=64 * MiB) as eng, \
+    elif how == "arg":
+        monkeypatch.setenv("YRCACHE_READS_PER_FILE", "2")   # the argument wins
+        kw["reads_per_file"] = int(reads_per_file)
+    with make(backend, queue_depth=8, chunk_bytes=MiB, max_inflight_bytes=64 * MiB, **kw) as eng, \
             eng.open(data_dir / "a.bin", "w+") as a, eng.open(data_dir / "b.bin", "w+") as b:
         data = eng.alloc(16 * MiB)
         np.frombuffer(data, np.uint8)[:] = np.arange(16 * MiB, dtype=np.uint64).astype(np.uint8)
@@ -166,3 +171,14 @@ def test_reads_spread_over_files(backend, data_dir, monkeypatch, reads_per_file)
             assert order == ["b", "a"]
         elif backend == "uring":   # psync workers may finish the last piece of a after b
             assert order == ["a", "b"]
+
+
+@pytest.mark.parametrize(("value", "exc", "match"), [
+    ("two", ValueError, r"YRCACHE_READS_PER_FILE='two' is invalid"),
+    ("-1", ValueError, r"reads_per_file must be in \[0, 4096\]"),
+])
+def test_reads_per_file_invalid(monkeypatch, value, exc, match):
+    """A bad YRCACHE_READS_PER_FILE is an error naming it, not a silent FIFO."""
+    monkeypatch.setenv("YRCACHE_READS_PER_FILE", value)
+    with pytest.raises(exc, match=match):
+        yrcache.IoEngine("psync")

@@ -146,6 +146,7 @@ def io_defaults() -> dict[str, Any]:
         "queue_depth": get("YRCACHE_QUEUE_DEPTH"),
         "chunk_bytes": get("YRCACHE_CHUNK_BYTES"),
         "max_inflight_bytes": get("YRCACHE_INFLIGHT_BYTES"),
+        "reads_per_file": get("YRCACHE_READS_PER_FILE"),
     }
 
 

@@ -122,7 +122,8 @@ void bind_io(py::module_& m) {
 
   py::class_<IoEngine, std::shared_ptr<IoEngine>>(m, "Engine")
       .def(py::init([](const std::string& backend, py::handle queue_depth, py::handle chunk_bytes,
-                       py::handle max_inflight_bytes, py::handle threads, bool register_buffers) {
+                       py::handle max_inflight_bytes, py::handle threads, bool register_buffers,
+                       py::handle reads_per_file) {
              EngineOptions o;
              o.backend = backend;
              o.queue_depth =
@@ -133,6 +134,8 @@ void bind_io(py::module_& m) {
                  int_arg(max_inflight_bytes, "max_inflight_bytes", kDirectAlign, kMaxIoBytes));
              o.threads = static_cast<unsigned>(int_arg(threads, "threads", 0, kMaxThreads));
              o.register_buffers = register_buffers;
+             o.reads_per_file = static_cast<unsigned>(
+                 int_arg(reads_per_file, "reads_per_file", 0, kMaxQueueDepth));
              std::string reason;
              std::shared_ptr<IoEngine> e;
              {
@@ -143,7 +146,8 @@ void bind_io(py::module_& m) {
              return e;
            }),
            py::arg("backend"), py::arg("queue_depth"), py::arg("chunk_bytes"),
-           py::arg("max_inflight_bytes"), py::arg("threads"), py::arg("register_buffers"))
+           py::arg("max_inflight_bytes"), py::arg("threads"), py::arg("register_buffers"),
+           py::arg("reads_per_file"))
       .def_property_readonly("backend", &IoEngine::name)
       .def_property_readonly("fallback_reason", &IoEngine::fallback_reason)
       .def_property_readonly("queue_depth", [](const IoEngine& e) { return e.options().queue_depth; })

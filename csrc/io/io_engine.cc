@@ -42,15 +42,12 @@ bool fits(std::size_t used, std::size_t len, std::size_t cap) {
 }
 }  // namespace
 
-TaskQueue::TaskQueue(unsigned slots, std::size_t max_bytes)
+TaskQueue::TaskQueue(unsigned slots, std::size_t max_bytes, unsigned reads_per_file)
     : slots_(std::max(1u, slots)),
       max_bytes_(max_bytes),
       write_slots_(std::max<std::size_t>(1, slots_ - std::max<std::size_t>(1, slots_ / 4))),
       write_bytes_(max_bytes / 4 * 3),
-      reads_per_file_(kReadsPerFile) {
-  if (const char* v = std::getenv("YRCACHE_READS_PER_FILE"); v && *v)
-    reads_per_file_ = static_cast<unsigned>(std::strtoul(v, nullptr, 10));
-}
+      reads_per_file_(reads_per_file) {}
 
 void TaskQueue::push(std::unique_ptr<Task> t) {
   (is_read(*t) ? reads_ : writes_).push_back(std::move(t));
@@ -110,7 +107,7 @@ void TaskQueue::erase_op(const Op* op) {
 IoEngine::IoEngine(const EngineOptions& opt, unsigned slots, std::size_t max_bytes)
     : opt_(opt),
       cq_(std::make_shared<CompletionQueue>()),
-      pending_(slots, max_bytes),
+      pending_(slots, max_bytes, opt.reads_per_file),
       gate_(std::make_shared<Gate>()) {
   gate_->engine = this;
 }

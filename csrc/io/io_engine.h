@@ -37,6 +37,8 @@ struct EngineOptions {
   std::size_t max_inflight_bytes = 16u << 20;
   unsigned threads = 0;                  // psync workers; 0 = queue_depth
   bool register_buffers = true;          // io_uring fixed buffers for registered host memory
+  unsigned reads_per_file = 2;           // reads of one file in flight before another's go first
+                                         // (0: plain FIFO; see TaskQueue)
 };
 
 enum class OpCode : std::uint8_t { Read, Write, Fsync, Fdatasync, Fallocate };
@@ -113,10 +115,9 @@ class TaskQueue {
  public:
   // slots: tasks in flight at most (kernel I/Os, or workers); max_bytes: bytes in flight at most
   // (SIZE_MAX: unbounded). Writes get slots - max(1, slots/4) slots (at least one) and 3/4 of the
-  // bytes.
-  TaskQueue(unsigned slots, std::size_t max_bytes);
+  // bytes. reads_per_file: 0 makes the read lane plain FIFO.
+  TaskQueue(unsigned slots, std::size_t max_bytes, unsigned reads_per_file);
 
-  static constexpr unsigned kReadsPerFile = 2;  // default of YRCACHE_READS_PER_FILE (0: FIFO)
   static constexpr std::size_t kReadScan = 64;
   static bool is_read(const Task& t) noexcept { return t.code == OpCode::Read; }
   void push(std::unique_ptr<Task> t);
