@@ -41,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -144,11 +145,8 @@ MEDIAN_KEYS = ("ttft_p50", "ttft_p90", "ttft_p99", "first_turn_ttft_p50", "hit_t
 
 
 def _median(xs: list[float]) -> float:
-    xs = sorted(x for x in xs if x == x)   # NaN (no such turns) left out
-    if not xs:
-        return float("nan")
-    m = len(xs) // 2
-    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+    xs = [x for x in xs if x == x]   # NaN (no such turns) left out
+    return statistics.median(xs) if xs else float("nan")
 
 
 def combine_reps(runs: list[dict[str, Any]]) -> dict[str, Any]:
