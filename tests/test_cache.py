@@ -428,3 +428,54 @@ def test_begin_store_layer_by_layer_and_partial_chunk_load(root: Path, mode: str
             c.load_chunks(keys, dst, np.full(PER * 3, -2))
         with pytest.raises(ValueError, match="out of range"):
             c.begin_store(keys, kv, skip, parent=NS.digest)   # a store cannot skip blocks
+
+
+def test_reads_go_out_layer_0_first_then_a_window(root: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layer 0's reads go out alone, later layers AHEAD_LAYERS at a time, and a load waiting on
+    its reads holds no thread: four loads at once (two loader threads) all have layer 0 out."""
+    from yrcache.cache.loader import AHEAD_LAYERS
+    rng = np.random.default_rng(11)
+    kv = paged_kv(rng, blocks=4 * 2 * PER)
+    loads = [(rng.integers(0, 1000, CHUNK * 2), np.arange(i * 2 * PER, (i + 1) * 2 * PER))
+             for i in range(4)]
+    with Cache(root, NS, LAYOUT, staging_bytes=4 << 20, janitor_period=0) as c:
+        for toks, ids in loads:
+            c.store(toks, kv, ids).result()
+        real_get = c.store_.get
+        held: list[tuple[int, yrcache.Future[object], tuple[object, ...], dict[str, object]]] = []
+        cv = threading.Condition()
+
+        def held_get(*a: object, **kw: object) -> yrcache.Future[object]:
+            f: yrcache.Future[object] = yrcache.Future()
+            with cv:
+                held.append((kw["layers"][0], f, a, kw))  # type: ignore[index]
+                cv.notify_all()
+            return f
+
+        def issued(want: int) -> list[int]:
+            with cv:
+                assert cv.wait_for(lambda: len(held) >= want, timeout=30), len(held)
+                return sorted(h[0] for h in held)
+
+        def release(layer: int) -> None:
+            with cv:   # every read of the layer is out (a window opens on a loader thread)
+                assert cv.wait_for(lambda: sum(h[0] == layer for h in held) == 8, timeout=30)
+                mine = [h for h in held if h[0] == layer]
+                held[:] = [h for h in held if h[0] != layer]
+            for _, f, a, kw in mine:
+                f.set_result(real_get(*a, **kw).result())
+
+        monkeypatch.setattr(c.store_, "get", held_get)
+        dst = [np.zeros_like(x) for x in kv]
+        lfs = [c.load(toks, dst, ids) for toks, ids in loads]
+        assert issued(4 * 2) == [0] * 8          # every load's layer 0, nothing more
+        release(0)
+        assert issued(4 * 2 * AHEAD_LAYERS) == sorted(list(range(1, 1 + AHEAD_LAYERS)) * 8)
+        for l in range(1, L):
+            release(l)
+        for lf in lfs:
+            assert lf.result(timeout=30).tokens == 2 * CHUNK
+        for _, ids in loads:
+            for layer in range(L):
+                assert same(dst[layer][ids], kv[layer][ids])
