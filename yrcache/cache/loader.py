@@ -114,11 +114,11 @@ class Loader:
                gpu: GpuOrder | None, background: bool, in_waiter: bool = False) -> None:
         """Start a load; RuntimeError if the loader was shut down. Chunks read ahead (prefetch)
         are claimed now, in the caller's thread, before the caller lets their owner go."""
-        run = _LoadRun(self, lf, keys, kv, ids, batch, gpu, self.parts.prefetch.claim(keys))
+        run = _LoadRun(self, lf, keys, kv, ids, batch, gpu, self.parts.prefetch.claim(keys),
+                       self._background if background else self._pool)
         if in_waiter and gpu is None:
             run.queue = deque()
             lf._pump = run.pump
-        run.pool = self._background if background else self._pool
         try:
             run.pool.submit(self._run_guarded, run)
         except BaseException:
@@ -137,10 +137,8 @@ class Loader:
     def _run_guarded(run: _LoadRun) -> None:
         try:
             run.run()
-        except BaseException as e:  # a bug: surface it on the futures, never hang the caller
-            logger.exception("yrcache: load failed")
-            run._unclaim()
-            fail_load(run.lf, e)
+        except BaseException as e:
+            run.failed(e)
 
     def scatter(self, layer: Any, ids: Any, c: int, seg: memoryview, batch: int,
                 gpu: GpuOrder | None) -> tuple[bool, str, list[Any]]:
@@ -161,7 +159,7 @@ class _LoadRun:
 
     def __init__(self, loader: Loader, lf: LoadFuture, keys: list[bytes], kv: Sequence[Any],
                  ids: Any, batch: int, gpu: GpuOrder | None,
-                 claimed: list[np.ndarray | None]) -> None:
+                 claimed: list[np.ndarray | None], pool: ThreadPoolExecutor) -> None:
         self.loader, self.lf, self.keys, self.kv = loader, lf, keys, kv
         self.claimed = claimed   # chunks read ahead, in memory: no file read
         self.unclaimed = False   # they were let go (after the last layer's copies)
@@ -178,7 +176,7 @@ class _LoadRun:
         self.unread = [self.n] * self.nl            # segments of each layer not yet read
         self.next_issue = 0                         # the next layer whose reads go out
         self.issuing = True                         # a thread is issuing reads (run() first)
-        self.pool: ThreadPoolExecutor | None = None  # where issuing goes on when a window opens
+        self.pool = pool                            # where issuing goes on when a window opens
 
     def pump(self, f: Future[Any], timeout: float) -> None:
         """Copy the segments that arrived, in this thread; if none did, wait up to ``timeout``
@@ -214,9 +212,8 @@ class _LoadRun:
 
     def _issuable(self) -> bool:
         """Whether layer ``next_issue``'s reads may go out now (see AHEAD_LAYERS); under lock."""
-        l, u = self.next_issue, self.unread
-        return l < self.nl and (l == 0 or (not u[0] and (l < AHEAD_LAYERS or
-                                                          not u[l - AHEAD_LAYERS])))
+        l = self.next_issue   # layer l - AHEAD_LAYERS >= 1 went out only once layer 0 was read
+        return l < self.nl and (l == 0 or not self.unread[max(0, l - AHEAD_LAYERS)])
 
     def _issue_ready(self) -> None:
         """Issue the layers the window allows. The thread that finds none left stops issuing;
@@ -235,10 +232,14 @@ class _LoadRun:
                     self._issue(l, c)
                 if l == self.nl - 1:   # every copy from a read-ahead chunk is done
                     self._unclaim()
-        except BaseException as e:  # a bug: surface it on the futures, never hang the caller
-            logger.exception("yrcache: load failed")
-            self._unclaim()
-            fail_load(self.lf, e)
+        except BaseException as e:
+            self.failed(e)
+
+    def failed(self, e: BaseException) -> None:
+        """A bug: surface it on the futures, never hang the caller."""
+        logger.exception("yrcache: load failed")
+        self._unclaim()
+        fail_load(self.lf, e)
 
     def _unclaim(self) -> None:
         """Let the read-ahead chunks this load copies from go (once)."""
@@ -315,7 +316,6 @@ class _LoadRun:
         if not go:
             return
         try:   # never issue in an I/O completion thread: a read's slab may wait on its peers
-            assert self.pool is not None
             self.pool.submit(self._issue_ready)
         except RuntimeError:   # the loader shut down (close() gave up): issue, which skips
             self._issue_ready()
