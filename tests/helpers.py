@@ -45,3 +45,10 @@ def run_child(code: str, *, prefix: list[str] | None = None, timeout: float = 12
         full_env.update(env)
     return subprocess.run([*(prefix or []), sys.executable, "-c", code], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd="/")
+
+
+def resident_bytes(path: str | Path) -> int:
+    """Bytes of ``path`` in this machine's page cache (util-linux fincore, i.e. mincore(2))."""
+    p = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                       capture_output=True, text=True, check=True)
+    return int(p.stdout.strip())

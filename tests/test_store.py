@@ -15,7 +15,7 @@ from yrcache.store import paths
 from yrcache.store.keys import Namespace, chain_keys
 from yrcache.store.store import Store
 
-from .helpers import run_child
+from .helpers import resident_bytes, run_child
 
 SEG = 64 << 10
 
@@ -554,3 +554,37 @@ def test_open_that_raced_a_removal_is_not_kept_open(store: Store) -> None:
     assert all(put_chain(store, keys))   # stored anew: loads read the new object
     assert store.get(keys[1], bufs).result(timeout=10)
     assert all(np.array_equal(b, s) for b, s in zip(bufs, segs_for(keys[1])))
+
+
+def test_read_cache_follows_the_file_system_and_the_environment(
+        data_dir: Path, ns: Namespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loads use O_DIRECT unless told otherwise (auto: only roots on network file systems read
+    through the page cache); read through it, a load returns the same verified bytes and leaves
+    the object cached (O_DIRECT leaves nothing)."""
+    keys = chain(ns, 2, seed=7)
+    monkeypatch.delenv("YRCACHE_READ_CACHE", raising=False)
+    with Store(data_dir / "root", ns, janitor_period=0) as st:
+        assert (st.network_fs, st.read_cache) == ("", False)
+        assert put_chain(st, keys) == [True, True]
+        out = empty()
+        assert st.get(keys[0], out).result() and all(
+            (x == y).all() for x, y in zip(out, segs_for(keys[0])))
+        assert resident_bytes(st.path_of(keys[0])) == 0   # written and read with O_DIRECT
+    monkeypatch.setenv("YRCACHE_READ_CACHE", "auto")
+    with Store(data_dir / "root", ns, janitor_period=0) as st:
+        assert st.read_cache is False   # a local file system
+    monkeypatch.setenv("YRCACHE_READ_CACHE", "on")
+    with Store(data_dir / "root", ns, janitor_period=0) as st:
+        assert st.read_cache is True
+        out = empty()
+        assert st.get(keys[1], out).result() and all(
+            (x == y).all() for x, y in zip(out, segs_for(keys[1])))
+        path = st.path_of(keys[1])
+        assert resident_bytes(path) == os.path.getsize(path)
+    with Store(data_dir / "root", ns, janitor_period=0, read_cache=False) as st:
+        assert st.read_cache is False   # the argument wins over the environment
+    monkeypatch.setenv("YRCACHE_READ_CACHE", "maybe")
+    with pytest.raises(ValueError, match="YRCACHE_READ_CACHE"):
+        Store(data_dir / "root", ns, janitor_period=0)
+    with pytest.raises(TypeError, match="read_cache must be a bool or None"):
+        Store(data_dir / "root", ns, janitor_period=0, read_cache=1)  # type: ignore[arg-type]

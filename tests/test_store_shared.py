@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from yrcache.store import paths
 from yrcache.store.store import Store
 
-from .helpers import REPO, run_child
+from .helpers import REPO, resident_bytes, run_child
 from .test_store import SEG, chain, empty, make_ns, put_chain, segs_for
 
 
@@ -79,6 +80,49 @@ def test_per_layer_reads_across_mounts(shared_dirs: tuple[Path, Path]) -> None:
         with Store(b / "root", ns, janitor_period=0) as fresh:
             r = fresh.get(keys[3], empty(), lengths=[SEG] * 4).result()
             assert not r and r.reason == "missing"
+
+
+
+def test_loads_on_a_shared_fs_read_through_the_client_page_cache(
+        shared_dirs: tuple[Path, Path], shared_fs: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With YRCACHE_READ_CACHE=auto loads from a FUSE file system read through the page cache:
+    node B keeps what it read (on MooseFS the next load of it costs no FUSE round trip and no
+    daemon CPU; a GlusterFS mount with --fopen-keep-cache=off, as CI's, drops a file's pages at
+    each open). Bytes changed on node A afterwards never come back as KV: B returns the verified
+    object or a miss."""
+    a, b = shared_dirs
+    ns = make_ns()
+    keys = chain(ns, 3, seed=11)
+    monkeypatch.delenv("YRCACHE_READ_CACHE", raising=False)
+    with Store(a / "root", ns, janitor_period=0) as sa:
+        assert put_chain(sa, keys) == [True] * 3
+        direct = Store(b / "root", ns, janitor_period=0)   # the default: O_DIRECT
+        monkeypatch.setenv("YRCACHE_READ_CACHE", "auto")
+        with Store(b / "root", ns, janitor_period=0) as sb, direct:
+            assert (sb.network_fs, sb.read_cache, direct.read_cache) == ("fuse", True, False)
+            deadline = time.monotonic() + 5
+            while sb.lookup(keys) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for st, k in ((sb, keys[0]), (direct, keys[1])):
+                out = empty()
+                assert st.get(k, out, lengths=[SEG] * 4).result()
+                assert all((x == y).all() for x, y in zip(out, segs_for(k)))
+            path0, path1 = sb.path_of(keys[0]), sb.path_of(keys[1])
+            if shared_fs == "moosefs":   # fincore's own open keeps the pages (mfscachemode=AUTO)
+                assert resident_bytes(path0) == os.path.getsize(path0)
+            assert resident_bytes(path1) == 0
+            # node A rewrites a segment of the object B holds in its page cache (in place: a
+            # bad writer or a bit flip); B, in a new store (no open descriptor), must return the
+            # object as published or a miss, never the new bytes
+            seg0 = sb.read_header(keys[0]).segment(0)[0]
+            with open(sa.path_of(keys[0]), "r+b") as fh:
+                fh.seek(seg0)
+                fh.write(os.urandom(4096))
+            time.sleep(1.2)   # past the client's attribute cache (mfsattrcacheto=1 s)
+        with Store(b / "root", ns, janitor_period=0, read_cache=True) as sb2:
+            out = empty()
+            r = sb2.get(keys[0], out, lengths=[SEG] * 4).result()
+            assert not r or all((x == y).all() for x, y in zip(out, segs_for(keys[0])))
 
 
 _WRITER = """

@@ -79,6 +79,9 @@ ENV: dict[str, Var] = {v.name: v for v in (
     Var("YRCACHE_READS_PER_FILE", 2, int, "reads of one file in flight before a queued read of "
         "another file goes first (spreads reads over files: FUSE file systems serve that faster); "
         "0: plain FIFO"),
+    Var("YRCACHE_READ_CACHE", "off", _choice("off", "on", "auto"),
+        "store loads read through the kernel page cache: off = O_DIRECT, on, auto = on for "
+        "roots on network and FUSE file systems only (docs/store.md, Load)"),
     Var("YRCACHE_INFLIGHT_BYTES", 16 << 20, parse_size, "cap on bytes in flight per engine"),
     # the GPU data path
     Var("YRCACHE_GPU_COPY", "staged", _choice("staged", "mapped", "dma"),

@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include <fcntl.h>
+#include <sys/vfs.h>
 
 #include <algorithm>
 #include <climits>
@@ -223,6 +224,14 @@ void bind_io(py::module_& m) {
     }
     return py::make_tuple(ok, reason);
   });
+  m.def(
+      "fs_magic",
+      [](int fd) {
+        struct statfs st {};
+        if (::fstatfs(fd, &st) != 0) throw_errno(errno, "fstatfs");
+        return static_cast<int64_t>(st.f_type);
+      },
+      py::arg("fd"), "The file system type (statfs f_type magic) holding descriptor fd.");
 }
 
 }  // namespace yrc

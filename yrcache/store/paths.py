@@ -35,6 +35,20 @@ _SHARD_RE = re.compile(r"^[0-9a-f]{2}$")
 
 open_beneath = _C.io.open_beneath
 
+#: statfs magics of file systems whose client's page cache is the node-local cache of a shared
+#: store (FUSE: MooseFS, GlusterFS, JuiceFS, 3FS's FUSE...; NFS, CephFS, Lustre, SMB, 9p). A read
+#: there costs a network round trip and client daemon CPU; one served from the page cache costs
+#: neither, and is never stale here: a published object never changes (a name that gets a new
+#: object gets a new inode).
+NETWORK_FS_MAGIC = {0x65735546: "fuse", 0x6969: "nfs", 0x00C36400: "ceph", 0x0BD00BD0: "lustre",
+                    0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x01021997: "9p"}
+
+
+def network_fs(fd: int) -> str:
+    """The name of the network or FUSE file system holding ``fd`` (see NETWORK_FS_MAGIC), or ""
+    for a local one."""
+    return NETWORK_FS_MAGIC.get(_C.io.fs_magic(fd), "")
+
 
 def check_root(root: Any) -> str:
     """The absolute path of a cache root given as str, bytes or os.PathLike. TypeError for

@@ -165,12 +165,14 @@ def miss_reason(e: BaseException) -> str:
 class Reader:
     """Loads for one :class:`~yrcache.store.store.Store`: it shares the store's
     :class:`~yrcache.store.state.StoreState` (lock, counters, index, namespace directory), and
-    owns the open-object cache (``handle_ttl`` seconds, at most ``max_handles`` objects)."""
+    owns the open-object cache (``handle_ttl`` seconds, at most ``max_handles`` objects).
+    ``direct``: open objects with O_DIRECT (False: through the page cache, Store's read_cache)."""
 
     def __init__(self, state: StoreState, engine: IoEngine, *, handle_ttl: float,
-                 max_handles: int) -> None:
+                 max_handles: int, direct: bool) -> None:
         self._state = state
         self._engine = engine
+        self._direct = direct
         self.handle_ttl = handle_ttl
         self._max_handles = max_handles
         self._handles: OrderedDict[bytes, _Handle] = OrderedDict()
@@ -203,7 +205,8 @@ class Reader:
             return self._miss(key, FileNotFoundError(errno.ENOENT, "no namespace directory"),
                               count)
         try:
-            f = self._engine.open(paths.object_relpath(key.hex()), "r", dir_fd=nsfd)
+            f = self._engine.open(paths.object_relpath(key.hex()), "r", dir_fd=nsfd,
+                                  direct=self._direct)
         except OSError as e:
             if e.errno in FOREIGN_ERRNOS:  # a symlink or directory where an object should be
                 return self._corrupt(key, -1, f"not an object file ({errno.errorcode[e.errno]})",

@@ -128,9 +128,14 @@ def _setup_notes(a: argparse.Namespace, fio: str | None, sysi: dict[str, Any], l
     if not sysi["odirect"]:
         note(f"O_DIRECT unusable in {a.dir}: {sysi['odirect_reason']} (fio --direct=1 will fail)")
     if not local:
-        note(f"{a.dir} is on {sysi['fs']['fstype']}: O_DIRECT bypasses the client's page cache, "
-             f"but the FS may cache on its own (FUSE daemon, servers; a local MooseFS "
-             f"chunkserver's files live in this host's page cache, which drop_caches does clear)")
+        from ...store.store import default_read_cache
+        fs = sysi["fs"]["fstype"]
+        how = ("loads read through the client's page cache (YRCACHE_READ_CACHE; emptied "
+               "before each read run), fio's with O_DIRECT" if default_read_cache(fs)
+               else "O_DIRECT bypasses the client's page cache")
+        note(f"{a.dir} is on {fs}: {how}; the FS may cache on its own (FUSE "
+             f"daemon, servers; a local MooseFS chunkserver's files live in this host's page "
+             f"cache, which drop_caches does clear)")
     if a.quick:
         note(f"--quick: {a.objects} objects, {a.pairs} pairs, {a.lookup_procs} lookup processes")
     if fio and a.fio_jobs > 1:

@@ -41,6 +41,24 @@ _stats = functools.partial(summarize, quantile="nearest", n="n", mean="mean", p5
                            p99="p99", min="min", max="max")
 
 
+def read_path_note(dirs: list[str]) -> str:
+    """How hit turns read yrcache's objects in ``dirs`` (the Store's read_cache default)."""
+    from ...store import paths
+    from ...store.store import default_read_cache
+    out = []
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fs = paths.network_fs(fd)
+        finally:
+            os.close(fd)
+        how = ("through this mount's page cache (what a node read before costs no FUSE or "
+               "network round trip)" if default_read_cache(fs) else
+               "with O_DIRECT (from the device, not the page cache)")
+        out.append(f"{d} ({fs or 'local'}): objects written with O_DIRECT, read {how}")
+    return "; ".join(out)
+
+
 def _tokens(n: int, rng: random.Random) -> list[int]:
     return [rng.randrange(4096) for _ in range(n)]
 
@@ -300,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 passes.append(one)
     finally:
         b.close()
-    notes("yrcache objects are written and read with O_DIRECT: hit turns read from the device, "
-          "not the page cache")
+    notes(read_path_note([a.dir] + ([a.dir_b] if a.dir_b else [])))
     doc = {"config": {**vars(a), "two_nodes": bool(a.dir_b),
                       "kv_bytes_per_token": b.kv_per_token},
            "system": sysinfo(a.dir), "summary": summarize_passes(passes, b.kv_per_token),
