@@ -91,7 +91,7 @@ def _check_fraction(name: str, v: Any) -> float:
 
 
 def _check_options(namespace: Any, engine: Any, *, mac_key: Any, capacity_bytes: Any,
-                   durable: Any, read_only: Any, watermarks: tuple[Any, Any],
+                   durable: Any, read_only: Any, read_cache: Any, watermarks: tuple[Any, Any],
                    seconds: dict[str, Any], threads: dict[str, Any],
                    max_handles: Any) -> tuple[float, float]:
     """Check the Store constructor's arguments (but the root); returns the watermarks as floats
@@ -109,9 +109,11 @@ def _check_options(namespace: Any, engine: Any, *, mac_key: Any, capacity_bytes:
             raise ValueError(f"mac_key must be 16-64 bytes, got {len(mac_key)}")
     if capacity_bytes is not None:
         check_int("capacity_bytes", capacity_bytes, 1)
-    for name, flag in (("durable", durable), ("read_only", read_only)):
-        if not isinstance(flag, bool) and not (name == "read_only" and flag is None):
-            raise TypeError(f"{name} must be a bool{' or None' * (name == 'read_only')}, "
+    for name, flag in (("durable", durable), ("read_only", read_only),
+                       ("read_cache", read_cache)):
+        optional = name != "durable"
+        if not isinstance(flag, bool) and not (optional and flag is None):
+            raise TypeError(f"{name} must be a bool{' or None' * optional}, "
                             f"got {type(flag).__name__}")
     low_watermark = _check_fraction("low_watermark", watermarks[0])
     high_watermark = _check_fraction("high_watermark", watermarks[1])
@@ -199,7 +201,7 @@ class Store:
         root = paths.check_root(root)
         low_watermark, high_watermark = _check_options(
             namespace, engine, mac_key=mac_key, capacity_bytes=capacity_bytes, durable=durable,
-            read_only=read_only, watermarks=(low_watermark, high_watermark),
+            read_only=read_only, read_cache=read_cache, watermarks=(low_watermark, high_watermark),
             seconds={"janitor_period": janitor_period, "tmp_max_age": tmp_max_age,
                      "orphan_grace": orphan_grace, "touch_interval": touch_interval,
                      "index_ttl": index_ttl, "handle_ttl": handle_ttl},
@@ -214,8 +216,6 @@ class Store:
         self._state = StoreState(root, self.ns, mac_key=mac_key, durable=durable,
                                  capacity_bytes=capacity_bytes, index_ttl=index_ttl,
                                  touch_interval=touch_interval, logger=logger)
-        if read_cache is not None and not isinstance(read_cache, bool):
-            raise TypeError(f"read_cache must be a bool or None, got {type(read_cache).__name__}")
         mode = envs.get("YRCACHE_READ_CACHE")   # before _open: a bad value leaves no fd open
         self._open(read_only)
         #: the network or FUSE file system the root is on ("": local)
