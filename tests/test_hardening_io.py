@@ -733,3 +733,34 @@ for i, k in enumerate(keys):
     assert r.returncode == 0, r.stderr
     objects = [p for p in (data_dir / "root").rglob("*.kv")]
     assert len(objects) == 50, r.stderr
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that holds ``address`` (/proc/self/smaps; the
+    kernel merges neighbouring mappings whose flags agree)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif head == "VmFlags:" and inside:
+                return line.split()[1:]
+    raise AssertionError(f"no mapping at {address:#x}")
+
+
+def test_host_buffer_asks_for_huge_pages_only_when_told() -> None:
+    """Arenas (2 MiB or more) ask for transparent huge pages; ``huge_pages=False`` buffers (the
+    host tier's slots, first touched while a load runs) do not, so no first touch can make the
+    kernel compact memory on a latency path."""
+    arena = _C.mem.HostBuffer(4 << 20)
+    slot = _C.mem.HostBuffer(4 << 20, huge_pages=False)
+    small = _C.mem.HostBuffer(1 << 20)
+    assert "hg" in _vm_flags(arena.address)           # VM_HUGEPAGE: MADV_HUGEPAGE was applied
+    assert "hg" not in _vm_flags(slot.address)
+    assert "hg" not in _vm_flags(small.address)       # under 2 MiB no huge page could fit
+    np.frombuffer(slot, np.uint8)[:] = 7               # usable like any buffer
+    assert len(slot) == 4 << 20 and bytes(slot)[-1] == 7
+    with pytest.raises(TypeError):
+        _C.mem.HostBuffer(4096, True)                 # keyword only

@@ -11,7 +11,7 @@
 
 namespace yrc {
 
-HostBuffer::HostBuffer(std::size_t nbytes) : size_(nbytes) {
+HostBuffer::HostBuffer(std::size_t nbytes, bool huge_pages) : size_(nbytes) {
   const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   mapped_ = align_up(nbytes == 0 ? 1 : nbytes, page);
   ptr_ = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -19,7 +19,8 @@ HostBuffer::HostBuffer(std::size_t nbytes) : size_(nbytes) {
     ptr_ = nullptr;
     throw_errno(errno, "mmap of " + std::to_string(mapped_) + " bytes for a host buffer");
   }
-  if (mapped_ >= (2u << 20)) ::madvise(ptr_, mapped_, MADV_HUGEPAGE);  // fewer TLB misses, best effort
+  // fewer TLB misses; best effort
+  if (huge_pages && mapped_ >= (2u << 20)) ::madvise(ptr_, mapped_, MADV_HUGEPAGE);
 }
 
 HostBuffer::~HostBuffer() {

@@ -13,7 +13,10 @@ namespace yrc {
 
 class HostBuffer {
  public:
-  explicit HostBuffer(std::size_t nbytes);
+  // huge_pages: ask for transparent huge pages (MADV_HUGEPAGE) when 2 MiB or more. Right for
+  // long-lived arenas; wrong for memory first touched on a latency path: with THP defrag set to
+  // "madvise" (the common default) each first touch may compact memory synchronously.
+  explicit HostBuffer(std::size_t nbytes, bool huge_pages = true);
   ~HostBuffer();
   HostBuffer(const HostBuffer&) = delete;
   HostBuffer& operator=(const HostBuffer&) = delete;

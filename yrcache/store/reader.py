@@ -96,7 +96,8 @@ def read_verify(engine: IoEngine, f: Any, size: int, key: bytes, views: list[mem
     else:  # whole segments into scratch, verify, then copy the range out
         if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
             raise _MismatchError(f"byte_range {byte_range} exceeds a segment")
-        scratch = [HostBuffer(max(4096, lengths[i])) for i in idx]
+        # transient buffers: small pages (a huge page asked for may mean compaction on touch)
+        scratch = [HostBuffer(max(4096, lengths[i]), huge_pages=False) for i in idx]
         targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
     hb, offs, _ = segment_offsets(lengths)
     extents: list[tuple[Any, Any, int]] = [(f, t, offs[i]) for t, i in zip(targets, idx)]
@@ -147,7 +148,7 @@ def verify_file(engine: IoEngine, f: Any, size: int, *, ns: bytes, key: bytes,
         raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
     for i in range(h.segment_count):
         n = h.segment(i)[1]
-        view = memoryview(HostBuffer(max(4096, n)))[:n]
+        view = memoryview(HostBuffer(max(4096, n), huge_pages=False))[:n]
         read_verify(engine, f, size, key, [view], [i], None, None, ns=ns, mac_key=mac_key,
                     known=h)
     return h

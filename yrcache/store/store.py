@@ -561,7 +561,8 @@ class Store:
             h = self.read_header(key)
         except (OSError, ObjectFormatError) as e:
             return GetResult(False, key, miss_reason(e))
-        bufs = [HostBuffer(max(4096, h.segment(i)[1])) for i in range(h.segment_count)]
+        bufs = [HostBuffer(max(4096, h.segment(i)[1]), huge_pages=False)   # transient
+                for i in range(h.segment_count)]
         views = [memoryview(b)[:h.segment(i)[1]] for i, b in enumerate(bufs)]
         return self._reader.get(key, views, None, None, None, remove_bad=False, count=False)
 
