@@ -277,6 +277,53 @@ def test_host_tier_serves_hot_chunks(root: Path) -> None:
         assert c.stats()["load_tier_hits"] == 3
 
 
+
+@pytest.mark.parametrize("mode,in_waiter", [("async", False), ("async", True), ("sync", False)])
+def test_loads_fill_the_host_tier_with_verified_chunks_only(root: Path, mode: str,
+                                                            in_waiter: bool) -> None:
+    """Chunks read from files (stored by another Cache) enter the reader's host tier; a chunk
+    with a corrupt layer does not, and later loads are served from the tier with the stored
+    bytes even after the files are gone. ``in_waiter``: the copies run in the waiting thread
+    (vLLM's CPU path)."""
+
+    def load(c: Cache, dst: list[np.ndarray]) -> int:
+        f = c.load_chunks(c.keys(toks), dst, ids, in_waiter=in_waiter)
+        for layer in range(L):   # the model's order: each layer waited for in turn
+            assert f.wait_layer(layer, timeout=30) is None
+        return f.result(timeout=30).tokens
+
+    rng = np.random.default_rng(12)
+    kv = paged_kv(rng)
+    toks = rng.integers(0, 1000, CHUNK * 3)
+    ids = np.arange(PER * 3)
+    obj = L * max(4096, LAYOUT.segment_bytes(CHUNK))
+    with Cache(root, NS, LAYOUT, staging_bytes=1 << 20, janitor_period=0) as w:
+        assert w.store(toks, kv, ids).result(timeout=30).stored == 3
+    with Cache(root, NS, LAYOUT, mode=mode, staging_bytes=1 << 20, host_tier_bytes=8 * obj,
+               janitor_period=0) as c:
+        keys = c.keys(toks)
+        p2 = Path(c.store_.path_of(keys[2]))
+        good = p2.read_bytes()
+        bad = bytearray(good)
+        bad[-64] ^= 0x10                                # chunk 2, last layer's payload
+        p2.write_bytes(bytes(bad))
+        dst = [np.zeros_like(x) for x in kv]
+        assert load(c, dst) == 2 * CHUNK                # chunk 2 failed verification: a miss
+        assert set(c._tier.keys()) == set(keys[:2])    # only whole, verified chunks entered
+        p2.write_bytes(good)
+        dst = [np.zeros_like(x) for x in kv]
+        assert load(c, dst) == 3 * CHUNK
+        st = c.stats()
+        assert st["load_tier_hits"] == 2 and st["host_tier_chunks"] == 3
+        for k in keys:                                  # files gone: all three from memory
+            os.unlink(c.store_.path_of(k))
+        dst = [np.zeros_like(x) for x in kv]
+        assert load(c, dst) == 3 * CHUNK
+        for layer in range(L):
+            assert same(dst[layer][ids], kv[layer][ids])
+        assert c.stats()["load_tier_hits"] == 5
+
+
 def test_stats_latencies_and_prometheus(root: Path) -> None:
     prometheus_client = pytest.importorskip("prometheus_client") if not os.environ.get("CI") \
         else __import__("prometheus_client")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,29 @@ def test_prefetched_chunks_serve_the_load_from_memory(data_dir: Path) -> None:
         assert c.stats()["prefetch_chunks_held"] == 0
         assert c.read_rates()["read_latency_s"] is not None
 
+
+
+def test_chunks_in_the_host_tier_are_not_read_ahead(data_dir: Path) -> None:
+    """A queued request's chunks that the host tier holds are in memory already: read ahead are
+    only the others, and all count as ready for the planner."""
+    rng = np.random.default_rng(11)
+    obj = LAYOUT.num_layers * max(4096, LAYOUT.segment_bytes(CHUNK))
+    c, kv, toks, ids = _stored(data_dir / "root", rng, 4, host_tier_bytes=2 * obj)
+    with c:
+        keys = c.keys(toks)
+        hot = [k for k in keys if k in c._tier.keys()]
+        assert len(hot) == 2                          # the tier holds 2 of the 4 stored chunks
+        reads = c.store_.engine.stats()["bytes_read"]
+        assert c.prefetch(keys, "r1") == 4
+        _wait(lambda: c.prefetched(keys) == 4)
+        assert c.stats()["prefetch_read"] == 2        # only the chunks not in the tier were read
+        cold = [k for k in keys if k not in hot]      # whole objects, header and all
+        assert c.store_.engine.stats()["bytes_read"] - reads == \
+            sum(os.path.getsize(c.store_.path_of(k)) for k in cold)
+        _check_loaded(c, kv, toks, ids, 4, rng)
+        st = c.stats()
+        assert st["prefetch_hits"] == 2 and st["load_tier_hits"] == 2
+        c.release_prefetch("r1")
 
 def test_two_owners_read_once_and_release_frees(data_dir: Path) -> None:
     rng = np.random.default_rng(2)

@@ -251,20 +251,27 @@ class Cache:
     # -- read-ahead -------------------------------------------------------------------------------
     def prefetch(self, keys: Sequence[bytes], owner: str) -> int:
         """Read chunks ``keys`` into host memory now, verified, for a load that comes later (a
-        request waiting in a queue): that load then copies them from memory. Returns how many
-        chunks were taken on (the rest did not fit ``prefetch_bytes``). ``owner`` (e.g. the
-        request id) holds them until :meth:`release_prefetch`; chunks wanted by several owners are
-        read once. Never raises for a cache fault: a chunk that cannot be read is simply not
-        there when its load comes (the load reads the file, and fails on it as it would)."""
+        request waiting in a queue): that load then copies them from memory. Chunks in the host
+        tier are in memory already and are not read. Returns how many chunks will be in memory
+        for the load: in the tier, or taken on (the rest did not fit ``prefetch_bytes``).
+        ``owner`` (e.g. the request id) holds them until :meth:`release_prefetch`; chunks wanted
+        by several owners are read once. Never raises for a cache fault: a chunk that cannot be
+        read is simply not there when its load comes (the load reads the file, and fails on it
+        as it would)."""
         self._check_open()
         keys = check_digests("keys", keys)
         if not isinstance(owner, str):
             raise TypeError(f"owner must be a str, got {type(owner).__name__}")
-        return self._prefetch.prefetch(owner, keys)
+        cold = [k for k in keys if k not in self._tier]
+        return len(keys) - len(cold) + self._prefetch.prefetch(owner, cold)
 
     def prefetched(self, keys: Sequence[bytes]) -> int:
-        """Leading chunks of ``keys`` read ahead and ready in memory."""
-        return self._prefetch.ready(check_digests("keys", keys))
+        """Leading chunks of ``keys`` ready in memory: read ahead, or in the host tier."""
+        keys = check_digests("keys", keys)
+        n = 0
+        while n < len(keys) and (keys[n] in self._tier or self._prefetch.ready(keys[n:n + 1])):
+            n += 1
+        return n
 
     def release_prefetch(self, owner: str) -> None:
         """``owner`` no longer needs what it prefetched (its load started, it was aborted or

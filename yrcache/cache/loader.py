@@ -294,15 +294,23 @@ class _LoadRun:
                 p.staging.unpin(st)
             p.metrics.bump(load_from_inflight=1)
             return
-        slab = p.staging.acquire_load_slab()
-        seg = slab[:p.seg_bytes]
+        slot = self.filling[c]
+        if slot is not None and gpu is None:
+            # the read lands in the chunk's host-tier copy and is scattered from there: no
+            # staging slab and no second copy (a slot is page-aligned, strides are aligned, so
+            # O_DIRECT reads into it); on the GPU path staging stays the source (pinned)
+            slab, seg = None, memoryview(slot)[l * ld.stride:l * ld.stride + p.seg_bytes]
+        else:
+            slab = p.staging.acquire_load_slab()
+            seg = slab[:p.seg_bytes]
         t0, token = time.perf_counter(), p.meter.start()
         try:
             g = p.store.get(self.keys[c], [seg], layers=[l], lengths=ld.lengths)
         except BaseException as e:  # e.g. closed meanwhile: this chunk fails
             self._returned(l)
             p.meter.cancel(token)
-            p.staging.release_load_slab(slab)
+            if slab is not None:
+                p.staging.release_load_slab(slab)
             self.finish(l, c, False, f"error: {e}", None)
             return
         g.add_done_callback(lambda f: self._on_segment(f, l, c, seg, slab, t0, token))
@@ -352,14 +360,15 @@ class _LoadRun:
             else:
                 self.finish(l, c, False, why, None)
         finally:   # the device may still be reading the slab
-            self.loader.parts.staging.release_load_slab_after(evs, slab)
+            if slab is not None:
+                self.loader.parts.staging.release_load_slab_after(evs, slab)
 
     def finish(self, l: int, c: int, ok: bool, why: str, src: memoryview | None) -> None:
         """Segment (l, c) is in place (``ok``) or failed (``why``); completes the layers whose
         every segment is done, in order."""
         stride, seg_bytes = self.loader.stride, self.loader.parts.seg_bytes
         slot = self.filling[c]
-        if ok and src is not None and slot is not None:
+        if ok and src is not None and slot is not None and src.obj is not slot:  # read into it
             slot[l * stride:l * stride + seg_bytes] = np.frombuffer(src, np.uint8)
         ready: list[int] = []
         with self.lock:
