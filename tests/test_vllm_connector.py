@@ -23,10 +23,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 BLOCK, CHUNK = 128, 256          # the CPU backend's block size; the connector's default chunk
 MODES = ["async", "sync"]
-#: these tests check the load path itself: every hit is loaded (the measured load-or-recompute
-#: decision, the default, would recompute some short hits of this tiny model; it is tested in
-#: test_vllm_prefetch.py)
-LOAD = {"min_load_tokens": 0}
+#: these tests check the load path from files itself: every hit is loaded (the measured
+#: load-or-recompute decision, the default, would recompute some short hits of this tiny model;
+#: it is tested in test_vllm_prefetch.py), and no host tier serves chunks this engine stored
+#: (test_host_tier_serves_this_workers_chunks checks the default tier)
+LOAD = {"min_load_tokens": 0, "host_tier_bytes": 0}
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,24 @@ def namespaces(root: Path, chunk: int = CHUNK) -> list[Namespace]:
 def object_path(root: Path, ns: Namespace, key: bytes) -> Path:
     h = key.hex()
     return root / ns.hex / h[:2] / h[2:4] / f"{h}.kv"
+
+
+def flip(path: Path, at: int, mask: int = 0x40) -> None:
+    """Damage an object in place: one byte at ``at`` (negative: a payload byte near the end)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def miss_then_hit(e: Engine, prompt: list[int]) -> tuple[dict, dict]:
+    """``prompt`` computed and stored, vLLM's own cache emptied, then a whole hit (1024 tokens)
+    with the same output: the miss's result and the cache's stats after the hit."""
+    (ref,) = e.generate([prompt])
+    e.call("drain")
+    assert e.call("reset")["ok"]
+    (r,) = e.generate([prompt])
+    assert r["cached"] == 1024 and same_output(r, ref)
+    return ref, e.call("stats")["cache"]
 
 
 def chunk_keys(root: Path, tokens: list[int], salt: str | None = None) -> tuple[Namespace, list]:
@@ -141,6 +160,32 @@ def test_hits_are_identical_used_and_survive_restart(model: Path, tmp_path: Path
         assert not same_output(r, ref)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_host_tier_serves_this_workers_chunks(model: Path, tmp_path: Path, mode: str) -> None:
+    """The default host tier: a hit on chunks this worker stored reads no file; a new process
+    reads the files once, then serves them from memory, and keeps its verified copy when a file
+    is damaged later (the same KV, identical output)."""
+    root, log = tmp_path / "root", tmp_path / "vllm.log"
+    cfg = {"root": str(root), "mode": mode, "min_load_tokens": 0}   # host_tier_bytes: default
+    P = rand_tokens(1100, 60)
+    with Engine(model, cfg, log=log) as e:
+        ref, c = miss_then_hit(e, P)
+        assert c["load_tier_hits"] == 4 and c["host_tier_chunks"] >= 4 and c["load_partial"] == 0
+    with Engine(model, cfg, log=log) as e:          # a new process: the files, then memory
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)
+        c = e.call("stats")["cache"]
+        assert c["load_tier_hits"] == 0 and c["host_tier_chunks"] == 4
+        ns, keys = chunk_keys(root, P)
+        flip(object_path(root, ns, keys[1]), -100)   # chunk 1's file damaged after it was read
+        assert e.call("reset")["ok"]
+        (r,) = e.generate([P])
+        assert r["cached"] == 1024 and same_output(r, ref)
+        c = e.call("stats")["cache"]
+        assert c["load_tier_hits"] == 4 and c["load_partial"] == 0 and \
+            c["store"]["corrupt"] == 0              # the file was not read again
+
+
 # Multi-turn: the history's last tokens were computed by decode steps, whose KV differs in its
 # low bits from a prefill of the same tokens, so the reference is vLLM's own prefix cache (which
 # holds exactly those decode-computed blocks), with one chunk per block so both cover the same
@@ -218,10 +263,7 @@ def test_load_faults_recompute_and_output_is_unchanged(model: Path, tmp_path: Pa
         e.call("drain")
         assert object_path(root, ns, keys[1]).exists()    # stored again after the recompute
         # 2. a bit flip in chunk 2's payload
-        p = object_path(root, ns, keys[2])
-        data = bytearray(p.read_bytes())
-        data[-100] ^= 0x40
-        p.write_bytes(bytes(data))
+        flip(object_path(root, ns, keys[2]), -100)
         assert e.call("reset")["ok"]
         (r,) = e.generate([P])
         assert same_output(r, ref)
@@ -236,10 +278,7 @@ def test_load_faults_recompute_and_output_is_unchanged(model: Path, tmp_path: Pa
         # 3. two damaged chunks: the load stops at the first, never reads the second; the
         # recomputed KV is stored over both, so the next request hits whole again
         for k, at in ((keys[1], 5000), (keys[3], -100)):   # layer 0 of chunk 1, the last of 3
-            p = object_path(root, ns, k)
-            data = bytearray(p.read_bytes())
-            data[at] ^= 0x40
-            p.write_bytes(bytes(data))
+            flip(object_path(root, ns, k), at)
         assert e.call("reset")["ok"]
         (r,) = e.generate([P])
         assert same_output(r, ref) and e.call("stats")["cache"]["load_partial"] == 3
@@ -399,19 +438,11 @@ def test_parked_load_async_request(model: Path, tmp_path: Path, mode: str) -> No
     P = rand_tokens(1100, 50)
     with Engine(model, {"root": str(root), "mode": mode, "park_load_tokens": 512, **LOAD},
                 log=log) as e:
-        (ref,) = e.generate([P])
-        e.call("drain")
-        assert e.call("reset")["ok"]
-        (r,) = e.generate([P])
-        assert r["cached"] == 1024 and same_output(r, ref)
-        c = e.call("stats")["cache"]
+        ref, c = miss_then_hit(e, P)
         assert c["load_chunks"] == 4 and c["load_partial"] == 0
         # a parked load that finds chunk 1 corrupt: reported (with its blocks), recomputed
         ns, keys = chunk_keys(root, P)
-        p = object_path(root, ns, keys[1])
-        data = bytearray(p.read_bytes())
-        data[-64] ^= 0x01
-        p.write_bytes(bytes(data))
+        flip(object_path(root, ns, keys[1]), -64, 0x01)
         assert e.call("reset")["ok"]
         (r,) = e.generate([P])
         assert same_output(r, ref)

@@ -22,7 +22,10 @@ N_TOK, HIT = 700, 640
 
 
 def cfg(root: Path, **kw) -> dict:
-    return {"root": str(root), "mode": "async", **kw}
+    # these tests read back what the same engine stored: the host tier (on by default) would
+    # serve that from memory, and neither read-ahead nor the planner's read meter would see a
+    # file (tests/test_prefetch.py checks that read-ahead skips the tier's chunks)
+    return {"root": str(root), "mode": "async", "host_tier_bytes": 0, **kw}
 
 
 def queue(e: Engine, prompts: list[list[int]], max_tokens: list[int] | int = 8, **kw) -> dict:

@@ -130,7 +130,8 @@ def worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tp: int = 1, **kw):
     from yrcache.integrations.vllm import compat, spaces
     from yrcache.integrations.vllm.worker import WorkerSide
     monkeypatch.setattr(compat, "parallel_ranks", lambda: (0, tp, 0, 1))
-    c = cfg(tmp_path / "root", **kw)
+    # these workers load what they stored themselves, from the files: no host tier in between
+    c = cfg(tmp_path / "root", **{"host_tier_bytes": 0, **kw})
     dep = spaces.derive(*fake_config(tp=tp, total_kv=HEADS * tp), c)
     return WorkerSide(None, c, dep), dep
 

@@ -13,7 +13,9 @@ cache_salt, so it starts cold for every mode.
 1. One conversation (system prompt + turns of user text and answers). Turn 0 is a miss for all.
    On later turns: "local" = native vLLM with the history in its own prefix cache (the best
    vLLM can do), "recompute" = vLLM without a prefix cache (its own engine), and the yrcache
-   modes with their engine's prefix cache reset, so their history comes from the files.
+   modes with their engine's prefix cache reset, so their history comes from yrcache: the files,
+   or the node's host tier for chunks that node stored or loaded before (the connector's
+   default; ``--host-tier-bytes 0``: files only). The table says how many came from each.
    Targets: yrcache hit TTFT <= 1.1x local, <= 1/10 of recompute; async miss <= 1.03x native.
 2. N users x M turns, round-robin, with a shared system prompt: the engines' KV space holds
    one user's history, so native vLLM recomputes returning users (as in production),
@@ -94,9 +96,11 @@ class Bench:
                 # every hit is loaded: this benchmark measures the load path against vLLM's own
                 # cache and recompute (the measured load-or-recompute decision is weighed in
                 # yrcache.bench.vllm.queued)
-                self.engines[mode].append(Engine(
-                    model, {"root": root, "mode": mode, "chunk_tokens": a.chunk_tokens,
-                            "min_load_tokens": 0}, log=log, env=env, **kw))
+                cfg = {"root": root, "mode": mode, "chunk_tokens": a.chunk_tokens,
+                       "min_load_tokens": 0}
+                if a.host_tier_bytes is not None:
+                    cfg["host_tier_bytes"] = a.host_tier_bytes
+                self.engines[mode].append(Engine(model, cfg, log=log, env=env, **kw))
         self.kv_per_token = vllm_model.kv_bytes_per_token(a.shape)
 
     def close(self) -> None:
@@ -115,12 +119,17 @@ class Bench:
             e.call("reset")
         ours = mode in ("sync", "async")
         cpu0 = e.call("cpu")["cpu_s"] if ours else 0.0
+        c0 = _load_counts(e) if ours else (0, 0)
         t0 = time.perf_counter()
         (r,) = e.generate([prompt], max_tokens=self.a.answer, salt=salt, logprobs=0)
         wall = time.perf_counter() - t0
         if ours:
             e.call("drain")     # stores published before the next turn looks them up
             r["cpu_s"] = e.call("cpu")["cpu_s"] - cpu0
+            # chunks this turn loaded, and how many of them came from the node's host tier
+            # (chunks it stored or loaded before) rather than from files
+            r["chunks_loaded"], r["chunks_from_memory"] = (
+                b - a for a, b in zip(c0, _load_counts(e)))
         r["wall"] = wall
         r["prompt_tokens"] = len(prompt)
         return r
@@ -176,6 +185,11 @@ class Bench:
         return rows
 
 
+def _load_counts(e: Any) -> tuple[int, int]:
+    c = e.call("stats")["cache"] or {}
+    return int(c.get("load_chunks", 0)), int(c.get("load_tier_hits", 0))
+
+
 def summarize_passes(passes: list[dict[str, Any]], kv_per_token: int) -> dict[str, Any]:
     """Medians over repetitions of per-turn TTFTs, ratios, spreads."""
     out: dict[str, Any] = {}
@@ -189,6 +203,9 @@ def summarize_passes(passes: list[dict[str, Any]], kv_per_token: int) -> dict[st
             xs = [c[t][m]["ttft"] for c in conv]
             row[m] = {**summarize(xs, ttft_median="median", ttft_min="min", ttft_max="max"),
                       "cached": conv[0][t][m]["cached"]}
+            if "chunks_loaded" in conv[0][t][m]:
+                for k in ("chunks_loaded", "chunks_from_memory"):
+                    row[m][k] = statistics.median(c[t][m][k] for c in conv)
         per_turn.append(row)
     out["conversation"] = per_turn
     hits = [r for r in per_turn if r["turn"] > 0]
@@ -243,6 +260,10 @@ def print_table(doc: dict[str, Any]) -> None:
     print(format_table(cols, rows, rule=False))
     print("ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in s["ratios"].items()))
     print(f"outputs identical to vLLM's own (greedy): {s['outputs_identical_to_native']}")
+    mem = [f"turn {r['turn']} {r['async']['chunks_from_memory']:g}/{r['async']['chunks_loaded']:g}"
+           for r in s["conversation"] if r["turn"] > 0 and "chunks_loaded" in r.get("async", {})]
+    if mem:
+        print("async hit turns, chunks from the host tier / loaded (medians): " + ", ".join(mem))
     print(f"\n{cfg['users']} users x {cfg['turns']} turns, round-robin "
           f"(TTFT seconds over all passes: mean / p50 / p99; hit rate = cached/prompt tokens)")
     cols = [("turn", ">4")] + [(m, " >35") for m in MODES]
@@ -298,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="engine KV blocks of 128 tokens: one user's history fits, not all "
                         "(native vLLM must recompute returning users)")
     p.add_argument("--threads", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
+    p.add_argument("--host-tier-bytes", type=int, default=None,
+                   help="the connector's host_tier_bytes (default: its default); 0: every hit "
+                        "reads files")
     p.add_argument("--json", default="")
     p.add_argument("--plot", default="")
     p.add_argument("--quick", action="store_true", help="tiny model, 1 pass: a smoke run")

@@ -60,6 +60,11 @@ class Ctx:
 
     def engine(self, connector: dict[str, Any] | None, **kw: Any) -> Any:
         from .engine import Engine
+        if connector is not None:
+            # every scenario here reads back what the same engine stored, and measures reads
+            # from the file system (read-ahead, load or recompute, loads beside stores): the
+            # connector's host tier (on by default) would serve those chunks from memory
+            connector = {"host_tier_bytes": 0, **connector}
         return Engine(self.model, connector, log=self.log, env=self.env,
                       max_model_len=self.a.max_len, disable_log_stats=False, **kw)
 

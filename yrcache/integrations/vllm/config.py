@@ -58,8 +58,10 @@ class ConnectorConfig:
     model_id: str = ""
     #: at shutdown, wait this long for in-flight stores to publish
     drain_timeout_s: float = 30.0
-    #: a host-memory LRU of recent chunks in front of the files (0: off)
-    host_tier_bytes: int = 0
+    #: a host-memory LRU of the chunks this worker stored or loaded, in front of the files
+    #: (0: off); memory is taken as chunks enter it. On by default: a node re-reading its own
+    #: recent history from a shared file system pays the round trips and daemon CPU again
+    host_tier_bytes: int = 1 << 30
     #: what vLLM does when a load fails: "recompute" the missing blocks (the connector sets
     #: vLLM's kv_load_failure_policy to this; vLLM 0.32's own default, "fail", ends the request)
     load_failure_policy: str = "recompute"
