@@ -70,6 +70,12 @@ class _Handle:
         self.retired = False
 
 
+def scratch(n: int) -> memoryview:
+    """``n`` bytes of transient page-aligned memory (a page at least, for O_DIRECT). Small pages:
+    a huge page asked for may make the kernel compact memory on the first touch."""
+    return memoryview(HostBuffer(max(4096, n), huge_pages=False))[:n]
+
+
 def read_verify(engine: IoEngine, f: Any, size: int, key: bytes, views: list[memoryview],
                 layers: list[int] | None, lengths: list[int] | None,
                 byte_range: tuple[int, int] | None, *, ns: bytes, mac_key: bytes | None,
@@ -96,9 +102,7 @@ def read_verify(engine: IoEngine, f: Any, size: int, key: bytes, views: list[mem
     else:  # whole segments into scratch, verify, then copy the range out
         if any(byte_range[0] + byte_range[1] > lengths[i] for i in idx):
             raise _MismatchError(f"byte_range {byte_range} exceeds a segment")
-        # transient buffers: small pages (a huge page asked for may mean compaction on touch)
-        scratch = [HostBuffer(max(4096, lengths[i]), huge_pages=False) for i in idx]
-        targets = [memoryview(b)[:lengths[i]] for b, i in zip(scratch, idx)]
+        targets = [scratch(lengths[i]) for i in idx]
     hb, offs, _ = segment_offsets(lengths)
     extents: list[tuple[Any, Any, int]] = [(f, t, offs[i]) for t, i in zip(targets, idx)]
     want = sum(t.nbytes for t in targets)
@@ -148,8 +152,7 @@ def verify_file(engine: IoEngine, f: Any, size: int, *, ns: bytes, key: bytes,
         raise ObjectFormatError(f"file is {size} bytes, header says {h.object_bytes}")
     for i in range(h.segment_count):
         n = h.segment(i)[1]
-        view = memoryview(HostBuffer(max(4096, n), huge_pages=False))[:n]
-        read_verify(engine, f, size, key, [view], [i], None, None, ns=ns, mac_key=mac_key,
+        read_verify(engine, f, size, key, [scratch(n)], [i], None, None, ns=ns, mac_key=mac_key,
                     known=h)
     return h
 

@@ -39,7 +39,7 @@ from .._args import check_digest, check_digests, check_int
 from .._native import _C
 from .._util import prestart
 from ..futures import Future
-from ..io.engine import MAX_THREADS, HostBuffer, IoEngine
+from ..io.engine import MAX_THREADS, IoEngine
 from . import check, paths
 from .format import (
     MAX_OBJECT_BYTES,
@@ -50,7 +50,7 @@ from .format import (
 )
 from .janitor import HOST_TAG, Janitor, Usage
 from .keys import Namespace
-from .reader import FOREIGN_ERRNOS, MISSING_ERRNOS, GetResult, Reader, miss_reason
+from .reader import FOREIGN_ERRNOS, MISSING_ERRNOS, GetResult, Reader, miss_reason, scratch
 from .state import StoreState
 from .writer import Writer
 
@@ -561,9 +561,7 @@ class Store:
             h = self.read_header(key)
         except (OSError, ObjectFormatError) as e:
             return GetResult(False, key, miss_reason(e))
-        bufs = [HostBuffer(max(4096, h.segment(i)[1]), huge_pages=False)   # transient
-                for i in range(h.segment_count)]
-        views = [memoryview(b)[:h.segment(i)[1]] for i, b in enumerate(bufs)]
+        views = [scratch(h.segment(i)[1]) for i in range(h.segment_count)]
         return self._reader.get(key, views, None, None, None, remove_bad=False, count=False)
 
     def run_janitor(self, *, blocking: bool = True) -> Any:
