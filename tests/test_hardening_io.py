@@ -764,3 +764,5 @@ def test_host_buffer_asks_for_huge_pages_only_when_told() -> None:
     assert len(slot) == 4 << 20 and bytes(slot)[-1] == 7
     with pytest.raises(TypeError):
         _C.mem.HostBuffer(4096, True)                 # keyword only
+    with pytest.raises(TypeError, match="huge_pages"):
+        _C.mem.HostBuffer(4096, huge_pages=1)         # a bool, not anything truthy

@@ -17,7 +17,7 @@ void bind_mem(py::module_& m) {
              py::gil_scoped_release nogil;
              return std::make_shared<HostBuffer>(n, huge_pages);
            }),
-           py::arg("nbytes"), py::kw_only(), py::arg("huge_pages") = true,
+           py::arg("nbytes"), py::kw_only(), py::arg("huge_pages").noconvert() = true,
            "huge_pages: MADV_HUGEPAGE when 2 MiB or more (for long-lived arenas; memory first "
            "touched on a latency path should not ask: THP defrag may compact on that touch)")
       .def_buffer([](HostBuffer& b) {
